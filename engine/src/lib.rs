@@ -1,0 +1,23 @@
+//! ringkv's node storage engine: one RocksDB instance per node holding, for every shard replica the
+//! node hosts, its Raft log, its Raft state and its state machine.
+//!
+//! openraft sees each shard through two handles: a [`LogStore`] (log + vote) and a [`StateMachine`]
+//! (data + applied state + snapshots). Both are views of the same node-wide [`Engine`]; all shards'
+//! log appends share fsyncs through the engine's group-commit syncer.
+
+pub mod codec;
+mod error;
+mod keys;
+mod log_store;
+mod rocks;
+mod snapshot;
+mod state_machine;
+mod syncer;
+pub mod types;
+
+pub use error::Error;
+pub use log_store::LogStore;
+pub use rocks::{Engine, GroupCommitStats, HashRange, ScanPage};
+pub use snapshot::SnapshotFile;
+pub use state_machine::StateMachine;
+pub use types::*;

@@ -1,0 +1,358 @@
+//! The shard map: how the 64-bit hash ring is cut into shards and which nodes hold each shard.
+//!
+//! Invariants, kept by every constructor and checked by `validate`:
+//! - shards are sorted by arc start, their arcs are contiguous, and together they cover the whole ring
+//!   exactly once (first starts at 0, last ends at `u64::MAX`);
+//! - every replica names a node in `nodes`; a node holds at most one replica of a shard;
+//! - replica ids are unique across the whole map (they are openraft node ids, never reused).
+//!
+//! The leader of a shard is only a hint, refreshed by whoever serves the map; it is not part of the
+//! epoch, which increases only when arcs or replicas change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::pb;
+
+/// A server process in the cluster.
+pub type NodeId = u64;
+/// A shard: one arc of the ring and its own Raft group.
+pub type ShardId = u64;
+/// One Raft member of one shard (the openraft node id).
+pub type ReplicaId = u64;
+
+/// Inclusive range of hash values `[start, end]` owned by one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Arc {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Arc {
+    pub fn contains(&self, hash: u64) -> bool {
+        self.start <= hash && hash <= self.end
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Replica {
+    pub replica_id: ReplicaId,
+    pub node_id: NodeId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub id: ShardId,
+    pub arc: Arc,
+    pub voters: Vec<Replica>,
+    pub learners: Vec<Replica>,
+    /// Node believed to lead the shard, if known.
+    pub leader: Option<NodeId>,
+}
+
+impl Shard {
+    /// The replica of this shard on `node`, voter or learner.
+    pub fn replica_on(&self, node: NodeId) -> Option<Replica> {
+        self.voters.iter().chain(&self.learners).copied().find(|r| r.node_id == node)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    pub epoch: u64,
+    pub nodes: BTreeMap<NodeId, String>,
+    /// Sorted by `arc.start`.
+    pub shards: Vec<Shard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MapError {
+    #[error("a cluster needs at least one node")]
+    NoNodes,
+    #[error("a cluster needs at least one shard")]
+    NoShards,
+    #[error("replication factor {replication} is impossible with {nodes} nodes: it must be 1 to {nodes}")]
+    BadReplication { replication: usize, nodes: usize },
+    #[error("node id {0} is listed twice")]
+    DuplicateNode(NodeId),
+    #[error("node id {0} is invalid: node ids must be 1 to {max}", max = u32::MAX)]
+    BadNodeId(NodeId),
+    #[error("shard map is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Replica ids given at bootstrap: the shard id in the high half, the node id in the low half.
+/// Unique because node ids fit in 32 bits; replicas added later take fresh ids above all of these.
+pub fn bootstrap_replica_id(shard: ShardId, node: NodeId) -> ReplicaId {
+    (shard << 32) | node
+}
+
+impl ShardMap {
+    /// The map a new cluster starts with: `n_shards` equal arcs, each on `replication` nodes chosen
+    /// by rendezvous hashing and then balanced so every node holds as many replicas as any other
+    /// (within one). Deterministic: every node computes the same map from the same inputs.
+    pub fn bootstrap(
+        nodes: &BTreeMap<NodeId, String>,
+        n_shards: u32,
+        replication: usize,
+    ) -> Result<ShardMap, MapError> {
+        if nodes.is_empty() {
+            return Err(MapError::NoNodes);
+        }
+        if n_shards == 0 {
+            return Err(MapError::NoShards);
+        }
+        if replication == 0 || replication > nodes.len() {
+            return Err(MapError::BadReplication { replication, nodes: nodes.len() });
+        }
+        if let Some(&bad) = nodes.keys().find(|&&id| id == 0 || id > u64::from(u32::MAX)) {
+            return Err(MapError::BadNodeId(bad));
+        }
+        let mut load: BTreeMap<NodeId, usize> = nodes.keys().map(|&id| (id, 0)).collect();
+        let mut shards = Vec::with_capacity(n_shards as usize);
+        for index in 0..u64::from(n_shards) {
+            let shard_id = index + 1;
+            let arc = equal_arc(index, u64::from(n_shards));
+            // Least-loaded nodes first; among equals, the rendezvous order of (shard, node).
+            let mut ranked: Vec<NodeId> = nodes.keys().copied().collect();
+            ranked.sort_by_key(|&node| (load[&node], std::cmp::Reverse(rendezvous(shard_id, node))));
+            let mut chosen: Vec<NodeId> = ranked.into_iter().take(replication).collect();
+            // Rotate so the preferred leader (first voter) also spreads evenly over nodes.
+            chosen.sort_by_key(|&node| std::cmp::Reverse(rendezvous(shard_id, node)));
+            let first = (index as usize) % chosen.len();
+            chosen.rotate_left(first);
+            for &node in &chosen {
+                *load.get_mut(&node).expect("chosen from nodes") += 1;
+            }
+            let voters = chosen
+                .iter()
+                .map(|&node_id| Replica { replica_id: bootstrap_replica_id(shard_id, node_id), node_id })
+                .collect();
+            shards.push(Shard { id: shard_id, arc, voters, learners: Vec::new(), leader: None });
+        }
+        let map = ShardMap { epoch: 1, nodes: nodes.clone(), shards };
+        map.validate()?;
+        Ok(map)
+    }
+
+    /// The shard whose arc holds `hash`.
+    pub fn shard_for_hash(&self, hash: u64) -> &Shard {
+        let index = self.shards.partition_point(|shard| shard.arc.start <= hash) - 1;
+        &self.shards[index]
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_for_key(&self, key: &[u8]) -> &Shard {
+        self.shard_for_hash(crate::key_hash(key))
+    }
+
+    pub fn shard(&self, id: ShardId) -> Option<&Shard> {
+        self.shards.iter().find(|shard| shard.id == id)
+    }
+
+    pub fn shard_mut(&mut self, id: ShardId) -> Option<&mut Shard> {
+        self.shards.iter_mut().find(|shard| shard.id == id)
+    }
+
+    pub fn node_addr(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(&node).map(String::as_str)
+    }
+
+    /// Checks the invariants in this module's header.
+    pub fn validate(&self) -> Result<(), MapError> {
+        let malformed = |what: String| Err(MapError::Malformed(what));
+        if self.nodes.is_empty() {
+            return Err(MapError::NoNodes);
+        }
+        let Some(first) = self.shards.first() else { return Err(MapError::NoShards) };
+        if first.arc.start != 0 {
+            return malformed(format!("first shard {} starts at {} instead of 0", first.id, first.arc.start));
+        }
+        let last = self.shards.last().expect("non-empty");
+        if last.arc.end != u64::MAX {
+            return malformed(format!("last shard {} ends at {} instead of u64::MAX", last.id, last.arc.end));
+        }
+        let mut replica_ids = BTreeSet::new();
+        let mut shard_ids = BTreeSet::new();
+        for (index, shard) in self.shards.iter().enumerate() {
+            if !shard_ids.insert(shard.id) {
+                return malformed(format!("shard id {} is used twice", shard.id));
+            }
+            if shard.arc.start > shard.arc.end {
+                return malformed(format!("shard {} has an empty arc", shard.id));
+            }
+            if let Some(next) = self.shards.get(index + 1) {
+                if shard.arc.end.checked_add(1) != Some(next.arc.start) {
+                    return malformed(format!("shards {} and {} are not contiguous", shard.id, next.id));
+                }
+            }
+            if shard.voters.is_empty() {
+                return malformed(format!("shard {} has no voters", shard.id));
+            }
+            let mut shard_nodes = BTreeSet::new();
+            for replica in shard.voters.iter().chain(&shard.learners) {
+                if !self.nodes.contains_key(&replica.node_id) {
+                    return malformed(format!("shard {} has a replica on unknown node {}", shard.id, replica.node_id));
+                }
+                if !shard_nodes.insert(replica.node_id) {
+                    return malformed(format!("shard {} has two replicas on node {}", shard.id, replica.node_id));
+                }
+                if !replica_ids.insert(replica.replica_id) {
+                    return malformed(format!("replica id {} is used twice", replica.replica_id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_proto(&self) -> pb::ShardMap {
+        pb::ShardMap {
+            epoch: self.epoch,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(&node_id, addr)| pb::NodeInfo { node_id, addr: addr.clone() })
+                .collect(),
+            shards: self
+                .shards
+                .iter()
+                .map(|shard| pb::ShardInfo {
+                    shard_id: shard.id,
+                    arc_start: shard.arc.start,
+                    arc_end: shard.arc.end,
+                    voters: shard.voters.iter().map(replica_to_proto).collect(),
+                    learners: shard.learners.iter().map(replica_to_proto).collect(),
+                    leader_node_id: shard.leader.unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Builds a map from its wire form, refusing one that breaks an invariant.
+    pub fn from_proto(map: &pb::ShardMap) -> Result<ShardMap, MapError> {
+        let mut nodes = BTreeMap::new();
+        for node in &map.nodes {
+            if nodes.insert(node.node_id, node.addr.clone()).is_some() {
+                return Err(MapError::DuplicateNode(node.node_id));
+            }
+        }
+        let mut shards: Vec<Shard> = map
+            .shards
+            .iter()
+            .map(|shard| Shard {
+                id: shard.shard_id,
+                arc: Arc { start: shard.arc_start, end: shard.arc_end },
+                voters: shard.voters.iter().map(replica_from_proto).collect(),
+                learners: shard.learners.iter().map(replica_from_proto).collect(),
+                leader: (shard.leader_node_id != 0).then_some(shard.leader_node_id),
+            })
+            .collect();
+        shards.sort_by_key(|shard| shard.arc.start);
+        let map = ShardMap { epoch: map.epoch, nodes, shards };
+        map.validate()?;
+        Ok(map)
+    }
+}
+
+fn replica_to_proto(replica: &Replica) -> pb::Replica {
+    pb::Replica { replica_id: replica.replica_id, node_id: replica.node_id }
+}
+
+fn replica_from_proto(replica: &pb::Replica) -> Replica {
+    Replica { replica_id: replica.replica_id, node_id: replica.node_id }
+}
+
+/// The `index`-th of `n` equal arcs of the ring.
+fn equal_arc(index: u64, n: u64) -> Arc {
+    let boundary = |i: u64| ((u128::from(i) << 64) / u128::from(n)) as u64;
+    let start = boundary(index);
+    let end = if index + 1 == n { u64::MAX } else { boundary(index + 1) - 1 };
+    Arc { start, end }
+}
+
+/// Rendezvous (highest random weight) score of placing `shard` on `node`.
+fn rendezvous(shard: ShardId, node: NodeId) -> u64 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&shard.to_be_bytes());
+    bytes[8..].copy_from_slice(&node.to_be_bytes());
+    xxh3_64(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: u64) -> BTreeMap<NodeId, String> {
+        (1..=n).map(|id| (id, format!("127.0.0.1:{}", 7000 + id))).collect()
+    }
+
+    #[test]
+    fn bootstrap_covers_the_ring_with_equal_arcs() {
+        let map = ShardMap::bootstrap(&nodes(3), 16, 3).unwrap();
+        assert_eq!(map.shards.len(), 16);
+        assert_eq!(map.shards[0].arc.start, 0);
+        assert_eq!(map.shards[15].arc.end, u64::MAX);
+        let width = map.shards[0].arc.end - map.shards[0].arc.start;
+        for shard in &map.shards {
+            assert_eq!(shard.arc.end - shard.arc.start, width, "shard {} arc width", shard.id);
+        }
+        for hash in [0, 1, u64::MAX / 16, u64::MAX / 16 + 1, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+            assert!(map.shard_for_hash(hash).arc.contains(hash), "hash {hash}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_balances_replicas_and_preferred_leaders() {
+        for (n_nodes, n_shards, replication) in [(3, 16, 3), (5, 16, 3), (4, 10, 2), (1, 4, 1), (7, 64, 3)] {
+            let map = ShardMap::bootstrap(&nodes(n_nodes), n_shards, replication).unwrap();
+            let mut replicas: BTreeMap<NodeId, usize> = BTreeMap::new();
+            let mut first_voters: BTreeMap<NodeId, usize> = BTreeMap::new();
+            for shard in &map.shards {
+                assert_eq!(shard.voters.len(), replication);
+                *first_voters.entry(shard.voters[0].node_id).or_default() += 1;
+                for voter in &shard.voters {
+                    *replicas.entry(voter.node_id).or_default() += 1;
+                }
+            }
+            let (min, max) = (replicas.values().min().unwrap(), replicas.values().max().unwrap());
+            assert!(max - min <= 1, "{n_nodes} nodes, {n_shards} shards: replica counts {replicas:?}");
+            assert_eq!(replicas.len() as u64, n_nodes, "every node holds replicas");
+            let max_first = first_voters.values().max().unwrap();
+            let fair = (n_shards as usize).div_ceil(n_nodes as usize);
+            assert!(*max_first <= fair + 1, "preferred leaders {first_voters:?}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_deterministic_and_round_trips_through_proto() {
+        let a = ShardMap::bootstrap(&nodes(5), 16, 3).unwrap();
+        let b = ShardMap::bootstrap(&nodes(5), 16, 3).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(ShardMap::from_proto(&a.to_proto()).unwrap(), a);
+    }
+
+    #[test]
+    fn bootstrap_refuses_impossible_clusters() {
+        assert_eq!(ShardMap::bootstrap(&BTreeMap::new(), 16, 1), Err(MapError::NoNodes));
+        assert_eq!(ShardMap::bootstrap(&nodes(3), 0, 1), Err(MapError::NoShards));
+        assert_eq!(
+            ShardMap::bootstrap(&nodes(2), 16, 3),
+            Err(MapError::BadReplication { replication: 3, nodes: 2 })
+        );
+        let mut zero = nodes(2);
+        zero.insert(0, "127.0.0.1:1".into());
+        assert_eq!(ShardMap::bootstrap(&zero, 4, 1), Err(MapError::BadNodeId(0)));
+    }
+
+    #[test]
+    fn from_proto_refuses_a_map_with_a_hole() {
+        let mut wire = ShardMap::bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
+        wire.shards[1].arc_end -= 1;
+        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
+        let mut wire = ShardMap::bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
+        wire.shards[2].voters[0].node_id = 99;
+        assert!(ShardMap::from_proto(&wire).is_err());
+    }
+}
