@@ -27,7 +27,9 @@ pub enum LimitError {
     EmptyBatch,
     #[error("batch has {0} operations: batches may hold at most {MAX_BATCH_OPS}")]
     BatchTooManyOps(usize),
-    #[error("batch holds {0} bytes of keys and values: batches may hold at most {MAX_BATCH_BYTES} bytes (8 MiB)")]
+    #[error(
+        "batch holds {0} bytes of keys and values: batches may hold at most {MAX_BATCH_BYTES} bytes (8 MiB)"
+    )]
     BatchTooLarge(usize),
 }
 
@@ -86,7 +88,9 @@ mod tests {
     fn messages_name_the_limit() {
         let message = check_key(&[b'k'; 5000]).unwrap_err().to_string();
         assert!(message.contains("4096"), "{message}");
-        let message = check_value(&vec![0; MAX_VALUE_BYTES + 1]).unwrap_err().to_string();
+        let message = check_value(&vec![0; MAX_VALUE_BYTES + 1])
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("1 MiB"), "{message}");
     }
 }

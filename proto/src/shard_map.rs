@@ -55,7 +55,11 @@ pub struct Shard {
 impl Shard {
     /// The replica of this shard on `node`, voter or learner.
     pub fn replica_on(&self, node: NodeId) -> Option<Replica> {
-        self.voters.iter().chain(&self.learners).copied().find(|r| r.node_id == node)
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .copied()
+            .find(|r| r.node_id == node)
     }
 }
 
@@ -105,12 +109,16 @@ impl ShardMap {
             return Err(MapError::NoShards);
         }
         if replication == 0 || replication > nodes.len() {
-            return Err(MapError::BadReplication { replication, nodes: nodes.len() });
+            return Err(MapError::BadReplication {
+                replication,
+                nodes: nodes.len(),
+            });
         }
         if let Some(&bad) = nodes.keys().find(|&&id| id == 0 || id > u64::from(u32::MAX)) {
             return Err(MapError::BadNodeId(bad));
         }
         let mut load: BTreeMap<NodeId, usize> = nodes.keys().map(|&id| (id, 0)).collect();
+        let mut leads: BTreeMap<NodeId, usize> = nodes.keys().map(|&id| (id, 0)).collect();
         let mut shards = Vec::with_capacity(n_shards as usize);
         for index in 0..u64::from(n_shards) {
             let shard_id = index + 1;
@@ -119,20 +127,33 @@ impl ShardMap {
             let mut ranked: Vec<NodeId> = nodes.keys().copied().collect();
             ranked.sort_by_key(|&node| (load[&node], std::cmp::Reverse(rendezvous(shard_id, node))));
             let mut chosen: Vec<NodeId> = ranked.into_iter().take(replication).collect();
-            // Rotate so the preferred leader (first voter) also spreads evenly over nodes.
-            chosen.sort_by_key(|&node| std::cmp::Reverse(rendezvous(shard_id, node)));
-            let first = (index as usize) % chosen.len();
-            chosen.rotate_left(first);
+            // The first voter is the preferred leader: the chosen node that leads fewest shards so
+            // far, so leaders also start out spread evenly over nodes.
+            chosen.sort_by_key(|&node| (leads[&node], std::cmp::Reverse(rendezvous(shard_id, node))));
+            *leads.get_mut(&chosen[0]).expect("chosen from nodes") += 1;
             for &node in &chosen {
                 *load.get_mut(&node).expect("chosen from nodes") += 1;
             }
             let voters = chosen
                 .iter()
-                .map(|&node_id| Replica { replica_id: bootstrap_replica_id(shard_id, node_id), node_id })
+                .map(|&node_id| Replica {
+                    replica_id: bootstrap_replica_id(shard_id, node_id),
+                    node_id,
+                })
                 .collect();
-            shards.push(Shard { id: shard_id, arc, voters, learners: Vec::new(), leader: None });
+            shards.push(Shard {
+                id: shard_id,
+                arc,
+                voters,
+                learners: Vec::new(),
+                leader: None,
+            });
         }
-        let map = ShardMap { epoch: 1, nodes: nodes.clone(), shards };
+        let map = ShardMap {
+            epoch: 1,
+            nodes: nodes.clone(),
+            shards,
+        };
         map.validate()?;
         Ok(map)
     }
@@ -166,13 +187,21 @@ impl ShardMap {
         if self.nodes.is_empty() {
             return Err(MapError::NoNodes);
         }
-        let Some(first) = self.shards.first() else { return Err(MapError::NoShards) };
+        let Some(first) = self.shards.first() else {
+            return Err(MapError::NoShards);
+        };
         if first.arc.start != 0 {
-            return malformed(format!("first shard {} starts at {} instead of 0", first.id, first.arc.start));
+            return malformed(format!(
+                "first shard {} starts at {} instead of 0",
+                first.id, first.arc.start
+            ));
         }
         let last = self.shards.last().expect("non-empty");
         if last.arc.end != u64::MAX {
-            return malformed(format!("last shard {} ends at {} instead of u64::MAX", last.id, last.arc.end));
+            return malformed(format!(
+                "last shard {} ends at {} instead of u64::MAX",
+                last.id, last.arc.end
+            ));
         }
         let mut replica_ids = BTreeSet::new();
         let mut shard_ids = BTreeSet::new();
@@ -194,10 +223,16 @@ impl ShardMap {
             let mut shard_nodes = BTreeSet::new();
             for replica in shard.voters.iter().chain(&shard.learners) {
                 if !self.nodes.contains_key(&replica.node_id) {
-                    return malformed(format!("shard {} has a replica on unknown node {}", shard.id, replica.node_id));
+                    return malformed(format!(
+                        "shard {} has a replica on unknown node {}",
+                        shard.id, replica.node_id
+                    ));
                 }
                 if !shard_nodes.insert(replica.node_id) {
-                    return malformed(format!("shard {} has two replicas on node {}", shard.id, replica.node_id));
+                    return malformed(format!(
+                        "shard {} has two replicas on node {}",
+                        shard.id, replica.node_id
+                    ));
                 }
                 if !replica_ids.insert(replica.replica_id) {
                     return malformed(format!("replica id {} is used twice", replica.replica_id));
@@ -213,7 +248,10 @@ impl ShardMap {
             nodes: self
                 .nodes
                 .iter()
-                .map(|(&node_id, addr)| pb::NodeInfo { node_id, addr: addr.clone() })
+                .map(|(&node_id, addr)| pb::NodeInfo {
+                    node_id,
+                    addr: addr.clone(),
+                })
                 .collect(),
             shards: self
                 .shards
@@ -243,32 +281,49 @@ impl ShardMap {
             .iter()
             .map(|shard| Shard {
                 id: shard.shard_id,
-                arc: Arc { start: shard.arc_start, end: shard.arc_end },
+                arc: Arc {
+                    start: shard.arc_start,
+                    end: shard.arc_end,
+                },
                 voters: shard.voters.iter().map(replica_from_proto).collect(),
                 learners: shard.learners.iter().map(replica_from_proto).collect(),
                 leader: (shard.leader_node_id != 0).then_some(shard.leader_node_id),
             })
             .collect();
         shards.sort_by_key(|shard| shard.arc.start);
-        let map = ShardMap { epoch: map.epoch, nodes, shards };
+        let map = ShardMap {
+            epoch: map.epoch,
+            nodes,
+            shards,
+        };
         map.validate()?;
         Ok(map)
     }
 }
 
 fn replica_to_proto(replica: &Replica) -> pb::Replica {
-    pb::Replica { replica_id: replica.replica_id, node_id: replica.node_id }
+    pb::Replica {
+        replica_id: replica.replica_id,
+        node_id: replica.node_id,
+    }
 }
 
 fn replica_from_proto(replica: &pb::Replica) -> Replica {
-    Replica { replica_id: replica.replica_id, node_id: replica.node_id }
+    Replica {
+        replica_id: replica.replica_id,
+        node_id: replica.node_id,
+    }
 }
 
 /// The `index`-th of `n` equal arcs of the ring.
 fn equal_arc(index: u64, n: u64) -> Arc {
     let boundary = |i: u64| ((u128::from(i) << 64) / u128::from(n)) as u64;
     let start = boundary(index);
-    let end = if index + 1 == n { u64::MAX } else { boundary(index + 1) - 1 };
+    let end = if index + 1 == n {
+        u64::MAX
+    } else {
+        boundary(index + 1) - 1
+    };
     Arc { start, end }
 }
 
@@ -285,7 +340,9 @@ mod tests {
     use super::*;
 
     fn nodes(n: u64) -> BTreeMap<NodeId, String> {
-        (1..=n).map(|id| (id, format!("127.0.0.1:{}", 7000 + id))).collect()
+        (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
+            .collect()
     }
 
     #[test]
@@ -296,9 +353,22 @@ mod tests {
         assert_eq!(map.shards[15].arc.end, u64::MAX);
         let width = map.shards[0].arc.end - map.shards[0].arc.start;
         for shard in &map.shards {
-            assert_eq!(shard.arc.end - shard.arc.start, width, "shard {} arc width", shard.id);
+            assert_eq!(
+                shard.arc.end - shard.arc.start,
+                width,
+                "shard {} arc width",
+                shard.id
+            );
         }
-        for hash in [0, 1, u64::MAX / 16, u64::MAX / 16 + 1, u64::MAX / 2, u64::MAX - 1, u64::MAX] {
+        for hash in [
+            0,
+            1,
+            u64::MAX / 16,
+            u64::MAX / 16 + 1,
+            u64::MAX / 2,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
             assert!(map.shard_for_hash(hash).arc.contains(hash), "hash {hash}");
         }
     }
@@ -317,7 +387,10 @@ mod tests {
                 }
             }
             let (min, max) = (replicas.values().min().unwrap(), replicas.values().max().unwrap());
-            assert!(max - min <= 1, "{n_nodes} nodes, {n_shards} shards: replica counts {replicas:?}");
+            assert!(
+                max - min <= 1,
+                "{n_nodes} nodes, {n_shards} shards: replica counts {replicas:?}"
+            );
             assert_eq!(replicas.len() as u64, n_nodes, "every node holds replicas");
             let max_first = first_voters.values().max().unwrap();
             let fair = (n_shards as usize).div_ceil(n_nodes as usize);
@@ -335,11 +408,17 @@ mod tests {
 
     #[test]
     fn bootstrap_refuses_impossible_clusters() {
-        assert_eq!(ShardMap::bootstrap(&BTreeMap::new(), 16, 1), Err(MapError::NoNodes));
+        assert_eq!(
+            ShardMap::bootstrap(&BTreeMap::new(), 16, 1),
+            Err(MapError::NoNodes)
+        );
         assert_eq!(ShardMap::bootstrap(&nodes(3), 0, 1), Err(MapError::NoShards));
         assert_eq!(
             ShardMap::bootstrap(&nodes(2), 16, 3),
-            Err(MapError::BadReplication { replication: 3, nodes: 2 })
+            Err(MapError::BadReplication {
+                replication: 3,
+                nodes: 2
+            })
         );
         let mut zero = nodes(2);
         zero.insert(0, "127.0.0.1:1".into());
