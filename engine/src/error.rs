@@ -1,0 +1,49 @@
+//! The engine's errors. Each says what happened, to what, and what to do. `is_fatal` separates
+//! local faults (the node must stop serving: storage failed) from deterministic refusals.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "data directory {path} is already in use by another ringkv process (its RocksDB LOCK is held); \
+         stop that process or choose another --data-dir"
+    )]
+    DataDirInUse { path: PathBuf },
+    #[error("cannot open the storage engine in {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("corrupt {what}: {detail}; this node's data directory is damaged: replace the node from its peers")]
+    Corruption { what: String, detail: String },
+    #[error("storage write failed: {0}")]
+    Write(String),
+    #[error("storage read failed: {0}")]
+    Read(String),
+    #[error(
+        "an fsync of the write-ahead log failed earlier ({0}), so this engine refuses every further write: \
+         durability can no longer be promised; restart the node after checking the disk"
+    )]
+    Poisoned(String),
+    #[error("snapshot {path}: {message}")]
+    Snapshot { path: PathBuf, message: String },
+}
+
+impl Error {
+    /// True for local faults after which this node must stop serving the shard (or the node):
+    /// storage failures and corruption. False for refusals that leave the engine healthy.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Error::DataDirInUse { .. })
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(error: Error) -> io::Error {
+        let kind = match &error {
+            Error::Corruption { .. } => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, error)
+    }
+}

@@ -1,0 +1,374 @@
+//! The engine's one RocksDB instance: the only file in ringkv that imports `rocksdb`. Everything
+//! else in the engine reads and writes through the small API here: column families by name,
+//! batches of our own `WriteOps`, range reads, and point-in-time views for snapshots.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::{
+    BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, MultiThreaded,
+    Options, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::codec;
+use crate::error::Error;
+use crate::keys;
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachine;
+use crate::syncer::Syncer;
+use crate::types::{ShardId, Versioned};
+
+/// Multi-threaded column-family mode: handles are shared across threads without a lock.
+type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
+
+/// The column families, in the order they are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cf {
+    Log,
+    State,
+    Data,
+    Meta,
+}
+
+impl Cf {
+    const ALL: [Cf; 4] = [Cf::Log, Cf::State, Cf::Data, Cf::Meta];
+
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Log => "raft_log",
+            Cf::State => "raft_state",
+            Cf::Data => "data",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+/// Inclusive range of hash values `[start, end]`: one shard's arc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub entries: Vec<(Vec<u8>, Versioned)>,
+    /// Where the next page starts (a data key); empty when the range is exhausted.
+    pub next_cursor: Vec<u8>,
+}
+
+/// Group-commit counters since the engine opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Log append calls made durable.
+    pub appends: u64,
+    /// WAL fsyncs started.
+    pub fsyncs_started: u64,
+    /// WAL fsyncs finished; each completed every waiter queued before it started.
+    pub fsyncs: u64,
+}
+
+/// Most keys one scan call examines, matching or not, so a selective prefix cannot make a page
+/// take unbounded time.
+const SCAN_EXAMINE_LIMIT: usize = 10_000;
+
+/// A batch of writes to apply atomically.
+#[derive(Default)]
+pub(crate) struct WriteOps {
+    batch: WriteBatch,
+    cfs: Vec<(Cf, Op)>,
+}
+
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+impl WriteOps {
+    pub(crate) fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.cfs.push((cf, Op::Put(key.into(), value.into())));
+    }
+
+    pub(crate) fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.cfs.push((cf, Op::Delete(key.into())));
+    }
+
+    /// Deletes keys in `[from, to)`.
+    pub(crate) fn delete_range(&mut self, cf: Cf, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
+        self.cfs.push((cf, Op::DeleteRange(from.into(), to.into())));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.cfs.is_empty()
+    }
+}
+
+/// The node's storage engine. Cheap to clone; all clones share one RocksDB instance.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Field order matters on drop: the syncer thread (which holds the DB) stops first.
+    syncer: Syncer,
+    db: Arc<Db>,
+    path: PathBuf,
+    snapshot_dir: PathBuf,
+    incoming_counter: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.syncer.stop();
+    }
+}
+
+fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(DBCompressionType::Zstd);
+    options.increase_parallelism(2);
+    options
+}
+
+impl Engine {
+    /// Opens (creating if needed) the engine in `data_dir`. Fails with `DataDirInUse` at once if
+    /// another process, or another `Engine` in this one, has it open.
+    pub fn open(data_dir: &Path) -> Result<Engine, Error> {
+        let open_error = |message: String| Error::Open { path: data_dir.to_owned(), message };
+        std::fs::create_dir_all(data_dir).map_err(|e| open_error(e.to_string()))?;
+        let snapshot_dir = data_dir.join("snapshots");
+        std::fs::create_dir_all(snapshot_dir.join("incoming")).map_err(|e| open_error(e.to_string()))?;
+        let descriptors = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), db_options()));
+        let db = Db::open_cf_descriptors(&db_options(), data_dir.join("db"), descriptors).map_err(|e| {
+            let message = e.into_string();
+            if message.contains("lock") || message.contains("LOCK") {
+                Error::DataDirInUse { path: data_dir.to_owned() }
+            } else {
+                open_error(message)
+            }
+        })?;
+        let db = Arc::new(db);
+        let syncer = {
+            let db = db.clone();
+            Syncer::start(move || db.flush_wal(true).map_err(|e| e.into_string()))
+        };
+        // Leftovers of transfers interrupted by a crash are useless: nothing refers to them.
+        if let Ok(entries) = std::fs::read_dir(snapshot_dir.join("incoming")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                syncer,
+                db,
+                path: data_dir.to_owned(),
+                snapshot_dir,
+                incoming_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The Raft log storage of one shard.
+    pub fn log_store(&self, shard: ShardId) -> LogStore {
+        LogStore::new(self.clone(), shard)
+    }
+
+    /// The state machine of one shard, owning the data keys of `range`.
+    pub fn state_machine(&self, shard: ShardId, range: HashRange) -> Result<StateMachine, Error> {
+        StateMachine::open(self.clone(), shard, range)
+    }
+
+    /// Reads a key from local storage, with no consistency check (the caller confirms it).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Error> {
+        self.get_cf(Cf::Data, &keys::data_key(key))?.map(|bytes| codec::decode_value(&bytes)).transpose()
+    }
+
+    /// A page of the keys of `range` in data-key order strictly after `cursor` (empty: from the
+    /// start), keeping those whose user key starts with `prefix`, at most `limit` of them.
+    pub fn scan(&self, range: HashRange, cursor: &[u8], prefix: &[u8], limit: usize) -> Result<ScanPage, Error> {
+        let (start, end) = keys::data_range(range);
+        let from = if cursor.is_empty() || cursor < start.as_slice() { start.clone() } else { cursor.to_vec() };
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = end {
+            read_options.set_iterate_upper_bound(end);
+        }
+        let cf = self.cf(Cf::Data);
+        let iterator =
+            self.inner.db.iterator_cf_opt(&cf, read_options, IteratorMode::From(&from, Direction::Forward));
+        let mut entries = Vec::new();
+        let mut examined = 0;
+        let mut last_key = Vec::new();
+        for item in iterator {
+            let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+            if key.as_ref() == cursor {
+                continue;
+            }
+            if entries.len() >= limit.max(1) || examined >= SCAN_EXAMINE_LIMIT {
+                // More keys remain: resume after the last one examined.
+                return Ok(ScanPage { entries, next_cursor: last_key });
+            }
+            examined += 1;
+            let user_key = keys::user_key(&key);
+            if user_key.starts_with(prefix) {
+                entries.push((user_key.to_vec(), codec::decode_value(&value)?));
+            }
+            last_key = key.to_vec();
+        }
+        Ok(ScanPage { entries, next_cursor: Vec::new() })
+    }
+
+    /// A node-level metadata record.
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.get_cf(Cf::Meta, &keys::node_meta_key(name))
+    }
+
+    /// Writes a node-level metadata record, durable on return.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
+        let mut ops = WriteOps::default();
+        ops.put(Cf::Meta, keys::node_meta_key(name), value);
+        self.write_ops(ops, true)
+    }
+
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        let counters = &self.inner.syncer.counters;
+        GroupCommitStats {
+            appends: counters.appends.load(Ordering::Acquire),
+            fsyncs_started: counters.fsyncs_started.load(Ordering::Acquire),
+            fsyncs: counters.fsyncs.load(Ordering::Acquire),
+        }
+    }
+
+    /// A fresh path in the data dir to receive a snapshot streamed from a leader.
+    pub fn incoming_snapshot_path(&self, shard: ShardId) -> Result<PathBuf, Error> {
+        let n = self.inner.incoming_counter.fetch_add(1, Ordering::AcqRel);
+        let dir = self.inner.snapshot_dir.join("incoming");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Snapshot { path: dir.clone(), message: format!("cannot create: {e}") })?;
+        Ok(dir.join(format!("shard-{shard}-{}-{n}.part", std::process::id())))
+    }
+
+    // ---------------------------------------------------------------- crate-internal API
+
+    pub(crate) fn snapshot_dir(&self, shard: ShardId) -> PathBuf {
+        self.inner.snapshot_dir.join(format!("shard-{shard}"))
+    }
+
+    pub(crate) fn syncer(&self) -> &Syncer {
+        &self.inner.syncer
+    }
+
+    fn cf(&self, cf: Cf) -> Arc<BoundColumnFamily<'_>> {
+        self.inner.db.cf_handle(cf.name()).expect("column family created at open")
+    }
+
+    pub(crate) fn get_cf(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.db.get_cf(&self.cf(cf), key).map_err(|e| Error::Read(e.into_string()))
+    }
+
+    /// Writes `ops` atomically. With `sync`, durable on return (an fsync of its own); without,
+    /// readable at once and durable after the syncer's next fsync.
+    pub(crate) fn write_ops(&self, ops: WriteOps, sync: bool) -> Result<(), Error> {
+        self.inner.syncer.check_healthy()?;
+        let WriteOps { mut batch, cfs } = ops;
+        for (cf, op) in cfs {
+            let handle = self.cf(cf);
+            match op {
+                Op::Put(key, value) => batch.put_cf(&handle, key, value),
+                Op::Delete(key) => batch.delete_cf(&handle, key),
+                Op::DeleteRange(from, to) => batch.delete_range_cf(&handle, from, to),
+            }
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.inner.db.write_opt(batch, &options).map_err(|e| Error::Write(e.into_string()))
+    }
+
+    /// Key-value pairs in `[from, to)`, in order, at most `limit`.
+    pub(crate) fn range_cf(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(to.to_vec());
+        let iterator =
+            self.inner.db.iterator_cf_opt(&self.cf(cf), read_options, IteratorMode::From(from, Direction::Forward));
+        let mut out = Vec::new();
+        for item in iterator.take(limit) {
+            let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last key-value pair in `[from, to)`.
+    pub(crate) fn last_in_range(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(from.to_vec());
+        read_options.set_iterate_upper_bound(to.to_vec());
+        let mut iterator = self.inner.db.iterator_cf_opt(&self.cf(cf), read_options, IteratorMode::End);
+        match iterator.next() {
+            Some(item) => {
+                let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+                Ok(Some((key.to_vec(), value.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `read` against a point-in-time view of the whole database.
+    pub(crate) fn read_at_snapshot<T>(&self, read: impl FnOnce(&View<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let snapshot = self.inner.db.snapshot();
+        read(&View { engine: self, snapshot })
+    }
+}
+
+/// A consistent point-in-time view of the database.
+pub(crate) struct View<'a> {
+    engine: &'a Engine,
+    snapshot: rocksdb::SnapshotWithThreadMode<'a, Db>,
+}
+
+impl View<'_> {
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.snapshot.get_cf(&self.engine.cf(cf), key).map_err(|e| Error::Read(e.into_string()))
+    }
+
+    /// Calls `visit` for each pair in `[from, to)` (`to = None`: to the end), in order.
+    pub(crate) fn for_each(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut read_options = ReadOptions::default();
+        if let Some(to) = to {
+            read_options.set_iterate_upper_bound(to.to_vec());
+        }
+        let iterator = self.snapshot.iterator_cf_opt(
+            &self.engine.cf(cf),
+            read_options,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        for item in iterator {
+            let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+            visit(&key, &value)?;
+        }
+        Ok(())
+    }
+}
