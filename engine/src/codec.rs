@@ -23,7 +23,10 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a record written by `encode`; `what` names it in errors.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
     let body = check_version(bytes, what)?;
-    postcard::from_bytes(body).map_err(|e| Error::Corruption { what: what.into(), detail: e.to_string() })
+    postcard::from_bytes(body).map_err(|e| Error::Corruption {
+        what: what.into(),
+        detail: e.to_string(),
+    })
 }
 
 fn check_version<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], Error> {
@@ -33,7 +36,10 @@ fn check_version<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], Error> {
             what: what.into(),
             detail: format!("record version {version}, this build reads version {RECORD_VERSION}"),
         }),
-        None => Err(Error::Corruption { what: what.into(), detail: "empty record".into() }),
+        None => Err(Error::Corruption {
+            what: what.into(),
+            detail: "empty record".into(),
+        }),
     }
 }
 
@@ -52,7 +58,10 @@ pub fn decode_entry<T: DeserializeOwned>(bytes: &[u8], shard: ShardId, index: Lo
     let what = || format!("log entry {index} of shard {shard}");
     let rest = check_version(bytes, &what())?;
     if rest.len() < 4 {
-        return Err(Error::Corruption { what: what(), detail: "record shorter than its checksum".into() });
+        return Err(Error::Corruption {
+            what: what(),
+            detail: "record shorter than its checksum".into(),
+        });
     }
     let (crc, body) = rest.split_at(4);
     let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
@@ -63,7 +72,10 @@ pub fn decode_entry<T: DeserializeOwned>(bytes: &[u8], shard: ShardId, index: Lo
             detail: format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"),
         });
     }
-    postcard::from_bytes(body).map_err(|e| Error::Corruption { what: what(), detail: e.to_string() })
+    postcard::from_bytes(body).map_err(|e| Error::Corruption {
+        what: what(),
+        detail: e.to_string(),
+    })
 }
 
 /// A stored value: `version ++ write index (8, big-endian) ++ value bytes`.
@@ -78,10 +90,16 @@ pub fn encode_value(version: LogIndex, value: &[u8]) -> Vec<u8> {
 pub fn decode_value(bytes: &[u8]) -> Result<Versioned, Error> {
     let body = check_version(bytes, "stored value")?;
     if body.len() < 8 {
-        return Err(Error::Corruption { what: "stored value".into(), detail: "shorter than its header".into() });
+        return Err(Error::Corruption {
+            what: "stored value".into(),
+            detail: "shorter than its header".into(),
+        });
     }
     let (version, value) = body.split_at(8);
-    Ok(Versioned { version: LogIndex::from_be_bytes(version.try_into().expect("8 bytes")), value: value.to_vec() })
+    Ok(Versioned {
+        version: LogIndex::from_be_bytes(version.try_into().expect("8 bytes")),
+        value: value.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -91,18 +109,30 @@ mod tests {
     #[test]
     fn records_round_trip_and_refuse_other_versions() {
         let bytes = encode(&(7u64, "seven".to_string()));
-        assert_eq!(decode::<(u64, String)>(&bytes, "test").unwrap(), (7, "seven".to_string()));
+        assert_eq!(
+            decode::<(u64, String)>(&bytes, "test").unwrap(),
+            (7, "seven".to_string())
+        );
         let mut newer = bytes.clone();
         newer[0] = RECORD_VERSION + 1;
         let error = decode::<(u64, String)>(&newer, "test").unwrap_err().to_string();
         assert!(error.contains("record version"), "{error}");
-        assert_eq!(decode_value(&encode_value(42, b"v")).unwrap(), Versioned { version: 42, value: b"v".to_vec() });
+        assert_eq!(
+            decode_value(&encode_value(42, b"v")).unwrap(),
+            Versioned {
+                version: 42,
+                value: b"v".to_vec()
+            }
+        );
     }
 
     #[test]
     fn a_flipped_bit_in_a_log_entry_is_corruption() {
         let mut bytes = encode_entry(&("entry", 5u64));
-        assert_eq!(decode_entry::<(String, u64)>(&bytes, 1, 5).unwrap(), ("entry".to_string(), 5));
+        assert_eq!(
+            decode_entry::<(String, u64)>(&bytes, 1, 5).unwrap(),
+            ("entry".to_string(), 5)
+        );
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
         let error = decode_entry::<(String, u64)>(&bytes, 1, 5).unwrap_err();

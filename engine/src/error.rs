@@ -15,7 +15,9 @@ pub enum Error {
     DataDirInUse { path: PathBuf },
     #[error("cannot open the storage engine in {path}: {message}")]
     Open { path: PathBuf, message: String },
-    #[error("corrupt {what}: {detail}; this node's data directory is damaged: replace the node from its peers")]
+    #[error(
+        "corrupt {what}: {detail}; this node's data directory is damaged: replace the node from its peers"
+    )]
     Corruption { what: String, detail: String },
     #[error("storage write failed: {0}")]
     Write(String),

@@ -99,15 +99,29 @@ mod tests {
 
     #[test]
     fn data_keys_of_a_range_sit_inside_its_bounds() {
-        let range = HashRange { start: 1 << 60, end: (2 << 60) - 1 };
+        let range = HashRange {
+            start: 1 << 60,
+            end: (2 << 60) - 1,
+        };
         let (start, end) = data_range(range);
         let end = end.unwrap();
         for key in [&b"a"[..], b"bb", b"{tag}x"] {
             let data = data_key(key);
             let hash = ringkv_proto::key_hash(key);
-            assert_eq!(range.start <= hash && hash <= range.end, start <= data && data < end, "{key:?}");
+            assert_eq!(
+                range.start <= hash && hash <= range.end,
+                start <= data && data < end,
+                "{key:?}"
+            );
             assert_eq!(user_key(&data), key);
         }
-        assert_eq!(data_range(HashRange { start: 0, end: u64::MAX }).1, None);
+        assert_eq!(
+            data_range(HashRange {
+                start: 0,
+                end: u64::MAX
+            })
+            .1,
+            None
+        );
     }
 }

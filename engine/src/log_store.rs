@@ -46,13 +46,19 @@ impl LogStore {
     fn entries(&self, from: u64, to: Option<u64>) -> Result<Vec<Entry>, Error> {
         let (start, end) = keys::log_range(self.shard, from, to);
         let mut entries = Vec::new();
-        for (key, value) in self.engine.range_cf(Cf::Log, &start, &end, MAX_ENTRIES_PER_READ)? {
+        for (key, value) in self
+            .engine
+            .range_cf(Cf::Log, &start, &end, MAX_ENTRIES_PER_READ)?
+        {
             let index = keys::log_key_index(&key).unwrap_or_default();
             let entry: Entry = codec::decode_entry(&value, self.shard, index)?;
             if entry.log_id.index != index {
                 return Err(Error::Corruption {
                     what: format!("log entry {index} of shard {}", self.shard),
-                    detail: format!("stored under index {index} but holds index {}", entry.log_id.index),
+                    detail: format!(
+                        "stored under index {index} but holds index {}",
+                        entry.log_id.index
+                    ),
                 });
             }
             if let Some(previous) = entries.last().map(|e: &Entry| e.log_id.index) {
@@ -106,7 +112,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged.clone(),
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -115,7 +124,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let mut ops = WriteOps::default();
-        ops.put(Cf::State, keys::state_key(self.shard, STATE_VOTE), codec::encode(vote));
+        ops.put(
+            Cf::State,
+            keys::state_key(self.shard, STATE_VOTE),
+            codec::encode(vote),
+        );
         self.engine.write_ops(ops, false)?;
         // A vote must be on disk before it is acted on: a node that forgets its vote can vote
         // twice in one term.
@@ -127,13 +140,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not waited on: losing the newest committed id in a crash only means relearning it from
         // the leader; the next fsync makes it durable anyway.
         let mut ops = WriteOps::default();
-        ops.put(Cf::State, keys::state_key(self.shard, STATE_COMMITTED), codec::encode(&committed));
+        ops.put(
+            Cf::State,
+            keys::state_key(self.shard, STATE_COMMITTED),
+            codec::encode(&committed),
+        );
         self.engine.write_ops(ops, false)?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.read_state::<Option<LogId>>(STATE_COMMITTED, "committed log id")?.flatten())
+        Ok(self
+            .read_state::<Option<LogId>>(STATE_COMMITTED, "committed log id")?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -143,7 +162,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut ops = WriteOps::default();
         for entry in entries {
-            ops.put(Cf::Log, keys::log_key(self.shard, entry.log_id.index), codec::encode_entry(&entry));
+            ops.put(
+                Cf::Log,
+                keys::log_key(self.shard, entry.log_id.index),
+                codec::encode_entry(&entry),
+            );
         }
         if ops.is_empty() {
             callback.io_completed(Ok(()));
@@ -151,7 +174,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Written now (readable when this returns); acknowledged only after the fsync.
         self.engine.write_ops(ops, false)?;
-        self.engine.syncer().counters.appends.fetch_add(1, Ordering::AcqRel);
+        self.engine
+            .syncer()
+            .counters
+            .appends
+            .fetch_add(1, Ordering::AcqRel);
         self.engine.syncer().enqueue(Waiter::Append(callback));
         Ok(())
     }
@@ -171,10 +198,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut ops = WriteOps::default();
         // The purge point and the deletion are one atomic batch: never a log that starts after an
         // unrecorded purge.
-        ops.put(Cf::State, keys::state_key(self.shard, STATE_PURGED), codec::encode(&log_id));
+        ops.put(
+            Cf::State,
+            keys::state_key(self.shard, STATE_PURGED),
+            codec::encode(&log_id),
+        );
         ops.delete_range(Cf::Log, start, end);
         self.engine.write_ops(ops, false)?;
         self.engine.syncer().sync().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::alias::EntryOf;
+    use openraft::type_config::TypeConfigExt;
+    use openraft::{Entry, EntryPayload};
+
+    use super::*;
+    use crate::types::Command;
+
+    #[tokio::test]
+    async fn a_corrupted_log_entry_is_an_error_not_a_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut store = engine.log_store(1);
+        let entries: Vec<EntryOf<TypeConfig>> = (1..=3)
+            .map(|index| Entry {
+                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
+                payload: EntryPayload::Normal(Command::Delete { key: b"k".to_vec() }),
+            })
+            .collect();
+        let (sender, receiver) = TypeConfig::oneshot();
+        store.append(entries, IOFlushed::signal(sender)).await.unwrap();
+        receiver.await.unwrap().unwrap();
+
+        // Flip one bit of entry 2 as stored.
+        let key = keys::log_key(1, 2);
+        let mut bytes = engine.get_cf(Cf::Log, &key).unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        let mut ops = WriteOps::default();
+        ops.put(Cf::Log, key, bytes);
+        engine.write_ops(ops, true).unwrap();
+
+        let error = store.try_get_log_entries(1..=3).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("log entry 2 of shard 1"), "{error}");
+        assert!(error.to_string().contains("checksum mismatch"), "{error}");
+        // Entry 1, before the damage, still reads.
+        assert_eq!(store.try_get_log_entries(1..2).await.unwrap().len(), 1);
     }
 }

@@ -141,15 +141,22 @@ impl Engine {
     /// Opens (creating if needed) the engine in `data_dir`. Fails with `DataDirInUse` at once if
     /// another process, or another `Engine` in this one, has it open.
     pub fn open(data_dir: &Path) -> Result<Engine, Error> {
-        let open_error = |message: String| Error::Open { path: data_dir.to_owned(), message };
+        let open_error = |message: String| Error::Open {
+            path: data_dir.to_owned(),
+            message,
+        };
         std::fs::create_dir_all(data_dir).map_err(|e| open_error(e.to_string()))?;
         let snapshot_dir = data_dir.join("snapshots");
         std::fs::create_dir_all(snapshot_dir.join("incoming")).map_err(|e| open_error(e.to_string()))?;
-        let descriptors = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), db_options()));
+        let descriptors = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), db_options()));
         let db = Db::open_cf_descriptors(&db_options(), data_dir.join("db"), descriptors).map_err(|e| {
             let message = e.into_string();
             if message.contains("lock") || message.contains("LOCK") {
-                Error::DataDirInUse { path: data_dir.to_owned() }
+                Error::DataDirInUse {
+                    path: data_dir.to_owned(),
+                }
             } else {
                 open_error(message)
             }
@@ -192,21 +199,35 @@ impl Engine {
 
     /// Reads a key from local storage, with no consistency check (the caller confirms it).
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Error> {
-        self.get_cf(Cf::Data, &keys::data_key(key))?.map(|bytes| codec::decode_value(&bytes)).transpose()
+        self.get_cf(Cf::Data, &keys::data_key(key))?
+            .map(|bytes| codec::decode_value(&bytes))
+            .transpose()
     }
 
     /// A page of the keys of `range` in data-key order strictly after `cursor` (empty: from the
     /// start), keeping those whose user key starts with `prefix`, at most `limit` of them.
-    pub fn scan(&self, range: HashRange, cursor: &[u8], prefix: &[u8], limit: usize) -> Result<ScanPage, Error> {
+    pub fn scan(
+        &self,
+        range: HashRange,
+        cursor: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<ScanPage, Error> {
         let (start, end) = keys::data_range(range);
-        let from = if cursor.is_empty() || cursor < start.as_slice() { start.clone() } else { cursor.to_vec() };
+        let from = if cursor.is_empty() || cursor < start.as_slice() {
+            start.clone()
+        } else {
+            cursor.to_vec()
+        };
         let mut read_options = ReadOptions::default();
         if let Some(end) = end {
             read_options.set_iterate_upper_bound(end);
         }
         let cf = self.cf(Cf::Data);
         let iterator =
-            self.inner.db.iterator_cf_opt(&cf, read_options, IteratorMode::From(&from, Direction::Forward));
+            self.inner
+                .db
+                .iterator_cf_opt(&cf, read_options, IteratorMode::From(&from, Direction::Forward));
         let mut entries = Vec::new();
         let mut examined = 0;
         let mut last_key = Vec::new();
@@ -217,7 +238,10 @@ impl Engine {
             }
             if entries.len() >= limit.max(1) || examined >= SCAN_EXAMINE_LIMIT {
                 // More keys remain: resume after the last one examined.
-                return Ok(ScanPage { entries, next_cursor: last_key });
+                return Ok(ScanPage {
+                    entries,
+                    next_cursor: last_key,
+                });
             }
             examined += 1;
             let user_key = keys::user_key(&key);
@@ -226,7 +250,10 @@ impl Engine {
             }
             last_key = key.to_vec();
         }
-        Ok(ScanPage { entries, next_cursor: Vec::new() })
+        Ok(ScanPage {
+            entries,
+            next_cursor: Vec::new(),
+        })
     }
 
     /// A node-level metadata record.
@@ -254,8 +281,10 @@ impl Engine {
     pub fn incoming_snapshot_path(&self, shard: ShardId) -> Result<PathBuf, Error> {
         let n = self.inner.incoming_counter.fetch_add(1, Ordering::AcqRel);
         let dir = self.inner.snapshot_dir.join("incoming");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Snapshot { path: dir.clone(), message: format!("cannot create: {e}") })?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Snapshot {
+            path: dir.clone(),
+            message: format!("cannot create: {e}"),
+        })?;
         Ok(dir.join(format!("shard-{shard}-{}-{n}.part", std::process::id())))
     }
 
@@ -270,11 +299,17 @@ impl Engine {
     }
 
     fn cf(&self, cf: Cf) -> Arc<BoundColumnFamily<'_>> {
-        self.inner.db.cf_handle(cf.name()).expect("column family created at open")
+        self.inner
+            .db
+            .cf_handle(cf.name())
+            .expect("column family created at open")
     }
 
     pub(crate) fn get_cf(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.inner.db.get_cf(&self.cf(cf), key).map_err(|e| Error::Read(e.into_string()))
+        self.inner
+            .db
+            .get_cf(&self.cf(cf), key)
+            .map_err(|e| Error::Read(e.into_string()))
     }
 
     /// Writes `ops` atomically. With `sync`, durable on return (an fsync of its own); without,
@@ -292,7 +327,10 @@ impl Engine {
         }
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        self.inner.db.write_opt(batch, &options).map_err(|e| Error::Write(e.into_string()))
+        self.inner
+            .db
+            .write_opt(batch, &options)
+            .map_err(|e| Error::Write(e.into_string()))
     }
 
     /// Key-value pairs in `[from, to)`, in order, at most `limit`.
@@ -305,8 +343,11 @@ impl Engine {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(to.to_vec());
-        let iterator =
-            self.inner.db.iterator_cf_opt(&self.cf(cf), read_options, IteratorMode::From(from, Direction::Forward));
+        let iterator = self.inner.db.iterator_cf_opt(
+            &self.cf(cf),
+            read_options,
+            IteratorMode::From(from, Direction::Forward),
+        );
         let mut out = Vec::new();
         for item in iterator.take(limit) {
             let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
@@ -316,11 +357,19 @@ impl Engine {
     }
 
     /// The last key-value pair in `[from, to)`.
-    pub(crate) fn last_in_range(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn last_in_range(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_lower_bound(from.to_vec());
         read_options.set_iterate_upper_bound(to.to_vec());
-        let mut iterator = self.inner.db.iterator_cf_opt(&self.cf(cf), read_options, IteratorMode::End);
+        let mut iterator = self
+            .inner
+            .db
+            .iterator_cf_opt(&self.cf(cf), read_options, IteratorMode::End);
         match iterator.next() {
             Some(item) => {
                 let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
@@ -331,9 +380,15 @@ impl Engine {
     }
 
     /// Runs `read` against a point-in-time view of the whole database.
-    pub(crate) fn read_at_snapshot<T>(&self, read: impl FnOnce(&View<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    pub(crate) fn read_at_snapshot<T>(
+        &self,
+        read: impl FnOnce(&View<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let snapshot = self.inner.db.snapshot();
-        read(&View { engine: self, snapshot })
+        read(&View {
+            engine: self,
+            snapshot,
+        })
     }
 }
 
@@ -345,7 +400,9 @@ pub(crate) struct View<'a> {
 
 impl View<'_> {
     pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.snapshot.get_cf(&self.engine.cf(cf), key).map_err(|e| Error::Read(e.into_string()))
+        self.snapshot
+            .get_cf(&self.engine.cf(cf), key)
+            .map_err(|e| Error::Read(e.into_string()))
     }
 
     /// Calls `visit` for each pair in `[from, to)` (`to = None`: to the end), in order.

@@ -48,7 +48,12 @@ pub struct SnapshotBuilder {
 
 impl SnapshotBuilder {
     pub(crate) fn new(engine: Engine, shard: ShardId, range: HashRange, lock: Arc<Mutex<()>>) -> Self {
-        SnapshotBuilder { engine, shard, range, lock }
+        SnapshotBuilder {
+            engine,
+            shard,
+            range,
+            lock,
+        }
     }
 }
 
@@ -65,12 +70,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn unique_suffix() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!("{nanos}-{}", std::process::id())
 }
 
 fn snapshot_error(path: &Path, message: impl Into<String>) -> Error {
-    Error::Snapshot { path: path.to_owned(), message: message.into() }
+    Error::Snapshot {
+        path: path.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// Writes the shard's data as of one point in time to a new file and makes it the current snapshot.
@@ -89,16 +99,21 @@ fn build(
             Some(bytes) => codec::decode(&bytes, &format!("applied state of shard {shard}"))?,
             None => AppliedState::default(),
         };
-        let file = File::create(&temp_path).map_err(|e| snapshot_error(&temp_path, format!("cannot create: {e}")))?;
+        let file = File::create(&temp_path)
+            .map_err(|e| snapshot_error(&temp_path, format!("cannot create: {e}")))?;
         let mut writer = ChecksumWriter::new(BufWriter::new(file));
         let write_error = |e: io::Error| snapshot_error(&temp_path, format!("cannot write: {e}"));
         writer.write_all(MAGIC).map_err(write_error)?;
         let (start, end) = keys::data_range(range);
         let mut count: u64 = 0;
         view.for_each(Cf::Data, &start, end.as_deref(), |key, value| {
-            writer.write_all(&(key.len() as u32).to_le_bytes()).map_err(write_error)?;
+            writer
+                .write_all(&(key.len() as u32).to_le_bytes())
+                .map_err(write_error)?;
             writer.write_all(key).map_err(write_error)?;
-            writer.write_all(&(value.len() as u32).to_le_bytes()).map_err(write_error)?;
+            writer
+                .write_all(&(value.len() as u32).to_le_bytes())
+                .map_err(write_error)?;
             writer.write_all(value).map_err(write_error)?;
             count += 1;
             Ok(())
@@ -121,8 +136,20 @@ fn build(
     let file_name = format!("snap-{index:020}-{}.snap", unique_suffix());
     let path = dir.join(&file_name);
     std::fs::rename(&temp_path, &path).map_err(|e| snapshot_error(&path, format!("cannot rename: {e}")))?;
-    make_current(engine, shard, lock, CurrentSnapshot { meta: meta.clone(), file_name }, WriteOps::default())?;
-    Ok(SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: SnapshotFile { path } })
+    make_current(
+        engine,
+        shard,
+        lock,
+        CurrentSnapshot {
+            meta: meta.clone(),
+            file_name,
+        },
+        WriteOps::default(),
+    )?;
+    Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
+        meta,
+        snapshot: SnapshotFile { path },
+    })
 }
 
 /// Records `snapshot` as the shard's current one (with `ops`, atomically) unless a newer one is
@@ -139,7 +166,11 @@ fn make_current(
     let keep = match read_current(engine, shard)? {
         Some(existing) if index_of(&existing) > index_of(&snapshot) && ops.is_empty() => existing.file_name,
         _ => {
-            ops.put(Cf::Meta, keys::shard_meta_key(shard, META_SNAPSHOT), codec::encode(&snapshot));
+            ops.put(
+                Cf::Meta,
+                keys::shard_meta_key(shard, META_SNAPSHOT),
+                codec::encode(&snapshot),
+            );
             snapshot.file_name.clone()
         }
     };
@@ -166,13 +197,21 @@ fn read_current(engine: &Engine, shard: ShardId) -> Result<Option<CurrentSnapsho
 }
 
 /// The shard's current snapshot, if its file still exists.
-pub(crate) fn current(engine: &Engine, shard: ShardId) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, Error> {
-    let Some(current) = read_current(engine, shard)? else { return Ok(None) };
+pub(crate) fn current(
+    engine: &Engine,
+    shard: ShardId,
+) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, Error> {
+    let Some(current) = read_current(engine, shard)? else {
+        return Ok(None);
+    };
     let path = engine.snapshot_dir(shard).join(&current.file_name);
     if !path.exists() {
         return Ok(None);
     }
-    Ok(Some(SnapshotOf::<TypeConfig, SnapshotFile> { meta: current.meta, snapshot: SnapshotFile { path } }))
+    Ok(Some(SnapshotOf::<TypeConfig, SnapshotFile> {
+        meta: current.meta,
+        snapshot: SnapshotFile { path },
+    }))
 }
 
 /// Verifies the file at `path` and replaces the shard's data and applied state with its content in
@@ -192,7 +231,11 @@ pub(crate) fn install(
         Some(end) => ops.delete_range(Cf::Data, start.clone(), end.clone()),
         // The last arc of the ring: bound by a key above every valid data key (hash, then a key
         // of at most MAX_KEY_BYTES).
-        None => ops.delete_range(Cf::Data, start.clone(), vec![0xff; 8 + ringkv_proto::limits::MAX_KEY_BYTES + 1]),
+        None => ops.delete_range(
+            Cf::Data,
+            start.clone(),
+            vec![0xff; 8 + ringkv_proto::limits::MAX_KEY_BYTES + 1],
+        ),
     }
     for (key, value) in records {
         let inside = key.as_slice() >= start.as_slice() && end.as_ref().is_none_or(|end| key < *end);
@@ -201,18 +244,34 @@ pub(crate) fn install(
         }
         ops.put(Cf::Data, key, value);
     }
-    let applied = AppliedState { last_applied: meta.last_log_id.clone(), membership: meta.last_membership.clone() };
-    ops.put(Cf::Meta, keys::shard_meta_key(shard, META_APPLIED), codec::encode(&applied));
+    let applied = AppliedState {
+        last_applied: meta.last_log_id.clone(),
+        membership: meta.last_membership.clone(),
+    };
+    ops.put(
+        Cf::Meta,
+        keys::shard_meta_key(shard, META_APPLIED),
+        codec::encode(&applied),
+    );
 
     let dir = engine.snapshot_dir(shard);
     std::fs::create_dir_all(&dir).map_err(|e| snapshot_error(&dir, format!("cannot create: {e}")))?;
     let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
     let file_name = format!("snap-{index:020}-{}.snap", unique_suffix());
     let kept = dir.join(&file_name);
-    std::fs::rename(path, &kept).or_else(|_| std::fs::copy(path, &kept).map(|_| ())).map_err(|e| {
-        snapshot_error(path, format!("cannot keep as {}: {e}", kept.display()))
-    })?;
-    make_current(engine, shard, lock, CurrentSnapshot { meta: meta.clone(), file_name }, ops)?;
+    std::fs::rename(path, &kept)
+        .or_else(|_| std::fs::copy(path, &kept).map(|_| ()))
+        .map_err(|e| snapshot_error(path, format!("cannot keep as {}: {e}", kept.display())))?;
+    make_current(
+        engine,
+        shard,
+        lock,
+        CurrentSnapshot {
+            meta: meta.clone(),
+            file_name,
+        },
+        ops,
+    )?;
     Ok(applied)
 }
 
@@ -222,7 +281,10 @@ fn read_verified(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
     File::open(path)
         .and_then(|file| BufReader::new(file).read_to_end(&mut bytes))
         .map_err(|e| snapshot_error(path, format!("cannot read: {e}")))?;
-    let corrupt = |detail: &str| Error::Corruption { what: format!("snapshot file {}", path.display()), detail: detail.into() };
+    let corrupt = |detail: &str| Error::Corruption {
+        what: format!("snapshot file {}", path.display()),
+        detail: detail.into(),
+    };
     if bytes.len() < MAGIC.len() + END_MARK.len() + 12 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(corrupt("not a ringkv snapshot (bad header or too short)"));
     }
@@ -235,15 +297,25 @@ fn read_verified(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
     if &body[trailer_start..trailer_start + END_MARK.len()] != END_MARK {
         return Err(corrupt("missing end marker"));
     }
-    let count = u64::from_le_bytes(body[trailer_start + END_MARK.len()..].try_into().expect("8 bytes"));
+    let count = u64::from_le_bytes(
+        body[trailer_start + END_MARK.len()..]
+            .try_into()
+            .expect("8 bytes"),
+    );
     let mut records = Vec::new();
     let mut position = MAGIC.len();
     let take = |position: &mut usize| -> Result<Vec<u8>, Error> {
         let len_end = *position + 4;
         let len = u32::from_le_bytes(
-            body.get(*position..len_end).ok_or_else(|| corrupt("truncated record"))?.try_into().expect("4 bytes"),
+            body.get(*position..len_end)
+                .ok_or_else(|| corrupt("truncated record"))?
+                .try_into()
+                .expect("4 bytes"),
         ) as usize;
-        let value = body.get(len_end..len_end + len).ok_or_else(|| corrupt("truncated record"))?.to_vec();
+        let value = body
+            .get(len_end..len_end + len)
+            .ok_or_else(|| corrupt("truncated record"))?
+            .to_vec();
         *position = len_end + len;
         Ok(value)
     };
@@ -266,7 +338,10 @@ struct ChecksumWriter<W: Write> {
 
 impl<W: Write> ChecksumWriter<W> {
     fn new(inner: W) -> Self {
-        ChecksumWriter { inner, hasher: crc32fast::Hasher::new() }
+        ChecksumWriter {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+        }
     }
 }
 

@@ -7,9 +7,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
+use openraft::EntryPayload;
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -42,7 +42,13 @@ pub struct StateMachine {
 impl StateMachine {
     pub(crate) fn open(engine: Engine, shard: ShardId, range: HashRange) -> Result<StateMachine, Error> {
         let applied = read_applied(&engine, shard)?;
-        Ok(StateMachine { engine, shard, range, applied, snapshot_lock: Arc::new(Mutex::new(())) })
+        Ok(StateMachine {
+            engine,
+            shard,
+            range,
+            applied,
+            snapshot_lock: Arc::new(Mutex::new(())),
+        })
     }
 
     pub fn shard(&self) -> ShardId {
@@ -51,10 +57,12 @@ impl StateMachine {
 }
 
 pub(crate) fn read_applied(engine: &Engine, shard: ShardId) -> Result<AppliedState, Error> {
-    Ok(match engine.get_cf(Cf::Meta, &keys::shard_meta_key(shard, META_APPLIED))? {
-        Some(bytes) => codec::decode(&bytes, &format!("applied state of shard {shard}"))?,
-        None => AppliedState::default(),
-    })
+    Ok(
+        match engine.get_cf(Cf::Meta, &keys::shard_meta_key(shard, META_APPLIED))? {
+            Some(bytes) => codec::decode(&bytes, &format!("applied state of shard {shard}"))?,
+            None => AppliedState::default(),
+        },
+    )
 }
 
 /// Pending writes of one apply batch, readable by later commands of the same batch.
@@ -70,11 +78,15 @@ impl Overlay<'_> {
         if let Some(value) = self.written.get(data_key) {
             return Ok(value.clone());
         }
-        self.engine.get_cf(Cf::Data, data_key)?.map(|bytes| codec::decode_value(&bytes)).transpose()
+        self.engine
+            .get_cf(Cf::Data, data_key)?
+            .map(|bytes| codec::decode_value(&bytes))
+            .transpose()
     }
 
     fn put(&mut self, data_key: Vec<u8>, value: Vec<u8>, version: LogIndex) {
-        self.ops.put(Cf::Data, data_key.clone(), codec::encode_value(version, &value));
+        self.ops
+            .put(Cf::Data, data_key.clone(), codec::encode_value(version, &value));
         self.written.insert(data_key, Some(Versioned { value, version }));
     }
 
@@ -95,7 +107,11 @@ impl Overlay<'_> {
                 self.delete(data_key);
                 CommandResult::Delete { existed }
             }
-            Command::Cas { key, expect, new_value } => {
+            Command::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
                 let data_key = keys::data_key(&key);
                 let current = self.current(&data_key)?;
                 let matches = match (&expect, &current) {
@@ -105,16 +121,28 @@ impl Overlay<'_> {
                     (_, None) => false,
                 };
                 if !matches {
-                    return Ok(CommandResult::Cas { succeeded: false, version: 0, current });
+                    return Ok(CommandResult::Cas {
+                        succeeded: false,
+                        version: 0,
+                        current,
+                    });
                 }
                 match new_value {
                     Some(value) => {
                         self.put(data_key, value, index);
-                        CommandResult::Cas { succeeded: true, version: index, current: None }
+                        CommandResult::Cas {
+                            succeeded: true,
+                            version: index,
+                            current: None,
+                        }
                     }
                     None => {
                         self.delete(data_key);
-                        CommandResult::Cas { succeeded: true, version: 0, current: None }
+                        CommandResult::Cas {
+                            succeeded: true,
+                            version: 0,
+                            current: None,
+                        }
                     }
                 }
             }
@@ -144,7 +172,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let mut overlay = Overlay { engine: &self.engine, ops: WriteOps::default(), written: HashMap::new() };
+        let mut overlay = Overlay {
+            engine: &self.engine,
+            ops: WriteOps::default(),
+            written: HashMap::new(),
+        };
         let mut applied = self.applied.clone();
         let mut responses = Vec::new();
         while let Some(item) = entries.next().await {
@@ -166,7 +198,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let mut ops = overlay.ops;
-        ops.put(Cf::Meta, keys::shard_meta_key(self.shard, META_APPLIED), codec::encode(&applied));
+        ops.put(
+            Cf::Meta,
+            keys::shard_meta_key(self.shard, META_APPLIED),
+            codec::encode(&applied),
+        );
         self.engine.write_ops(ops, false)?;
         self.applied = applied;
         // Answer only after the batch is written, so a read after the answer sees it.
@@ -177,7 +213,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder::new(self.engine.clone(), self.shard, self.range, self.snapshot_lock.clone())
+        SnapshotBuilder::new(
+            self.engine.clone(),
+            self.shard,
+            self.range,
+            self.snapshot_lock.clone(),
+        )
     }
 
     async fn install_snapshot(
@@ -185,8 +226,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        let (engine, shard, range, lock, meta) =
-            (self.engine.clone(), self.shard, self.range, self.snapshot_lock.clone(), meta.clone());
+        let (engine, shard, range, lock, meta) = (
+            self.engine.clone(),
+            self.shard,
+            self.range,
+            self.snapshot_lock.clone(),
+            meta.clone(),
+        );
         let applied = tokio::task::spawn_blocking(move || {
             snapshot::install(&engine, shard, range, &lock, &meta, &snapshot.path)
         })
@@ -198,7 +244,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
         Ok(snapshot::current(&self.engine, self.shard)?)
     }
 }

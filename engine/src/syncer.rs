@@ -70,7 +70,12 @@ impl Syncer {
     /// Fails if an earlier fsync failed: call before every write.
     pub(crate) fn check_healthy(&self) -> Result<(), Error> {
         if self.is_poisoned.load(Ordering::Acquire) {
-            let reason = self.poisoned.lock().expect("poison lock").clone().unwrap_or_default();
+            let reason = self
+                .poisoned
+                .lock()
+                .expect("poison lock")
+                .clone()
+                .unwrap_or_default();
             return Err(Error::Poisoned(reason));
         }
         Ok(())
@@ -96,7 +101,9 @@ impl Syncer {
         match receiver.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(Error::Poisoned(reason)),
-            Err(_) => Err(Error::Write("the syncer stopped before confirming durability".into())),
+            Err(_) => Err(Error::Write(
+                "the syncer stopped before confirming durability".into(),
+            )),
         }
     }
 
@@ -165,7 +172,13 @@ mod tests {
         let fail = Arc::new(AtomicBool::new(false));
         let syncer = {
             let fail = fail.clone();
-            Syncer::start(move || if fail.load(Ordering::Acquire) { Err("disk gone".into()) } else { Ok(()) })
+            Syncer::start(move || {
+                if fail.load(Ordering::Acquire) {
+                    Err("disk gone".into())
+                } else {
+                    Ok(())
+                }
+            })
         };
         syncer.sync().await.unwrap();
         syncer.check_healthy().unwrap();
@@ -174,6 +187,9 @@ mod tests {
         let error = syncer.check_healthy().unwrap_err().to_string();
         assert!(error.contains("disk gone"), "{error}");
         fail.store(false, Ordering::Release);
-        assert!(syncer.sync().await.is_err(), "a poisoned engine never syncs again");
+        assert!(
+            syncer.sync().await.is_err(),
+            "a poisoned engine never syncs again"
+        );
     }
 }

@@ -51,19 +51,32 @@ pub enum BatchOp {
 /// A state-machine command, proposed by the shard leader and applied by every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Write `new_value` (delete the key when `None`) if the key matches `expect`.
-    Cas { key: Vec<u8>, expect: Expect, new_value: Option<Vec<u8>> },
+    Cas {
+        key: Vec<u8>,
+        expect: Expect,
+        new_value: Option<Vec<u8>>,
+    },
     /// All operations take effect at the same log index, or none does.
-    Batch { ops: Vec<BatchOp> },
+    Batch {
+        ops: Vec<BatchOp>,
+    },
 }
 
 impl fmt::Display for Command {
     /// Never prints keys or values: logs must not leak user data.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value } => write!(f, "put({} key bytes, {} value bytes)", key.len(), value.len()),
+            Command::Put { key, value } => {
+                write!(f, "put({} key bytes, {} value bytes)", key.len(), value.len())
+            }
             Command::Delete { key } => write!(f, "delete({} key bytes)", key.len()),
             Command::Cas { key, .. } => write!(f, "cas({} key bytes)", key.len()),
             Command::Batch { ops } => write!(f, "batch({} ops)", ops.len()),
@@ -83,12 +96,22 @@ pub struct Versioned {
 pub enum CommandResult {
     /// Blank and membership entries.
     None,
-    Put { version: LogIndex },
-    Delete { existed: bool },
+    Put {
+        version: LogIndex,
+    },
+    Delete {
+        existed: bool,
+    },
     /// On success `version` is the index written (the entry's index); on failure `current` is what
     /// the key held instead.
-    Cas { succeeded: bool, version: LogIndex, current: Option<Versioned> },
-    Batch { version: LogIndex },
+    Cas {
+        succeeded: bool,
+        version: LogIndex,
+        current: Option<Versioned>,
+    },
+    Batch {
+        version: LogIndex,
+    },
 }
 
 openraft::declare_raft_types!(

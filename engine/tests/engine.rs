@@ -1,0 +1,409 @@
+//! The engine's own guarantees, on real RocksDB: group commit shares fsyncs and never acknowledges
+//! an append before its fsync; command semantics; snapshots; restart; scans; a data dir in use.
+
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
+use openraft::{Entry, EntryPayload};
+use ringkv_engine::{BatchOp, Command, Engine, Error, Expect, HashRange, TypeConfig, Versioned};
+
+const WHOLE_RING: HashRange = HashRange {
+    start: 0,
+    end: u64::MAX,
+};
+
+fn log_id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
+    openraft::testing::log_id::<TypeConfig>(term, 1, index)
+}
+
+/// An openraft durability callback and the receiver that hears when it fires.
+fn callback() -> (
+    IOFlushed<TypeConfig>,
+    impl std::future::Future<Output = Result<(), std::io::Error>>,
+) {
+    let (sender, receiver) = TypeConfig::oneshot();
+    (IOFlushed::signal(sender), async move {
+        receiver.await.expect("callback dropped")
+    })
+}
+
+fn normal(index: u64, command: Command) -> EntryOf<TypeConfig> {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// Appends through the openraft API and waits for the durability callback.
+async fn append(store: &mut ringkv_engine::LogStore, entries: Vec<EntryOf<TypeConfig>>) {
+    let (flushed, done) = callback();
+    store.append(entries, flushed).await.unwrap();
+    done.await.unwrap();
+}
+
+/// Applies entries through the openraft API.
+async fn apply(sm: &mut ringkv_engine::StateMachine, entries: Vec<EntryOf<TypeConfig>>) {
+    let stream = futures::stream::iter(entries.into_iter().map(|entry| Ok((entry, None))));
+    sm.apply(stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_from_many_shards_share_fsyncs_and_wait_for_them() {
+    const SHARDS: u64 = 32;
+    const APPENDS_PER_SHARD: u64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let before = engine.group_commit_stats();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for shard in 1..=SHARDS {
+        let engine = engine.clone();
+        tasks.spawn(async move {
+            let mut store = engine.log_store(shard);
+            for index in 1..=APPENDS_PER_SHARD {
+                // Every fsync numbered above this one starts after the write below.
+                let fsyncs_started_before_write = engine.group_commit_stats().fsyncs_started;
+                let (flushed, done) = callback();
+                store
+                    .append(vec![normal(index, put("k", "v"))], flushed)
+                    .await
+                    .unwrap();
+                done.await.unwrap();
+                let finished = engine.group_commit_stats().fsyncs;
+                assert!(
+                    finished > fsyncs_started_before_write,
+                    "shard {shard} append {index} acknowledged before an fsync after its write finished"
+                );
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    let stats = engine.group_commit_stats();
+    let appends = stats.appends - before.appends;
+    let fsyncs = stats.fsyncs - before.fsyncs;
+    assert_eq!(appends, SHARDS * APPENDS_PER_SHARD);
+    assert!(
+        fsyncs * 2 < appends,
+        "group commit: {fsyncs} fsyncs for {appends} appends"
+    );
+    eprintln!("group commit: {appends} appends made durable by {fsyncs} fsyncs");
+
+    // Every shard's log is complete and in order.
+    for shard in 1..=SHARDS {
+        let mut store = engine.log_store(shard);
+        let entries = store.try_get_log_entries(1..=APPENDS_PER_SHARD).await.unwrap();
+        assert_eq!(entries.len() as u64, APPENDS_PER_SHARD, "shard {shard}");
+    }
+}
+
+#[tokio::test]
+async fn an_append_callback_waits_for_an_fsync_that_started_after_the_write() {
+    // Deterministic form of the guarantee: with no other traffic, the fsync that acknowledges an
+    // append is one that started after `append` returned.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut store = engine.log_store(1);
+    for index in 1..=20 {
+        let started_before = engine.group_commit_stats().fsyncs_started;
+        let (flushed, done) = callback();
+        store
+            .append(vec![normal(index, put("k", "v"))], flushed)
+            .await
+            .unwrap();
+        done.await.unwrap();
+        let stats = engine.group_commit_stats();
+        assert!(
+            stats.fsyncs_started > started_before,
+            "append {index} acknowledged without a new fsync"
+        );
+        assert!(
+            stats.fsyncs > started_before,
+            "append {index} acknowledged before its fsync finished"
+        );
+    }
+}
+
+#[tokio::test]
+async fn commands_apply_with_cas_and_batch_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut sm = engine.state_machine(1, WHOLE_RING).unwrap();
+
+    let entries = vec![
+        normal(1, put("a", "1")),
+        normal(
+            2,
+            Command::Cas {
+                key: "a".into(),
+                expect: Expect::Value(b"0".to_vec()),
+                new_value: Some(b"2".to_vec()),
+            },
+        ),
+        normal(
+            3,
+            Command::Cas {
+                key: "a".into(),
+                expect: Expect::Version(1),
+                new_value: Some(b"3".to_vec()),
+            },
+        ),
+        normal(
+            4,
+            Command::Cas {
+                key: "b".into(),
+                expect: Expect::Absent,
+                new_value: Some(b"b".to_vec()),
+            },
+        ),
+        normal(5, Command::Delete { key: "a".into() }),
+        normal(6, Command::Delete { key: "a".into() }),
+        normal(
+            7,
+            Command::Batch {
+                ops: vec![
+                    BatchOp::Put {
+                        key: "{t}x".into(),
+                        value: b"x".to_vec(),
+                    },
+                    BatchOp::Put {
+                        key: "{t}y".into(),
+                        value: b"y".to_vec(),
+                    },
+                    BatchOp::Delete { key: "b".into() },
+                ],
+            },
+        ),
+    ];
+    apply(&mut sm, entries).await;
+
+    assert_eq!(engine.get(b"a").unwrap(), None, "deleted at 5");
+    assert_eq!(engine.get(b"b").unwrap(), None, "deleted by the batch");
+    assert_eq!(
+        engine.get(b"{t}x").unwrap(),
+        Some(Versioned {
+            value: b"x".to_vec(),
+            version: 7
+        })
+    );
+    assert_eq!(
+        engine.get(b"{t}y").unwrap(),
+        Some(Versioned {
+            value: b"y".to_vec(),
+            version: 7
+        })
+    );
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 7)));
+}
+
+#[tokio::test]
+async fn a_failed_cas_returns_the_current_value_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut sm = engine.state_machine(1, WHOLE_RING).unwrap();
+    apply(&mut sm, vec![normal(1, put("k", "old"))]).await;
+
+    // Apply through the responder path is exercised by the cluster tests; here check the stored
+    // state after a CAS whose expectation is wrong, then one that is right.
+    apply(
+        &mut sm,
+        vec![normal(
+            2,
+            Command::Cas {
+                key: "k".into(),
+                expect: Expect::Value(b"nope".to_vec()),
+                new_value: None,
+            },
+        )],
+    )
+    .await;
+    assert_eq!(
+        engine.get(b"k").unwrap(),
+        Some(Versioned {
+            value: b"old".to_vec(),
+            version: 1
+        })
+    );
+    apply(
+        &mut sm,
+        vec![normal(
+            3,
+            Command::Cas {
+                key: "k".into(),
+                expect: Expect::Version(1),
+                new_value: Some(b"new".to_vec()),
+            },
+        )],
+    )
+    .await;
+    assert_eq!(
+        engine.get(b"k").unwrap(),
+        Some(Versioned {
+            value: b"new".to_vec(),
+            version: 3
+        })
+    );
+}
+
+#[tokio::test]
+async fn snapshot_carries_data_up_to_its_point_and_installs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let range = HashRange {
+        start: 0,
+        end: u64::MAX / 2,
+    };
+    let mut sm = engine.state_machine(1, range).unwrap();
+    let keys_in_range: Vec<String> = (0..400)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| ringkv_proto::key_hash(k.as_bytes()) <= range.end)
+        .collect();
+    let entries: Vec<_> = keys_in_range
+        .iter()
+        .enumerate()
+        .map(|(i, k)| normal(i as u64 + 1, put(k, &format!("v-{k}"))))
+        .collect();
+    let n = entries.len() as u64;
+    apply(&mut sm, entries).await;
+
+    let mut builder = sm.get_snapshot_builder().await;
+    let snapshot = builder.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, n)));
+    // A write after the snapshot point is not in the snapshot.
+    apply(&mut sm, vec![normal(n + 1, put(&keys_in_range[0], "after"))]).await;
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Engine::open(other_dir.path()).unwrap();
+    let mut other_sm = other.state_machine(1, range).unwrap();
+    // Stale data in the range is replaced, not merged.
+    apply(&mut other_sm, vec![normal(1, put(&keys_in_range[1], "stale"))]).await;
+    let path = other.incoming_snapshot_path(1).unwrap();
+    std::fs::copy(&snapshot.snapshot.path, &path).unwrap();
+    other_sm
+        .install_snapshot(&snapshot.meta, ringkv_engine::SnapshotFile { path })
+        .await
+        .unwrap();
+
+    for key in &keys_in_range {
+        assert_eq!(
+            other.get(key.as_bytes()).unwrap().map(|v| v.value),
+            Some(format!("v-{key}").into_bytes()),
+            "{key}"
+        );
+    }
+    let (applied, _) = other_sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, n)));
+    let current = other_sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("installed snapshot is current");
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, n)));
+
+    // A damaged snapshot file is refused and changes nothing.
+    let damaged = other.incoming_snapshot_path(1).unwrap();
+    let mut bytes = std::fs::read(&snapshot.snapshot.path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    let mut newer = snapshot.meta.clone();
+    newer.last_log_id = Some(log_id(1, n + 100));
+    assert!(
+        other_sm
+            .install_snapshot(&newer, ringkv_engine::SnapshotFile { path: damaged })
+            .await
+            .is_err()
+    );
+    let (applied, _) = other_sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, n)), "a refused install changes nothing");
+}
+
+#[tokio::test]
+async fn vote_log_and_data_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote: VoteOf<TypeConfig> = openraft::impls::Vote::new_committed(3, 7);
+    {
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut store = engine.log_store(5);
+        store.save_vote(&vote).await.unwrap();
+        append(
+            &mut store,
+            (1..=10).map(|i| normal(i, put("k", &format!("v{i}")))).collect(),
+        )
+        .await;
+        let mut sm = engine.state_machine(5, WHOLE_RING).unwrap();
+        apply(
+            &mut sm,
+            (1..=6).map(|i| normal(i, put("k", &format!("v{i}")))).collect(),
+        )
+        .await;
+        engine.put_meta("cluster", b"map").unwrap();
+    }
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut store = engine.log_store(5);
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 10)));
+    let mut sm = engine.state_machine(5, WHOLE_RING).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1, 6)));
+    assert_eq!(engine.get(b"k").unwrap().map(|v| v.value), Some(b"v6".to_vec()));
+    assert_eq!(engine.get_meta("cluster").unwrap(), Some(b"map".to_vec()));
+    // Other shards' logs are untouched by shard 5's.
+    assert_eq!(
+        engine.log_store(6).get_log_state().await.unwrap().last_log_id,
+        None
+    );
+}
+
+#[test]
+fn a_second_open_of_a_data_dir_in_use_fails_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Engine::open(dir.path()).unwrap();
+    let error = Engine::open(dir.path()).err().expect("second open must fail");
+    assert!(matches!(error, Error::DataDirInUse { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("already in use"), "{message}");
+    assert!(message.contains(&dir.path().display().to_string()), "{message}");
+}
+
+#[test]
+fn scan_pages_through_a_range_with_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut sm = engine.state_machine(1, WHOLE_RING).unwrap();
+    let mut entries = Vec::new();
+    for i in 0..50 {
+        entries.push(normal(entries.len() as u64 + 1, put(&format!("user:{i}"), "u")));
+        entries.push(normal(entries.len() as u64 + 1, put(&format!("item:{i}"), "i")));
+    }
+    runtime.block_on(apply(&mut sm, entries));
+    let mut seen = Vec::new();
+    let mut cursor = Vec::new();
+    for _ in 0..100 {
+        let page = engine.scan(WHOLE_RING, &cursor, b"user:", 7).unwrap();
+        assert!(page.entries.len() <= 7);
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap()),
+        );
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..50).map(|i| format!("user:{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
