@@ -1,1 +1,14 @@
-//! placeholder
+//! The ringkv server: runs a node (config, Raft transport, shard hosting, gRPC services) and the
+//! command-line tool that talks to a cluster through ringkv-client. `main.rs` only calls `cli`.
+
+pub mod cli;
+pub mod config;
+mod error;
+pub mod node;
+pub mod server;
+mod service;
+pub mod transport;
+mod wire;
+
+pub use config::NodeConfig;
+pub use server::{RunningNode, start, start_with_transport};

@@ -1,0 +1,274 @@
+//! Node configuration: one serde struct with defaults, read from a TOML file and/or flags, checked
+//! by `validate()` before anything touches the disk. `ringkv.example.toml` at the repository root
+//! lists every field with its default; a test keeps the two equal.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use ringkv_proto::NodeId;
+
+/// Default client/peer port: unassigned by IANA, and easy to remember next to Redis's 6379.
+pub const DEFAULT_PORT: u16 = 7379;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, 1 to 2^32-1, unique in the cluster.
+    pub node_id: NodeId,
+    /// Address the node listens on for clients and peers (`host:port`).
+    pub listen: String,
+    /// Address peers and clients should use to reach this node; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Directory holding the node's RocksDB instance and snapshots.
+    pub data_dir: PathBuf,
+    /// Every node of the cluster at bootstrap, this one included: node id -> address. Empty means a
+    /// single-node cluster made of this node alone.
+    pub peers: BTreeMap<String, String>,
+    /// Number of shards the ring is cut into when the cluster is first created.
+    pub shards: u32,
+    /// Replicas per shard when the cluster is first created; at most the number of nodes.
+    /// Defaults to min(3, number of nodes).
+    pub replication: Option<usize>,
+    /// How long a node waits for a write to commit or a read to be confirmed before answering
+    /// Unavailable, in milliseconds.
+    pub request_timeout_ms: u64,
+    pub raft: RaftTuning,
+}
+
+/// Raft timing and log-retention knobs, shared by every shard group on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTuning {
+    /// Leader heartbeat period, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range, in milliseconds. Must exceed the heartbeat interval.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the log.
+    pub logs_to_keep_after_snapshot: u64,
+    /// How long a snapshot transfer to a follower may take, in milliseconds.
+    pub snapshot_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 1,
+            listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            advertise: None,
+            data_dir: PathBuf::from("ringkv-data"),
+            peers: BTreeMap::new(),
+            shards: 16,
+            replication: None,
+            request_timeout_ms: 5_000,
+            raft: RaftTuning::default(),
+        }
+    }
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        // Heartbeats every 100 ms with 0.6–1.2 s elections: failover in about a second, while a
+        // node with a few hundred idle shards stays well under one core (DESIGN.md "Raft").
+        RaftTuning {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1_200,
+            snapshot_after_logs: 10_000,
+            logs_to_keep_after_snapshot: 1_000,
+            snapshot_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    }
+
+    /// The address this node is reached at.
+    pub fn advertised_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The cluster's nodes at bootstrap, parsed from `peers` (this node alone when empty).
+    pub fn bootstrap_nodes(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+        if self.peers.is_empty() {
+            return Ok(BTreeMap::from([(self.node_id, self.advertised_addr().to_owned())]));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, addr) in &self.peers {
+            let id: NodeId = id.trim().parse().map_err(|_| {
+                ConfigError::Invalid(format!("peer id {id:?} is not a number; write peers as ID=HOST:PORT"))
+            })?;
+            nodes.insert(id, addr.clone());
+        }
+        Ok(nodes)
+    }
+
+    pub fn replication_factor(&self) -> Result<usize, ConfigError> {
+        let n_nodes = self.bootstrap_nodes()?.len();
+        Ok(self.replication.unwrap_or(n_nodes.min(3)))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Checks everything that can be checked without touching the disk or the network, and says
+    /// which setting is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.node_id == 0 || self.node_id > u64::from(u32::MAX) {
+            return invalid(format!("node_id {} is out of range: use 1 to {}", self.node_id, u32::MAX));
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!("listen address {:?} is not HOST:PORT with a numeric IP", self.listen));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir is empty".into());
+        }
+        let nodes = self.bootstrap_nodes()?;
+        for (id, addr) in &nodes {
+            if *id == 0 || *id > u64::from(u32::MAX) {
+                return invalid(format!("peer id {id} is out of range: use 1 to {}", u32::MAX));
+            }
+            if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return invalid(format!("peer {id} address {addr:?} is not HOST:PORT"));
+            }
+        }
+        match nodes.get(&self.node_id) {
+            None => {
+                return invalid(format!(
+                    "peers do not include this node's id {}; list every node, this one too",
+                    self.node_id
+                ));
+            }
+            Some(addr) if addr != self.advertised_addr() => {
+                return invalid(format!(
+                    "peers give node {} the address {addr}, but it listens/advertises {}",
+                    self.node_id,
+                    self.advertised_addr()
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.shards == 0 || self.shards > 65_536 {
+            return invalid(format!("shards = {} is out of range: use 1 to 65536", self.shards));
+        }
+        let replication = self.replication_factor()?;
+        if replication == 0 || replication > nodes.len() {
+            return invalid(format!(
+                "replication = {replication} is impossible with {} node(s): use 1 to {}",
+                nodes.len(),
+                nodes.len()
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms must be positive".into());
+        }
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+            return invalid(format!(
+                "raft.election_timeout_min_ms ({}) must exceed raft.heartbeat_interval_ms ({}), which must be positive",
+                raft.election_timeout_min_ms, raft.heartbeat_interval_ms
+            ));
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return invalid(format!(
+                "raft.election_timeout_max_ms ({}) must exceed raft.election_timeout_min_ms ({})",
+                raft.election_timeout_max_ms, raft.election_timeout_min_ms
+            ));
+        }
+        if raft.snapshot_after_logs == 0 {
+            return invalid("raft.snapshot_after_logs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration every shard group on this node runs with.
+    pub fn openraft_config(&self) -> Result<openraft::Config, ConfigError> {
+        let raft = &self.raft;
+        let config = openraft::Config {
+            cluster_name: "ringkv".into(),
+            heartbeat_interval: raft.heartbeat_interval_ms,
+            election_timeout_min: raft.election_timeout_min_ms,
+            election_timeout_max: raft.election_timeout_max_ms,
+            install_snapshot_timeout: raft.snapshot_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: raft.logs_to_keep_after_snapshot,
+            // Bounded so one replication message stays far below the gRPC message limit even with
+            // 1 MiB values (64 × 1 MiB = 64 MiB, within the Raft service's limit).
+            max_payload_entries: 64,
+            purge_batch_size: 256,
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(|e| ConfigError::Invalid(format!("raft settings: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ringkv.example.toml");
+        let parsed = NodeConfig::from_file(&path).unwrap();
+        assert_eq!(parsed, NodeConfig::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn default_is_a_valid_single_node_cluster() {
+        let config = NodeConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.bootstrap_nodes().unwrap().len(), 1);
+        assert_eq!(config.replication_factor().unwrap(), 1);
+        config.openraft_config().unwrap();
+    }
+
+    #[test]
+    fn validate_names_the_bad_setting() {
+        let cases: Vec<(Box<dyn Fn(&mut NodeConfig)>, &str)> = vec![
+            (Box::new(|c| c.node_id = 0), "node_id"),
+            (Box::new(|c| c.listen = "localhost".into()), "listen"),
+            (Box::new(|c| c.shards = 0), "shards"),
+            (Box::new(|c| c.replication = Some(2)), "replication"),
+            (Box::new(|c| c.raft.election_timeout_min_ms = 10), "election_timeout_min_ms"),
+            (Box::new(|c| c.peers = BTreeMap::from([("2".into(), "127.0.0.1:1".into())])), "peers"),
+            (Box::new(|c| c.peers = BTreeMap::from([("x".into(), "127.0.0.1:1".into())])), "peer id"),
+        ];
+        for (mutate, expected) in cases {
+            let mut config = NodeConfig::default();
+            mutate(&mut config);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(expected), "expected {expected:?} in {message:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = toml::from_str::<NodeConfig>("node_idd = 3").unwrap_err().to_string();
+        assert!(error.contains("node_idd"), "{error}");
+    }
+}

@@ -1,0 +1,109 @@
+//! The server's request errors and their one translation into gRPC statuses. This is the only file
+//! in the workspace that builds a `tonic::Status` from an error: the typed `ErrorDetail` it attaches
+//! is what clients act on; the message is for people.
+
+use prost::Message;
+use thiserror::Error;
+use tonic::{Code, Status};
+
+use ringkv_proto::pb::{self, error_detail::Kind};
+use ringkv_proto::{NodeId, ShardId};
+
+/// Why a client request was not served.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// Bad input: names the limit or field. Nothing was written.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// This node does not lead the shard; the request was not applied.
+    #[error("shard {shard_id} is not led by this node{}", leader_text(.leader))]
+    NotLeader { shard_id: ShardId, leader: Option<(NodeId, String)> },
+    /// The client routed with a map that disagrees with this node's.
+    #[error("key belongs to shard {shard_id} under shard map epoch {map_epoch}; refresh the shard map")]
+    WrongShard { shard_id: ShardId, map_epoch: u64 },
+    /// The shard could not serve the request in time (no leader, no quorum, shutting down).
+    #[error("shard {shard_id} is unavailable: {reason}")]
+    Unavailable { shard_id: ShardId, outcome_unknown: bool, reason: String },
+    /// A local fault on this node (storage error); the request failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn leader_text(leader: &Option<(NodeId, String)>) -> String {
+    match leader {
+        Some((node, addr)) => format!("; its leader is node {node} at {addr}"),
+        None => "; no leader is known yet, retry shortly".into(),
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        let message = error.to_string();
+        let (code, kind) = match error {
+            ServiceError::InvalidArgument(limit) => {
+                (Code::InvalidArgument, Some(Kind::InvalidArgument(pb::InvalidArgument { limit })))
+            }
+            ServiceError::NotLeader { shard_id, leader } => {
+                let (leader_node_id, leader_addr) = leader.unwrap_or_default();
+                let detail = pb::NotLeader { shard_id, leader_node_id, leader_addr };
+                (Code::FailedPrecondition, Some(Kind::NotLeader(detail)))
+            }
+            ServiceError::WrongShard { shard_id, map_epoch } => {
+                (Code::FailedPrecondition, Some(Kind::WrongShard(pb::WrongShard { shard_id, map_epoch })))
+            }
+            ServiceError::Unavailable { shard_id, outcome_unknown, .. } => {
+                let detail = pb::Unavailable { shard_id, outcome_unknown };
+                (Code::Unavailable, Some(Kind::Unavailable(detail)))
+            }
+            ServiceError::Internal(_) => (Code::Internal, None),
+        };
+        match kind {
+            Some(kind) => {
+                let details = pb::ErrorDetail { kind: Some(kind) }.encode_to_vec();
+                Status::with_details(code, message, details.into())
+            }
+            None => Status::new(code, message),
+        }
+    }
+}
+
+impl From<ringkv_engine::Error> for ServiceError {
+    fn from(error: ringkv_engine::Error) -> ServiceError {
+        ServiceError::Internal(error.to_string())
+    }
+}
+
+impl From<ringkv_proto::LimitError> for ServiceError {
+    fn from(error: ringkv_proto::LimitError) -> ServiceError {
+        ServiceError::InvalidArgument(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_carries_the_hint_as_typed_detail() {
+        let status: Status =
+            ServiceError::NotLeader { shard_id: 7, leader: Some((2, "127.0.0.1:7380".into())) }.into();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let detail = pb::ErrorDetail::decode(status.details()).unwrap();
+        assert_eq!(
+            detail.kind,
+            Some(Kind::NotLeader(pb::NotLeader {
+                shard_id: 7,
+                leader_node_id: 2,
+                leader_addr: "127.0.0.1:7380".into()
+            }))
+        );
+        assert!(status.message().contains("node 2 at 127.0.0.1:7380"), "{}", status.message());
+    }
+
+    #[test]
+    fn invalid_argument_names_the_limit() {
+        let status: Status = ServiceError::from(ringkv_proto::check_key(b"").unwrap_err()).into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("empty"), "{}", status.message());
+    }
+}

@@ -1,0 +1,103 @@
+//! openraft's network for one shard group: a thin adapter that stamps the shard id and target on
+//! every message and hands it to the node-wide [`RaftTransport`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+
+use ringkv_engine::{ReplicaId, ReplicaNode, ShardId, SnapshotFile, TypeConfig};
+
+use super::{RaftTransport, Target, TransportError};
+
+/// Creates one [`ShardNetwork`] per peer replica of a shard.
+#[derive(Clone)]
+pub struct ShardNetworkFactory {
+    shard_id: ShardId,
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl ShardNetworkFactory {
+    pub fn new(shard_id: ShardId, transport: Arc<dyn RaftTransport>) -> Self {
+        ShardNetworkFactory { shard_id, transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
+    type Network = ShardNetwork;
+
+    async fn new_client(&mut self, target: ReplicaId, node: &ReplicaNode) -> ShardNetwork {
+        // No connection is made here: the transport connects lazily and shares one connection
+        // per peer node among all shards.
+        ShardNetwork {
+            target: Target { addr: node.addr.clone(), shard_id: self.shard_id, replica_id: target },
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// The link from one shard replica to one of its peers.
+pub struct ShardNetwork {
+    target: Target,
+    transport: Arc<dyn RaftTransport>,
+}
+
+fn rpc_error(error: TransportError) -> RPCError<TypeConfig> {
+    match error {
+        TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&error)),
+        TransportError::Network { .. } | TransportError::Remote { .. } => {
+            RPCError::Network(NetworkError::new(&error))
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for ShardNetwork {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.transport.append_entries(&self.target, rpc, option.hard_ttl()).await.map_err(rpc_error)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.transport.vote(&self.target, rpc, option.hard_ttl()).await.map_err(rpc_error)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.transport.transfer_leader(&self.target, rpc, option.hard_ttl()).await.map_err(rpc_error)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let send = self.transport.install_snapshot(&self.target, vote, snapshot, option.hard_ttl());
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = send => result.map_err(|error| match error {
+                TransportError::Unreachable { .. } => StreamingError::Unreachable(Unreachable::new(&error)),
+                _ => StreamingError::Network(NetworkError::new(&error)),
+            }),
+        }
+    }
+}
