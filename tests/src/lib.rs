@@ -1,1 +1,21 @@
-//! placeholder
+//! ringkv's test harness: clusters of real `ringkv` processes ([`ProcessCluster`]) or of in-process
+//! nodes on real TCP ([`LocalCluster`]), plus the linearizability checker the fault tests use.
+
+pub mod linearizability;
+pub mod local_cluster;
+pub mod ports;
+pub mod process_cluster;
+
+pub use local_cluster::LocalCluster;
+pub use process_cluster::ProcessCluster;
+
+/// Sets up test logging once (RINGKV_LOG=debug to see node logs of in-process clusters).
+pub fn init_logging() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}

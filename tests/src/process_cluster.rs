@@ -1,0 +1,223 @@
+//! A cluster of real `ringkv start` processes on 127.0.0.1, each with its own temp data dir and
+//! log file. Every process the harness starts is killed (by pid) when the cluster is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ringkv_client::{Client, ClientConfig};
+use tempfile::TempDir;
+
+use crate::ports::free_ports;
+
+/// Where the `ringkv` binary is: `RINGKV_BIN`, else next to the test executable's `deps` dir
+/// (target/<profile>/ringkv), which `cargo build --bins` produces.
+pub fn ringkv_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("RINGKV_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let binary = profile_dir.join("ringkv");
+    assert!(
+        binary.exists(),
+        "ringkv binary not found at {}: run `cargo build --bins` first (or set RINGKV_BIN)",
+        binary.display()
+    );
+    binary
+}
+
+pub struct ProcessNode {
+    pub node_id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl ProcessNode {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct ProcessCluster {
+    pub nodes: Vec<ProcessNode>,
+    peers: String,
+    extra_args: Vec<String>,
+    _dir: TempDir,
+}
+
+impl ProcessCluster {
+    /// Starts `n` nodes forming one cluster of `shards` shards, `min(3, n)` replicas each.
+    pub fn start(n: usize, shards: u32, extra_args: &[&str]) -> anyhow::Result<ProcessCluster> {
+        let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
+        let ports = free_ports(n);
+        let peers: Vec<String> =
+            ports.iter().enumerate().map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1)).collect();
+        let mut extra: Vec<String> = vec!["--shards".into(), shards.to_string()];
+        extra.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut cluster = ProcessCluster { nodes: Vec::new(), peers: peers.join(","), extra_args: extra, _dir: dir };
+        for (index, port) in ports.iter().enumerate() {
+            let node_id = index as u64 + 1;
+            let root = cluster._dir.path();
+            cluster.nodes.push(ProcessNode {
+                node_id,
+                addr: format!("127.0.0.1:{port}"),
+                data_dir: root.join(format!("node-{node_id}")),
+                log_path: root.join(format!("node-{node_id}.log")),
+                child: None,
+            });
+        }
+        for node_id in 1..=n as u64 {
+            cluster.start_node(node_id)?;
+        }
+        Ok(cluster)
+    }
+
+    fn node_mut(&mut self, node_id: u64) -> &mut ProcessNode {
+        self.nodes.iter_mut().find(|n| n.node_id == node_id).expect("node id in cluster")
+    }
+
+    pub fn node(&self, node_id: u64) -> &ProcessNode {
+        self.nodes.iter().find(|n| n.node_id == node_id).expect("node id in cluster")
+    }
+
+    /// The command line that starts `node_id`, without spawning it.
+    pub fn start_command(&self, node_id: u64) -> Command {
+        self.start_command_listening(node_id, &self.node(node_id).addr)
+    }
+
+    /// Like `start_command`, but listening on `listen` while advertising the node's own address.
+    pub fn start_command_listening(&self, node_id: u64, listen: &str) -> Command {
+        let node = self.node(node_id);
+        let mut command = Command::new(ringkv_binary());
+        command
+            .arg("start")
+            .args(["--node-id", &node_id.to_string(), "--listen", listen, "--advertise", &node.addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--peers", &self.peers])
+            .args(&self.extra_args)
+            .env("RINGKV_LOG", std::env::var("RINGKV_NODE_LOG").unwrap_or_else(|_| "info".into()));
+        command
+    }
+
+    /// Starts (or restarts) a node's process, appending to its log file.
+    pub fn start_node(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let mut command = self.start_command(node_id);
+        let node = self.node_mut(node_id);
+        if node.child.is_some() {
+            bail!("node {node_id} is already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        node.child = Some(command.spawn().with_context(|| format!("cannot spawn node {node_id}"))?);
+        Ok(())
+    }
+
+    /// SIGKILLs a node's process (no chance to flush or shut down) and reaps it.
+    pub fn kill(&mut self, node_id: u64) {
+        if let Some(mut child) = self.node_mut(node_id).child.take() {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let mut config = ClientConfig::new(self.endpoints());
+        config.request_timeout = Duration::from_secs(10);
+        Ok(Client::with_config(config).await?)
+    }
+
+    /// Waits until every shard has a leader that every running node agrees on. Fails after
+    /// `timeout`, printing the nodes' logs' tails to help debugging.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_problem = String::from("no node answered");
+        while Instant::now() < deadline {
+            match self.leaders().await {
+                Ok(leaders) => {
+                    let n_shards = leaders.len();
+                    let missing: Vec<_> = leaders.iter().filter(|(_, l)| l.is_none()).map(|(s, _)| *s).collect();
+                    if missing.is_empty() && n_shards > 0 {
+                        return Ok(());
+                    }
+                    last_problem = format!("shards without an agreed leader: {missing:?}");
+                }
+                Err(error) => last_problem = error.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("cluster not ready after {timeout:?}: {last_problem}\n{}", self.log_tails(30))
+    }
+
+    /// Leader node of every shard, as reported consistently by the running nodes hosting it
+    /// (`None` when no leader or the running nodes disagree).
+    pub async fn leaders(&self) -> anyhow::Result<BTreeMap<u64, Option<u64>>> {
+        let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let mut client = ringkv_proto::pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr))
+                .await
+                .with_context(|| format!("node {} at {} is not answering", node.node_id, node.addr))?;
+            let status = client.status(ringkv_proto::pb::StatusRequest {}).await?.into_inner();
+            for replica in status.replicas {
+                seen.entry(replica.shard_id).or_default().push(replica.leader_node_id);
+            }
+        }
+        let running: Vec<u64> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.node_id).collect();
+        Ok(seen
+            .into_iter()
+            .map(|(shard, views)| {
+                let first = views[0];
+                let agreed = first != 0 && running.contains(&first) && views.iter().all(|&v| v == first);
+                (shard, agreed.then_some(first))
+            })
+            .collect())
+    }
+
+    /// The running node that leads the most shards.
+    pub async fn busiest_leader(&self) -> anyhow::Result<u64> {
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for leader in self.leaders().await?.values().flatten() {
+            *counts.entry(*leader).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(node, _)| node).context("no shard has a leader")
+    }
+
+    /// The last `lines` lines of every node's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("--- node {} log tail ---\n", node.node_id));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Failover with no loss: concurrent clients read and write while the node leading the most shards
+//! is SIGKILLed. Writes resume on the surviving majority, the killed node catches up after a
+//! restart, every acknowledged write is present, and the recorded history is linearizable per key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use ringkv_client::{Client, Expect};
+use ringkv_tests::ProcessCluster;
+use ringkv_tests::linearizability::{self, History, Op, Outcome, Verdict};
+
+const N_WORKERS: usize = 6;
+const N_KEYS: usize = 8;
+
+/// One client's loop: random operations on a few shared keys, each recorded in the history, plus
+/// writes of keys of its own whose acknowledgements are kept for the no-loss check.
+async fn worker(
+    worker_id: usize,
+    client: Client,
+    history: History,
+    stop: Arc<AtomicBool>,
+) -> BTreeMap<String, String> {
+    let mut acknowledged = BTreeMap::new();
+    let mut sequence = 0u64;
+    // Bounded by the stop flag, which the test sets after a bounded time; each operation is
+    // bounded by the client's request timeout.
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let key = format!("lin-{}", rand::rng().random_range(0..N_KEYS));
+        let value = format!("w{worker_id}-{sequence}");
+        let roll = rand::rng().random_range(0..100);
+        if roll < 35 {
+            let token = history.invoke(worker_id, key.as_bytes(), Op::Get);
+            match client.get(&key).await {
+                Ok(found) => history.complete(token, Outcome::Value(found.map(|v| v.value.to_vec()))),
+                Err(_) => history.fail(token),
+            }
+        } else if roll < 70 {
+            let token = history.invoke(worker_id, key.as_bytes(), Op::Put(value.clone().into_bytes()));
+            match client.put(&key, &value).await {
+                Ok(_) => history.complete(token, Outcome::Ok),
+                Err(_) => history.fail(token),
+            }
+        } else if roll < 95 {
+            // Compare against what a read just saw, so many swaps succeed.
+            let expected = match client.get(&key).await {
+                Ok(found) => found.map(|v| v.value),
+                Err(_) => continue,
+            };
+            let op = Op::Cas { expect: expected.as_ref().map(|v| v.to_vec()), new: Some(value.clone().into_bytes()) };
+            let expect = match &expected {
+                Some(v) => Expect::Value(v.clone()),
+                None => Expect::Absent,
+            };
+            let token = history.invoke(worker_id, key.as_bytes(), op);
+            match client.compare_and_swap(&key, expect, Some(value.as_bytes())).await {
+                Ok(outcome) => history.complete(token, Outcome::Succeeded(outcome.succeeded)),
+                Err(_) => history.fail(token),
+            }
+        } else {
+            let token = history.invoke(worker_id, key.as_bytes(), Op::Delete);
+            match client.delete(&key).await {
+                Ok(existed) => history.complete(token, Outcome::Succeeded(existed)),
+                Err(_) => history.fail(token),
+            }
+        }
+        let own_key = format!("ack-{worker_id}-{sequence}");
+        if client.put(&own_key, &value).await.is_ok() {
+            acknowledged.insert(own_key, value);
+        }
+    }
+    acknowledged
+}
+
+/// One key per shard, to probe that every shard takes writes.
+fn key_per_shard(map: &ringkv_proto::ShardMap) -> BTreeMap<u64, String> {
+    let mut keys = BTreeMap::new();
+    for i in 0.. {
+        let key = format!("probe-{i}");
+        keys.entry(map.shard_for_key(key.as_bytes()).id).or_insert(key);
+        if keys.len() == map.shards.len() || i > 100_000 {
+            break;
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() -> anyhow::Result<()> {
+    let mut cluster = ProcessCluster::start(3, 16, &[])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let observer = cluster.client().await?;
+    let probes = key_per_shard(&observer.shard_map().await);
+    assert_eq!(probes.len(), 16);
+
+    let history = History::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for worker_id in 0..N_WORKERS {
+        let client = cluster.client().await?;
+        workers.spawn(worker(worker_id, client, history.clone(), stop.clone()));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let victim = cluster.busiest_leader().await?;
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+
+    // Every shard takes writes again on the surviving majority, within a bound well above the
+    // election timeout (0.6–1.2 s) plus client backoff.
+    for (shard, key) in &probes {
+        loop {
+            if observer.put(key, "probe").await.is_ok() {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "shard {shard} took no write within 30 s of killing node {victim}\n{}",
+                cluster.log_tails(20)
+            );
+        }
+    }
+    let resumed_after = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Restart the killed node; it catches up with what the leaders have committed.
+    cluster.start_node(victim)?;
+    let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
+    for node in cluster.nodes.iter().filter(|n| n.node_id != victim) {
+        for replica in observer.node_status(&node.addr).await?.replicas {
+            if replica.role == "leader" {
+                committed.insert(replica.shard_id, replica.committed_index);
+            }
+        }
+    }
+    assert_eq!(committed.len(), 16, "every shard has a leader on a surviving node");
+    let restart_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind: Vec<(u64, u64, u64)> = match observer.node_status(&cluster.node(victim).addr).await {
+            Ok(status) => committed
+                .iter()
+                .filter_map(|(&shard, &index)| {
+                    let applied = status.replicas.iter().find(|r| r.shard_id == shard).map_or(0, |r| r.applied_index);
+                    (applied < index).then_some((shard, applied, index))
+                })
+                .collect(),
+            Err(_) => vec![(0, 0, 0)],
+        };
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < restart_deadline,
+            "restarted node {victim} has not caught up (shard, applied, committed): {behind:?}\n{}",
+            cluster.log_tails(20)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeMap::new();
+    while let Some(result) = workers.join_next().await {
+        acknowledged.extend(result?);
+    }
+
+    // Every acknowledged write is present with its value.
+    let reader = cluster.client().await?;
+    for (key, value) in &acknowledged {
+        let stored = reader.get(key).await?;
+        assert_eq!(stored.map(|v| v.value), Some(Bytes::from(value.clone())), "acknowledged write {key} lost");
+    }
+
+    let operations = history.operations();
+    let completed = operations.iter().filter(|op| op.outcome.is_some()).count();
+    assert!(completed > 100, "the workload ran: {completed} completed operations");
+    match linearizability::check(&operations, 5_000_000) {
+        Verdict::Linearizable => {}
+        other => panic!("history of {} operations is not linearizable: {other:?}", operations.len()),
+    }
+    eprintln!(
+        "failover: killed node {victim}; all shards took writes again after {resumed_after:?}; \
+         {} operations checked, {} acknowledged own-key writes verified",
+        operations.len(),
+        acknowledged.len()
+    );
+    Ok(())
+}
