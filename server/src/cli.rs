@@ -127,7 +127,9 @@ enum Output {
 /// Process entry point for the `ringkv` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Start(_)) { "info" } else { "warn" };
+    // openraft logs every failed heartbeat to an unreachable peer at warn level, many times a
+    // second per shard: keep its errors only, unless RINGKV_LOG asks for more.
+    let default_level = if matches!(cli.command, Command::Start(_)) { "info,openraft=error" } else { "warn,openraft=error" };
     let filter = EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
