@@ -17,10 +17,20 @@ use ringkv_client::{Client, ClientConfig, Expect, ScanCursor, ScanOptions};
 use crate::config::NodeConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "ringkv", version, about = "ringkv: a replicated, sharded key-value store")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "ringkv: a replicated, sharded key-value store"
+)]
 struct Cli {
     /// Nodes to contact (comma-separated HOST:PORT); any one that answers is enough.
-    #[arg(long, global = true, env = "RINGKV_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7379")]
+    #[arg(
+        long,
+        global = true,
+        env = "RINGKV_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7379"
+    )]
     endpoints: Vec<String>,
     /// How long a client command may take, including retries, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
@@ -129,9 +139,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // openraft logs every failed heartbeat to an unreachable peer at warn level, many times a
     // second per shard: keep its errors only, unless RINGKV_LOG asks for more.
-    let default_level = if matches!(cli.command, Command::Start(_)) { "info,openraft=error" } else { "warn,openraft=error" };
+    let default_level = if matches!(cli.command, Command::Start(_)) {
+        "info,openraft=error"
+    } else {
+        "warn,openraft=error"
+    };
     let filter = EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -183,11 +200,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deleted");
         }
         Command::Cas(args) => return cas(&client, args).await,
-        Command::Scan { prefix, limit, cursor } => {
+        Command::Scan {
+            prefix,
+            limit,
+            cursor,
+        } => {
             let cursor = cursor.map(|text| ScanCursor::decode(&text)).transpose()?;
-            let page = client.scan(ScanOptions { prefix: Bytes::from(prefix), limit, cursor }).await?;
+            let page = client
+                .scan(ScanOptions {
+                    prefix: Bytes::from(prefix),
+                    limit,
+                    cursor,
+                })
+                .await?;
             for entry in &page.entries {
-                println!("{}\t{}", String::from_utf8_lossy(&entry.key), String::from_utf8_lossy(&entry.value));
+                println!(
+                    "{}\t{}",
+                    String::from_utf8_lossy(&entry.key),
+                    String::from_utf8_lossy(&entry.value)
+                );
             }
             if let Some(next) = page.next_cursor {
                 eprintln!("more keys: continue with --cursor {}", next.encode());
@@ -205,7 +236,11 @@ async fn cas(client: &Client, args: CasArgs) -> anyhow::Result<ExitCode> {
         (None, None, true) => Expect::Absent,
         _ => bail!("give exactly one of --expect, --expect-version, --expect-absent"),
     };
-    let new_value = if args.delete { None } else { args.new.as_deref().map(str::as_bytes) };
+    let new_value = if args.delete {
+        None
+    } else {
+        args.new.as_deref().map(str::as_bytes)
+    };
     let outcome = client.compare_and_swap(&args.key, expect, new_value).await?;
     if outcome.succeeded {
         println!("OK (version {})", outcome.version);
@@ -322,7 +357,11 @@ async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
             let voters: Vec<u64> = shard.voters.iter().map(|v| v.node_id).collect();
             let applied: serde_json::Map<String, serde_json::Value> = voters
                 .iter()
-                .filter_map(|node| applied.get(&(shard.id, *node)).map(|index| (node.to_string(), (*index).into())))
+                .filter_map(|node| {
+                    applied
+                        .get(&(shard.id, *node))
+                        .map(|index| (node.to_string(), (*index).into()))
+                })
                 .collect();
             serde_json::json!({
                 "shard_id": shard.id,
@@ -341,11 +380,16 @@ async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("shard map epoch {}", map.epoch);
-    println!("{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10}", "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS", "LOG_APPENDS", "FSYNCS");
+    println!(
+        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10}",
+        "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS", "LOG_APPENDS", "FSYNCS"
+    );
     for node in &nodes {
         println!(
             "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10}",
-            node["node_id"], node["addr"].as_str().unwrap_or(""), node["state"].as_str().unwrap_or(""),
+            node["node_id"],
+            node["addr"].as_str().unwrap_or(""),
+            node["state"].as_str().unwrap_or(""),
             node.get("replicas").map_or("-".into(), |v| v.to_string()),
             node.get("leaders").map_or("-".into(), |v| v.to_string()),
             node.get("log_appends").map_or("-".into(), |v| v.to_string()),
@@ -353,20 +397,34 @@ async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("{:<6} {:<35} {:<12} {:<7} {}", "SHARD", "ARC", "VOTERS", "LEADER", "APPLIED (node:index)");
+    println!(
+        "{:<6} {:<35} {:<12} {:<7} {}",
+        "SHARD", "ARC", "VOTERS", "LEADER", "APPLIED (node:index)"
+    );
     for shard in &shards {
-        let voters: Vec<String> = shard["voters"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+        let voters: Vec<String> = shard["voters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.to_string())
+            .collect();
         let applied: Vec<String> = shard["applied_index"]
             .as_object()
             .into_iter()
             .flatten()
             .map(|(node, index)| format!("{node}:{index}"))
             .collect();
-        let leader = shard["leader"].as_u64().map_or("none".to_string(), |l| l.to_string());
+        let leader = shard["leader"]
+            .as_u64()
+            .map_or("none".to_string(), |l| l.to_string());
         println!(
             "{:<6} {:<35} {:<12} {:<7} {}",
             shard["shard_id"],
-            format!("{}-{}", shard["arc_start"].as_str().unwrap_or(""), shard["arc_end"].as_str().unwrap_or("")),
+            format!(
+                "{}-{}",
+                shard["arc_start"].as_str().unwrap_or(""),
+                shard["arc_end"].as_str().unwrap_or("")
+            ),
             voters.join(","),
             leader,
             applied.join(" ")

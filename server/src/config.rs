@@ -100,9 +100,14 @@ pub enum ConfigError {
 
 impl NodeConfig {
     pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// The address this node is reached at.
@@ -113,12 +118,17 @@ impl NodeConfig {
     /// The cluster's nodes at bootstrap, parsed from `peers` (this node alone when empty).
     pub fn bootstrap_nodes(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
         if self.peers.is_empty() {
-            return Ok(BTreeMap::from([(self.node_id, self.advertised_addr().to_owned())]));
+            return Ok(BTreeMap::from([(
+                self.node_id,
+                self.advertised_addr().to_owned(),
+            )]));
         }
         let mut nodes = BTreeMap::new();
         for (id, addr) in &self.peers {
             let id: NodeId = id.trim().parse().map_err(|_| {
-                ConfigError::Invalid(format!("peer id {id:?} is not a number; write peers as ID=HOST:PORT"))
+                ConfigError::Invalid(format!(
+                    "peer id {id:?} is not a number; write peers as ID=HOST:PORT"
+                ))
             })?;
             nodes.insert(id, addr.clone());
         }
@@ -139,10 +149,17 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         if self.node_id == 0 || self.node_id > u64::from(u32::MAX) {
-            return invalid(format!("node_id {} is out of range: use 1 to {}", self.node_id, u32::MAX));
+            return invalid(format!(
+                "node_id {} is out of range: use 1 to {}",
+                self.node_id,
+                u32::MAX
+            ));
         }
         if self.listen.parse::<SocketAddr>().is_err() {
-            return invalid(format!("listen address {:?} is not HOST:PORT with a numeric IP", self.listen));
+            return invalid(format!(
+                "listen address {:?} is not HOST:PORT with a numeric IP",
+                self.listen
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir is empty".into());
@@ -152,7 +169,11 @@ impl NodeConfig {
             if *id == 0 || *id > u64::from(u32::MAX) {
                 return invalid(format!("peer id {id} is out of range: use 1 to {}", u32::MAX));
             }
-            if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
                 return invalid(format!("peer {id} address {addr:?} is not HOST:PORT"));
             }
         }
@@ -173,7 +194,10 @@ impl NodeConfig {
             Some(_) => {}
         }
         if self.shards == 0 || self.shards > 65_536 {
-            return invalid(format!("shards = {} is out of range: use 1 to 65536", self.shards));
+            return invalid(format!(
+                "shards = {} is out of range: use 1 to 65536",
+                self.shards
+            ));
         }
         let replication = self.replication_factor()?;
         if replication == 0 || replication > nodes.len() {
@@ -222,7 +246,9 @@ impl NodeConfig {
             purge_batch_size: 256,
             ..openraft::Config::default()
         };
-        config.validate().map_err(|e| ConfigError::Invalid(format!("raft settings: {e}")))
+        config
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("raft settings: {e}")))
     }
 }
 
@@ -254,9 +280,18 @@ mod tests {
             (Box::new(|c| c.listen = "localhost".into()), "listen"),
             (Box::new(|c| c.shards = 0), "shards"),
             (Box::new(|c| c.replication = Some(2)), "replication"),
-            (Box::new(|c| c.raft.election_timeout_min_ms = 10), "election_timeout_min_ms"),
-            (Box::new(|c| c.peers = BTreeMap::from([("2".into(), "127.0.0.1:1".into())])), "peers"),
-            (Box::new(|c| c.peers = BTreeMap::from([("x".into(), "127.0.0.1:1".into())])), "peer id"),
+            (
+                Box::new(|c| c.raft.election_timeout_min_ms = 10),
+                "election_timeout_min_ms",
+            ),
+            (
+                Box::new(|c| c.peers = BTreeMap::from([("2".into(), "127.0.0.1:1".into())])),
+                "peers",
+            ),
+            (
+                Box::new(|c| c.peers = BTreeMap::from([("x".into(), "127.0.0.1:1".into())])),
+                "peer id",
+            ),
         ];
         for (mutate, expected) in cases {
             let mut config = NodeConfig::default();
@@ -268,7 +303,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let error = toml::from_str::<NodeConfig>("node_idd = 3").unwrap_err().to_string();
+        let error = toml::from_str::<NodeConfig>("node_idd = 3")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("node_idd"), "{error}");
     }
 }

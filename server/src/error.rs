@@ -17,13 +17,20 @@ pub enum ServiceError {
     InvalidArgument(String),
     /// This node does not lead the shard; the request was not applied.
     #[error("shard {shard_id} is not led by this node{}", leader_text(.leader))]
-    NotLeader { shard_id: ShardId, leader: Option<(NodeId, String)> },
+    NotLeader {
+        shard_id: ShardId,
+        leader: Option<(NodeId, String)>,
+    },
     /// The client routed with a map that disagrees with this node's.
     #[error("key belongs to shard {shard_id} under shard map epoch {map_epoch}; refresh the shard map")]
     WrongShard { shard_id: ShardId, map_epoch: u64 },
     /// The shard could not serve the request in time (no leader, no quorum, shutting down).
     #[error("shard {shard_id} is unavailable: {reason}")]
-    Unavailable { shard_id: ShardId, outcome_unknown: bool, reason: String },
+    Unavailable {
+        shard_id: ShardId,
+        outcome_unknown: bool,
+        reason: String,
+    },
     /// A local fault on this node (storage error); the request failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -40,19 +47,32 @@ impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {
         let message = error.to_string();
         let (code, kind) = match error {
-            ServiceError::InvalidArgument(limit) => {
-                (Code::InvalidArgument, Some(Kind::InvalidArgument(pb::InvalidArgument { limit })))
-            }
+            ServiceError::InvalidArgument(limit) => (
+                Code::InvalidArgument,
+                Some(Kind::InvalidArgument(pb::InvalidArgument { limit })),
+            ),
             ServiceError::NotLeader { shard_id, leader } => {
                 let (leader_node_id, leader_addr) = leader.unwrap_or_default();
-                let detail = pb::NotLeader { shard_id, leader_node_id, leader_addr };
+                let detail = pb::NotLeader {
+                    shard_id,
+                    leader_node_id,
+                    leader_addr,
+                };
                 (Code::FailedPrecondition, Some(Kind::NotLeader(detail)))
             }
-            ServiceError::WrongShard { shard_id, map_epoch } => {
-                (Code::FailedPrecondition, Some(Kind::WrongShard(pb::WrongShard { shard_id, map_epoch })))
-            }
-            ServiceError::Unavailable { shard_id, outcome_unknown, .. } => {
-                let detail = pb::Unavailable { shard_id, outcome_unknown };
+            ServiceError::WrongShard { shard_id, map_epoch } => (
+                Code::FailedPrecondition,
+                Some(Kind::WrongShard(pb::WrongShard { shard_id, map_epoch })),
+            ),
+            ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown,
+                ..
+            } => {
+                let detail = pb::Unavailable {
+                    shard_id,
+                    outcome_unknown,
+                };
                 (Code::Unavailable, Some(Kind::Unavailable(detail)))
             }
             ServiceError::Internal(_) => (Code::Internal, None),
@@ -85,8 +105,11 @@ mod tests {
 
     #[test]
     fn not_leader_carries_the_hint_as_typed_detail() {
-        let status: Status =
-            ServiceError::NotLeader { shard_id: 7, leader: Some((2, "127.0.0.1:7380".into())) }.into();
+        let status: Status = ServiceError::NotLeader {
+            shard_id: 7,
+            leader: Some((2, "127.0.0.1:7380".into())),
+        }
+        .into();
         assert_eq!(status.code(), Code::FailedPrecondition);
         let detail = pb::ErrorDetail::decode(status.details()).unwrap();
         assert_eq!(
@@ -97,7 +120,11 @@ mod tests {
                 leader_addr: "127.0.0.1:7380".into()
             }))
         );
-        assert!(status.message().contains("node 2 at 127.0.0.1:7380"), "{}", status.message());
+        assert!(
+            status.message().contains("node 2 at 127.0.0.1:7380"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{ReadPolicy, ServerState};
 use prost::Message;
 use tracing::{info, warn};
@@ -65,14 +65,18 @@ impl Node {
     pub async fn start(config: &NodeConfig, transport: Arc<dyn RaftTransport>) -> anyhow::Result<Arc<Node>> {
         config.validate()?;
         let raft_config = Arc::new(config.openraft_config()?);
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let engine = Engine::open(&config.data_dir)?;
 
         match engine.get_meta(META_NODE_ID)? {
             Some(stored) => {
-                let stored = u64::from_be_bytes(stored.as_slice().try_into().context("node id record is corrupt")?);
+                let stored = u64::from_be_bytes(
+                    stored
+                        .as_slice()
+                        .try_into()
+                        .context("node id record is corrupt")?,
+                );
                 if stored != config.node_id {
                     bail!(
                         "data directory {} belongs to node {stored}, but this node was started as node {}; \
@@ -102,12 +106,20 @@ impl Node {
                 let nodes = config.bootstrap_nodes()?;
                 let map = ShardMap::bootstrap(&nodes, config.shards, config.replication_factor()?)?;
                 engine.put_meta(META_SHARD_MAP, &map.to_proto().encode_to_vec())?;
-                info!(shards = map.shards.len(), nodes = nodes.len(), "created a new cluster shard map");
+                info!(
+                    shards = map.shards.len(),
+                    nodes = nodes.len(),
+                    "created a new cluster shard map"
+                );
                 map
             }
         };
         if !map.nodes.contains_key(&config.node_id) {
-            bail!("node {} is not a member of the cluster stored in {}", config.node_id, config.data_dir.display());
+            bail!(
+                "node {} is not a member of the cluster stored in {}",
+                config.node_id,
+                config.data_dir.display()
+            );
         }
 
         let node = Arc::new(Node {
@@ -120,22 +132,38 @@ impl Node {
         });
 
         for shard in &map.shards {
-            let Some(local) = shard.replica_on(config.node_id) else { continue };
-            let range = HashRange { start: shard.arc.start, end: shard.arc.end };
+            let Some(local) = shard.replica_on(config.node_id) else {
+                continue;
+            };
+            let range = HashRange {
+                start: shard.arc.start,
+                end: shard.arc.end,
+            };
             let log_store = engine.log_store(shard.id);
             let state_machine = engine.state_machine(shard.id, range)?;
             let network = ShardNetworkFactory::new(shard.id, transport.clone());
-            let raft =
-                ShardRaft::new(local.replica_id, raft_config.clone(), network, log_store, state_machine)
-                    .await
-                    .with_context(|| format!("cannot start the Raft group of shard {}", shard.id))?;
+            let raft = ShardRaft::new(
+                local.replica_id,
+                raft_config.clone(),
+                network,
+                log_store,
+                state_machine,
+            )
+            .await
+            .with_context(|| format!("cannot start the Raft group of shard {}", shard.id))?;
             if !raft.is_initialized().await? {
                 let members: BTreeMap<ReplicaId, ReplicaNode> = shard
                     .voters
                     .iter()
                     .map(|voter| {
                         let addr = map.node_addr(voter.node_id).unwrap_or_default().to_owned();
-                        (voter.replica_id, ReplicaNode { node_id: voter.node_id, addr })
+                        (
+                            voter.replica_id,
+                            ReplicaNode {
+                                node_id: voter.node_id,
+                                addr,
+                            },
+                        )
                     })
                     .collect();
                 raft.initialize(members)
@@ -146,8 +174,16 @@ impl Node {
                     let _ = raft.trigger().elect(false).await;
                 }
             }
-            let replica = Arc::new(ShardReplica { shard_id: shard.id, replica_id: local.replica_id, range, raft });
-            node.replicas.write().expect("replicas lock").insert(shard.id, replica);
+            let replica = Arc::new(ShardReplica {
+                shard_id: shard.id,
+                replica_id: local.replica_id,
+                range,
+                raft,
+            });
+            node.replicas
+                .write()
+                .expect("replicas lock")
+                .insert(shard.id, replica);
         }
         info!(
             node_id = config.node_id,
@@ -172,11 +208,21 @@ impl Node {
     }
 
     pub fn replica(&self, shard_id: ShardId) -> Option<Arc<ShardReplica>> {
-        self.replicas.read().expect("replicas lock").get(&shard_id).cloned()
+        self.replicas
+            .read()
+            .expect("replicas lock")
+            .get(&shard_id)
+            .cloned()
     }
 
     fn all_replicas(&self) -> Vec<Arc<ShardReplica>> {
-        let mut replicas: Vec<_> = self.replicas.read().expect("replicas lock").values().cloned().collect();
+        let mut replicas: Vec<_> = self
+            .replicas
+            .read()
+            .expect("replicas lock")
+            .values()
+            .cloned()
+            .collect();
         replicas.sort_by_key(|replica| replica.shard_id);
         replicas
     }
@@ -188,7 +234,12 @@ impl Node {
             let leader_replica = replica.raft.metrics().borrow_watched().current_leader;
             if let Some(shard) = map.shard_mut(replica.shard_id) {
                 shard.leader = leader_replica.and_then(|leader| {
-                    shard.voters.iter().chain(&shard.learners).find(|r| r.replica_id == leader).map(|r| r.node_id)
+                    shard
+                        .voters
+                        .iter()
+                        .chain(&shard.learners)
+                        .find(|r| r.replica_id == leader)
+                        .map(|r| r.node_id)
                 });
             }
         }
@@ -197,7 +248,11 @@ impl Node {
 
     /// Finds the local replica that must serve a request for `key` routed by the client to
     /// `route`, or says why this node cannot serve it.
-    pub fn route(&self, route: Option<&pb::RouteHeader>, key: &[u8]) -> Result<Arc<ShardReplica>, ServiceError> {
+    pub fn route(
+        &self,
+        route: Option<&pb::RouteHeader>,
+        key: &[u8],
+    ) -> Result<Arc<ShardReplica>, ServiceError> {
         ringkv_proto::check_key(key)?;
         let (shard_id, epoch) = {
             let map = self.map.read().expect("map lock");
@@ -205,26 +260,43 @@ impl Node {
         };
         if let Some(route) = route {
             if route.shard_id != shard_id || (route.map_epoch != 0 && route.map_epoch != epoch) {
-                return Err(ServiceError::WrongShard { shard_id, map_epoch: epoch });
+                return Err(ServiceError::WrongShard {
+                    shard_id,
+                    map_epoch: epoch,
+                });
             }
         }
-        self.replica(shard_id).ok_or(ServiceError::NotLeader { shard_id, leader: None })
+        self.replica(shard_id).ok_or(ServiceError::NotLeader {
+            shard_id,
+            leader: None,
+        })
     }
 
     /// Finds the local replica of a shard named by id (scans), or says why it cannot be served.
     pub fn route_shard(&self, route: Option<&pb::RouteHeader>) -> Result<Arc<ShardReplica>, ServiceError> {
-        let route = route.ok_or_else(|| ServiceError::InvalidArgument("request has no route header".into()))?;
+        let route =
+            route.ok_or_else(|| ServiceError::InvalidArgument("request has no route header".into()))?;
         let epoch = self.map.read().expect("map lock").epoch;
         if self.map.read().expect("map lock").shard(route.shard_id).is_none()
             || (route.map_epoch != 0 && route.map_epoch != epoch)
         {
-            return Err(ServiceError::WrongShard { shard_id: route.shard_id, map_epoch: epoch });
+            return Err(ServiceError::WrongShard {
+                shard_id: route.shard_id,
+                map_epoch: epoch,
+            });
         }
-        self.replica(route.shard_id).ok_or(ServiceError::NotLeader { shard_id: route.shard_id, leader: None })
+        self.replica(route.shard_id).ok_or(ServiceError::NotLeader {
+            shard_id: route.shard_id,
+            leader: None,
+        })
     }
 
     /// Proposes `command` to the replica's group and waits for it to be applied.
-    pub async fn write(&self, replica: &ShardReplica, command: Command) -> Result<CommandResult, ServiceError> {
+    pub async fn write(
+        &self,
+        replica: &ShardReplica,
+        command: Command,
+    ) -> Result<CommandResult, ServiceError> {
         let shard_id = replica.shard_id;
         match tokio::time::timeout(self.request_timeout, replica.raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
@@ -257,11 +329,18 @@ impl Node {
     /// confirms its leadership with a quorum and the state machine catches up to the read index).
     pub async fn linearizable_barrier(&self, replica: &ShardReplica) -> Result<(), ServiceError> {
         let shard_id = replica.shard_id;
-        match tokio::time::timeout(self.request_timeout, replica.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await
+        match tokio::time::timeout(
+            self.request_timeout,
+            replica.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
-                Err(ServiceError::NotLeader { shard_id, leader: leader_of(forward.leader_node) })
+                Err(ServiceError::NotLeader {
+                    shard_id,
+                    leader: leader_of(forward.leader_node),
+                })
             }
             Ok(Err(error)) => Err(ServiceError::Unavailable {
                 shard_id,
@@ -271,7 +350,10 @@ impl Node {
             Err(_) => Err(ServiceError::Unavailable {
                 shard_id,
                 outcome_unknown: false,
-                reason: format!("leadership not confirmed within {} ms", self.request_timeout.as_millis()),
+                reason: format!(
+                    "leadership not confirmed within {} ms",
+                    self.request_timeout.as_millis()
+                ),
             }),
         }
     }
@@ -295,7 +377,11 @@ impl Node {
                 let leader_node_id = map
                     .shard(replica.shard_id)
                     .and_then(|shard| {
-                        shard.voters.iter().chain(&shard.learners).find(|r| r.replica_id == leader_replica_id)
+                        shard
+                            .voters
+                            .iter()
+                            .chain(&shard.learners)
+                            .find(|r| r.replica_id == leader_replica_id)
                     })
                     .map_or(0, |r| r.node_id);
                 pb::ReplicaStatus {
@@ -331,7 +417,10 @@ impl Node {
                 "node {} hosts replica {} of shard {shard_id}, not replica {replica_id}",
                 self.node_id, replica.replica_id
             )),
-            None => Err(format!("node {} hosts no replica of shard {shard_id}", self.node_id)),
+            None => Err(format!(
+                "node {} hosts no replica of shard {shard_id}",
+                self.node_id
+            )),
         }
     }
 
@@ -362,7 +451,11 @@ impl Node {
         rpc: TransferLeaderRequest<TypeConfig>,
     ) -> Result<TransferLeaderResponse<TypeConfig>, String> {
         let replica = self.raft_target(shard_id, replica_id)?;
-        replica.raft.handle_transfer_leader(rpc).await.map_err(|e| e.to_string())
+        replica
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Installs a snapshot a leader streamed into `file` (a path from
@@ -377,7 +470,11 @@ impl Node {
     ) -> Result<SnapshotResponse<TypeConfig>, String> {
         let replica = self.raft_target(shard_id, replica_id)?;
         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: file };
-        replica.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string())
+        replica
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Stops every shard group. The engine closes when the last handle drops.

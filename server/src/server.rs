@@ -20,8 +20,8 @@ use ringkv_proto::pb::{cluster_server::ClusterServer, kv_server::KvServer, raft_
 use crate::config::NodeConfig;
 use crate::node::Node;
 use crate::service::{ClusterService, KvService, RaftService};
-use crate::transport::{GrpcTransport, RaftTransport};
 use crate::transport::MAX_RAFT_MESSAGE_BYTES;
+use crate::transport::{GrpcTransport, RaftTransport};
 
 /// A node serving on its listener; `stop` shuts it down.
 pub struct RunningNode {
@@ -55,7 +55,10 @@ pub async fn start_with_transport(
         Err(error) => {
             node.shutdown().await;
             return Err(error).with_context(|| {
-                format!("cannot listen on {}: is another process using this port? choose another --listen", config.listen)
+                format!(
+                    "cannot listen on {}: is another process using this port? choose another --listen",
+                    config.listen
+                )
             });
         }
     };
@@ -65,7 +68,12 @@ pub async fn start_with_transport(
         let _ = stopped.await;
     }));
     info!(%local_addr, "serving Kv, Cluster and Raft");
-    Ok(RunningNode { node, local_addr, stop, serving })
+    Ok(RunningNode {
+        node,
+        local_addr,
+        stop,
+        serving,
+    })
 }
 
 async fn serve(

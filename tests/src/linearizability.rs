@@ -26,7 +26,10 @@ pub enum Op {
     Put(Vec<u8>),
     Delete,
     /// Compare-and-swap: if the key holds `expect` (`None`: absent), set it to `new` (`None`: delete).
-    Cas { expect: Option<Vec<u8>>, new: Option<Vec<u8>> },
+    Cas {
+        expect: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
 }
 
 /// What a completed operation returned.
@@ -72,7 +75,10 @@ impl Default for History {
 
 impl History {
     pub fn new() -> History {
-        History { started: Instant::now(), operations: Arc::new(Mutex::new(Vec::new())) }
+        History {
+            started: Instant::now(),
+            operations: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -83,7 +89,14 @@ impl History {
     pub fn invoke(&self, client: usize, key: &[u8], op: Op) -> OpToken {
         let mut operations = self.operations.lock().expect("history lock");
         let invoked_at = self.now();
-        operations.push(Operation { client, key: key.to_vec(), op, invoked_at, returned_at: None, outcome: None });
+        operations.push(Operation {
+            client,
+            key: key.to_vec(),
+            op,
+            invoked_at,
+            returned_at: None,
+            outcome: None,
+        });
         OpToken(operations.len() - 1)
     }
 
@@ -111,9 +124,14 @@ impl History {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Linearizable,
-    NotLinearizable { key: Vec<u8>, explanation: String },
+    NotLinearizable {
+        key: Vec<u8>,
+        explanation: String,
+    },
     /// The search for this key took more than the budget's steps without an answer.
-    BudgetExceeded { key: Vec<u8> },
+    BudgetExceeded {
+        key: Vec<u8>,
+    },
 }
 
 /// Checks a history, key by key, spending at most `budget` search steps per key.
@@ -128,7 +146,10 @@ pub fn check(operations: &[Operation], budget: usize) -> Verdict {
         match check_key(&by_key[key], budget) {
             KeyVerdict::Ok => {}
             KeyVerdict::Violation(explanation) => {
-                return Verdict::NotLinearizable { key: key.to_vec(), explanation };
+                return Verdict::NotLinearizable {
+                    key: key.to_vec(),
+                    explanation,
+                };
             }
             KeyVerdict::OutOfBudget => return Verdict::BudgetExceeded { key: key.to_vec() },
         }
@@ -208,7 +229,10 @@ fn check_key(operations: &[&Operation], budget: usize) -> KeyVerdict {
             Op::Get => ModelOp::Get,
             Op::Put(value) => ModelOp::Put(intern(&Some(value.clone()))),
             Op::Delete => ModelOp::Delete,
-            Op::Cas { expect, new } => ModelOp::Cas { expect: intern(expect), new: intern(new) },
+            Op::Cas { expect, new } => ModelOp::Cas {
+                expect: intern(expect),
+                new: intern(new),
+            },
         };
         let outcome = operation.outcome.as_ref().map(|outcome| match outcome {
             Outcome::Ok => ModelOutcome::Ok,
@@ -219,7 +243,13 @@ fn check_key(operations: &[&Operation], budget: usize) -> KeyVerdict {
             (Some(_), Some(at)) => at,
             _ => u64::MAX,
         };
-        entries.push(Entry { op, outcome, invoked_at: operation.invoked_at, returned_at, source });
+        entries.push(Entry {
+            op,
+            outcome,
+            invoked_at: operation.invoked_at,
+            returned_at,
+            source,
+        });
     }
     entries.sort_by_key(|entry| entry.invoked_at);
     let n = entries.len();
@@ -241,14 +271,23 @@ fn check_key(operations: &[&Operation], budget: usize) -> KeyVerdict {
     let candidates_of = |set: &[u64]| -> Vec<usize> {
         // An operation may go next if no unordered completed operation returned before its
         // invocation. Completed operations first: failed ones can always wait until the end.
-        let min_return =
-            (0..n).filter(|&i| !is_set(set, i)).map(|i| entries[i].returned_at).min().unwrap_or(u64::MAX);
-        let mut ready: Vec<usize> =
-            (0..n).filter(|&i| !is_set(set, i) && entries[i].invoked_at <= min_return).collect();
+        let min_return = (0..n)
+            .filter(|&i| !is_set(set, i))
+            .map(|i| entries[i].returned_at)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut ready: Vec<usize> = (0..n)
+            .filter(|&i| !is_set(set, i) && entries[i].invoked_at <= min_return)
+            .collect();
         ready.sort_by_key(|&i| (entries[i].outcome.is_none(), entries[i].invoked_at));
         ready
     };
-    let mut stack = vec![Frame { state: 0, entry: None, candidates: candidates_of(&linearized), position: 0 }];
+    let mut stack = vec![Frame {
+        state: 0,
+        entry: None,
+        candidates: candidates_of(&linearized),
+        position: 0,
+    }];
     let mut done_completed = 0usize;
     let mut deepest = (0usize, 0u32, Vec::new());
     let mut steps = 0usize;
@@ -273,7 +312,9 @@ fn check_key(operations: &[&Operation], budget: usize) -> KeyVerdict {
         }
         let i = frame.candidates[frame.position];
         frame.position += 1;
-        let Some(next_state) = step(frame.state, entries[i].op, entries[i].outcome) else { continue };
+        let Some(next_state) = step(frame.state, entries[i].op, entries[i].outcome) else {
+            continue;
+        };
         linearized[i / 64] |= 1 << (i % 64);
         if !seen.insert((linearized.clone(), next_state)) {
             linearized[i / 64] &= !(1 << (i % 64));
@@ -286,7 +327,12 @@ fn check_key(operations: &[&Operation], budget: usize) -> KeyVerdict {
             deepest = (done_completed, next_state, linearized.clone());
         }
         let candidates = candidates_of(&linearized);
-        stack.push(Frame { state: next_state, entry: Some(i), candidates, position: 0 });
+        stack.push(Frame {
+            state: next_state,
+            entry: Some(i),
+            candidates,
+            position: 0,
+        });
     }
     KeyVerdict::Violation(explain(operations, &entries, &values, completed, &deepest))
 }
@@ -306,7 +352,9 @@ fn explain(
         values
             .iter()
             .find(|(_, v)| **v == id)
-            .map_or("?".into(), |(bytes, _)| format!("{:?}", String::from_utf8_lossy(bytes)))
+            .map_or("?".into(), |(bytes, _)| {
+                format!("{:?}", String::from_utf8_lossy(bytes))
+            })
     };
     let is_set = |i: usize| set.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
     let mut stuck: Vec<String> = entries
@@ -342,9 +390,23 @@ mod tests {
     const BUDGET: usize = 1_000_000;
 
     /// Builds an operation from a compact description; times in arbitrary units.
-    fn op(client: usize, key: &str, op: Op, invoked_at: u64, returned_at: u64, outcome: Option<Outcome>) -> Operation {
+    fn op(
+        client: usize,
+        key: &str,
+        op: Op,
+        invoked_at: u64,
+        returned_at: u64,
+        outcome: Option<Outcome>,
+    ) -> Operation {
         let returned_at = outcome.as_ref().map(|_| returned_at);
-        Operation { client, key: key.as_bytes().to_vec(), op, invoked_at, returned_at, outcome }
+        Operation {
+            client,
+            key: key.as_bytes().to_vec(),
+            op,
+            invoked_at,
+            returned_at,
+            outcome,
+        }
     }
 
     fn put(v: &str) -> Op {
@@ -360,7 +422,10 @@ mod tests {
     }
 
     fn cas(expect: Option<&str>, new: &str) -> Op {
-        Op::Cas { expect: expect.map(|v| v.as_bytes().to_vec()), new: Some(new.as_bytes().to_vec()) }
+        Op::Cas {
+            expect: expect.map(|v| v.as_bytes().to_vec()),
+            new: Some(new.as_bytes().to_vec()),
+        }
     }
 
     #[test]
@@ -373,8 +438,14 @@ mod tests {
             op(0, "k", Op::Get, 8, 9, saw(None)),
         ];
         assert_eq!(check(&valid, BUDGET), Verdict::Linearizable);
-        let invented = vec![op(0, "k", put("1"), 0, 1, ok()), op(0, "k", Op::Get, 2, 3, saw(Some("2")))];
-        assert!(matches!(check(&invented, BUDGET), Verdict::NotLinearizable { .. }));
+        let invented = vec![
+            op(0, "k", put("1"), 0, 1, ok()),
+            op(0, "k", Op::Get, 2, 3, saw(Some("2"))),
+        ];
+        assert!(matches!(
+            check(&invented, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
@@ -422,15 +493,33 @@ mod tests {
 
     #[test]
     fn failed_operations_may_or_may_not_have_happened() {
-        let read_later = vec![op(0, "k", put("5"), 0, 0, None), op(1, "k", Op::Get, 100, 101, saw(Some("5")))];
+        let read_later = vec![
+            op(0, "k", put("5"), 0, 0, None),
+            op(1, "k", Op::Get, 100, 101, saw(Some("5"))),
+        ];
         assert_eq!(check(&read_later, BUDGET), Verdict::Linearizable);
-        let never_read = vec![op(0, "k", put("5"), 0, 0, None), op(1, "k", Op::Get, 100, 101, saw(None))];
+        let never_read = vec![
+            op(0, "k", put("5"), 0, 0, None),
+            op(1, "k", Op::Get, 100, 101, saw(None)),
+        ];
         assert_eq!(check(&never_read, BUDGET), Verdict::Linearizable);
-        let from_nowhere = vec![op(0, "k", put("4"), 0, 0, None), op(1, "k", Op::Get, 100, 101, saw(Some("5")))];
-        assert!(matches!(check(&from_nowhere, BUDGET), Verdict::NotLinearizable { .. }));
+        let from_nowhere = vec![
+            op(0, "k", put("4"), 0, 0, None),
+            op(1, "k", Op::Get, 100, 101, saw(Some("5"))),
+        ];
+        assert!(matches!(
+            check(&from_nowhere, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
         // A failed write cannot take effect before it was invoked.
-        let too_early = vec![op(1, "k", Op::Get, 0, 1, saw(Some("5"))), op(0, "k", put("5"), 2, 0, None)];
-        assert!(matches!(check(&too_early, BUDGET), Verdict::NotLinearizable { .. }));
+        let too_early = vec![
+            op(1, "k", Op::Get, 0, 1, saw(Some("5"))),
+            op(0, "k", put("5"), 2, 0, None),
+        ];
+        assert!(matches!(
+            check(&too_early, BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
     }
 
     #[test]
@@ -484,7 +573,11 @@ mod tests {
                     (Op::Delete, Some(Outcome::Succeeded(existed)))
                 }
                 _ => {
-                    let expect = if next(2) == 0 { register.clone() } else { Some(b"other".to_vec()) };
+                    let expect = if next(2) == 0 {
+                        register.clone()
+                    } else {
+                        Some(b"other".to_vec())
+                    };
                     let new = Some(format!("c{i}").into_bytes());
                     let swapped = *register == expect;
                     if swapped {
@@ -514,7 +607,10 @@ mod tests {
             assert_eq!(check(&history, BUDGET), Verdict::Linearizable, "seed {seed}");
             let read = history.iter().position(|o| o.op == Op::Get).expect("some read");
             history[read].outcome = Some(Outcome::Value(Some(b"never-written".to_vec())));
-            assert!(matches!(check(&history, BUDGET), Verdict::NotLinearizable { .. }), "seed {seed}");
+            assert!(
+                matches!(check(&history, BUDGET), Verdict::NotLinearizable { .. }),
+                "seed {seed}"
+            );
         }
     }
 

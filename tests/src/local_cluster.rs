@@ -38,8 +38,11 @@ impl LocalCluster {
         crate::init_logging();
         let dir = tempfile::Builder::new().prefix("ringkv-local-").tempdir()?;
         let ports = free_ports(n);
-        let peers: BTreeMap<String, String> =
-            ports.iter().enumerate().map(|(i, port)| ((i + 1).to_string(), format!("127.0.0.1:{port}"))).collect();
+        let peers: BTreeMap<String, String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| ((i + 1).to_string(), format!("127.0.0.1:{port}")))
+            .collect();
         let configs: Vec<NodeConfig> = ports
             .iter()
             .enumerate()
@@ -56,7 +59,12 @@ impl LocalCluster {
                 config
             })
             .collect();
-        let mut cluster = LocalCluster { configs, nodes: BTreeMap::new(), transport, _dir: dir };
+        let mut cluster = LocalCluster {
+            configs,
+            nodes: BTreeMap::new(),
+            transport,
+            _dir: dir,
+        };
         for node_id in 1..=n as u64 {
             cluster.start_node(node_id).await?;
         }

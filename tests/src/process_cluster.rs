@@ -19,7 +19,10 @@ pub fn ringkv_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let binary = profile_dir.join("ringkv");
     assert!(
         binary.exists(),
@@ -59,11 +62,19 @@ impl ProcessCluster {
     pub fn start(n: usize, shards: u32, extra_args: &[&str]) -> anyhow::Result<ProcessCluster> {
         let dir = tempfile::Builder::new().prefix("ringkv-test-").tempdir()?;
         let ports = free_ports(n);
-        let peers: Vec<String> =
-            ports.iter().enumerate().map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1)).collect();
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
+            .collect();
         let mut extra: Vec<String> = vec!["--shards".into(), shards.to_string()];
         extra.extend(extra_args.iter().map(|s| s.to_string()));
-        let mut cluster = ProcessCluster { nodes: Vec::new(), peers: peers.join(","), extra_args: extra, _dir: dir };
+        let mut cluster = ProcessCluster {
+            nodes: Vec::new(),
+            peers: peers.join(","),
+            extra_args: extra,
+            _dir: dir,
+        };
         for (index, port) in ports.iter().enumerate() {
             let node_id = index as u64 + 1;
             let root = cluster._dir.path();
@@ -82,11 +93,17 @@ impl ProcessCluster {
     }
 
     fn node_mut(&mut self, node_id: u64) -> &mut ProcessNode {
-        self.nodes.iter_mut().find(|n| n.node_id == node_id).expect("node id in cluster")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.node_id == node_id)
+            .expect("node id in cluster")
     }
 
     pub fn node(&self, node_id: u64) -> &ProcessNode {
-        self.nodes.iter().find(|n| n.node_id == node_id).expect("node id in cluster")
+        self.nodes
+            .iter()
+            .find(|n| n.node_id == node_id)
+            .expect("node id in cluster")
     }
 
     /// The command line that starts `node_id`, without spawning it.
@@ -100,12 +117,22 @@ impl ProcessCluster {
         let mut command = Command::new(ringkv_binary());
         command
             .arg("start")
-            .args(["--node-id", &node_id.to_string(), "--listen", listen, "--advertise", &node.addr])
+            .args([
+                "--node-id",
+                &node_id.to_string(),
+                "--listen",
+                listen,
+                "--advertise",
+                &node.addr,
+            ])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--peers", &self.peers])
             .args(&self.extra_args)
-            .env("RINGKV_LOG", std::env::var("RINGKV_NODE_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RINGKV_LOG",
+                std::env::var("RINGKV_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            );
         command
     }
 
@@ -116,9 +143,16 @@ impl ProcessCluster {
         if node.child.is_some() {
             bail!("node {node_id} is already running");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
         command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        node.child = Some(command.spawn().with_context(|| format!("cannot spawn node {node_id}"))?);
+        node.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("cannot spawn node {node_id}"))?,
+        );
         Ok(())
     }
 
@@ -149,7 +183,11 @@ impl ProcessCluster {
             match self.leaders().await {
                 Ok(leaders) => {
                     let n_shards = leaders.len();
-                    let missing: Vec<_> = leaders.iter().filter(|(_, l)| l.is_none()).map(|(s, _)| *s).collect();
+                    let missing: Vec<_> = leaders
+                        .iter()
+                        .filter(|(_, l)| l.is_none())
+                        .map(|(s, _)| *s)
+                        .collect();
                     if missing.is_empty() && n_shards > 0 {
                         return Ok(());
                     }
@@ -159,7 +197,10 @@ impl ProcessCluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("cluster not ready after {timeout:?}: {last_problem}\n{}", self.log_tails(30))
+        bail!(
+            "cluster not ready after {timeout:?}: {last_problem}\n{}",
+            self.log_tails(30)
+        )
     }
 
     /// Leader node of every shard, as reported consistently by the running nodes hosting it
@@ -167,15 +208,26 @@ impl ProcessCluster {
     pub async fn leaders(&self) -> anyhow::Result<BTreeMap<u64, Option<u64>>> {
         let mut seen: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.is_running()) {
-            let mut client = ringkv_proto::pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr))
-                .await
-                .with_context(|| format!("node {} at {} is not answering", node.node_id, node.addr))?;
-            let status = client.status(ringkv_proto::pb::StatusRequest {}).await?.into_inner();
+            let mut client =
+                ringkv_proto::pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr))
+                    .await
+                    .with_context(|| format!("node {} at {} is not answering", node.node_id, node.addr))?;
+            let status = client
+                .status(ringkv_proto::pb::StatusRequest {})
+                .await?
+                .into_inner();
             for replica in status.replicas {
-                seen.entry(replica.shard_id).or_default().push(replica.leader_node_id);
+                seen.entry(replica.shard_id)
+                    .or_default()
+                    .push(replica.leader_node_id);
             }
         }
-        let running: Vec<u64> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.node_id).collect();
+        let running: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.node_id)
+            .collect();
         Ok(seen
             .into_iter()
             .map(|(shard, views)| {
@@ -192,7 +244,11 @@ impl ProcessCluster {
         for leader in self.leaders().await?.values().flatten() {
             *counts.entry(*leader).or_default() += 1;
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(node, _)| node).context("no shard has a leader")
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(node, _)| node)
+            .context("no shard has a leader")
     }
 
     /// The last `lines` lines of every node's log.

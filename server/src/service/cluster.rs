@@ -20,7 +20,10 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn get_shard_map(&self, _: Request<pb::GetShardMapRequest>) -> Result<Response<pb::ShardMap>, Status> {
+    async fn get_shard_map(
+        &self,
+        _: Request<pb::GetShardMapRequest>,
+    ) -> Result<Response<pb::ShardMap>, Status> {
         Ok(Response::new(self.node.shard_map().to_proto()))
     }
 

@@ -28,11 +28,16 @@ impl KvService {
 }
 
 fn versioned(value: Versioned) -> pb::VersionedValue {
-    pb::VersionedValue { value: value.value.into(), version: value.version }
+    pb::VersionedValue {
+        value: value.value.into(),
+        version: value.version,
+    }
 }
 
 fn unexpected(result: CommandResult) -> ServiceError {
-    ServiceError::Internal(format!("state machine answered with an unexpected result {result:?}"))
+    ServiceError::Internal(format!(
+        "state machine answered with an unexpected result {result:?}"
+    ))
 }
 
 impl KvService {
@@ -40,13 +45,18 @@ impl KvService {
         let replica = self.node.route(request.route.as_ref(), &request.key)?;
         self.node.linearizable_barrier(&replica).await?;
         let value = self.node.engine().get(&request.key)?;
-        Ok(pb::GetResponse { value: value.map(versioned) })
+        Ok(pb::GetResponse {
+            value: value.map(versioned),
+        })
     }
 
     async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, ServiceError> {
         check_value(&request.value)?;
         let replica = self.node.route(request.route.as_ref(), &request.key)?;
-        let command = Command::Put { key: request.key.to_vec(), value: request.value.to_vec() };
+        let command = Command::Put {
+            key: request.key.to_vec(),
+            value: request.value.to_vec(),
+        };
         match self.node.write(&replica, command).await? {
             CommandResult::Put { version } => Ok(pb::PutResponse { version }),
             other => Err(unexpected(other)),
@@ -55,7 +65,16 @@ impl KvService {
 
     async fn delete(&self, request: pb::DeleteRequest) -> Result<pb::DeleteResponse, ServiceError> {
         let replica = self.node.route(request.route.as_ref(), &request.key)?;
-        match self.node.write(&replica, Command::Delete { key: request.key.to_vec() }).await? {
+        match self
+            .node
+            .write(
+                &replica,
+                Command::Delete {
+                    key: request.key.to_vec(),
+                },
+            )
+            .await?
+        {
             CommandResult::Delete { existed } => Ok(pb::DeleteResponse { existed }),
             other => Err(unexpected(other)),
         }
@@ -80,11 +99,21 @@ impl KvService {
             Some(request.new_value.to_vec())
         };
         let replica = self.node.route(request.route.as_ref(), &request.key)?;
-        let command = Command::Cas { key: request.key.to_vec(), expect, new_value };
+        let command = Command::Cas {
+            key: request.key.to_vec(),
+            expect,
+            new_value,
+        };
         match self.node.write(&replica, command).await? {
-            CommandResult::Cas { succeeded, version, current } => {
-                Ok(pb::CasResponse { succeeded, version, current: current.map(versioned) })
-            }
+            CommandResult::Cas {
+                succeeded,
+                version,
+                current,
+            } => Ok(pb::CasResponse {
+                succeeded,
+                version,
+                current: current.map(versioned),
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -93,13 +122,18 @@ impl KvService {
         let mut total_bytes = 0;
         let mut ops = Vec::with_capacity(request.ops.len());
         for (index, op) in request.ops.iter().enumerate() {
-            check_key(&op.key).map_err(|e| ServiceError::InvalidArgument(format!("operation {index}: {e}")))?;
+            check_key(&op.key)
+                .map_err(|e| ServiceError::InvalidArgument(format!("operation {index}: {e}")))?;
             total_bytes += op.key.len();
             ops.push(match &op.op {
                 Some(pb::batch_op::Op::Put(value)) => {
-                    check_value(value).map_err(|e| ServiceError::InvalidArgument(format!("operation {index}: {e}")))?;
+                    check_value(value)
+                        .map_err(|e| ServiceError::InvalidArgument(format!("operation {index}: {e}")))?;
                     total_bytes += value.len();
-                    BatchOp::Put { key: op.key.to_vec(), value: value.to_vec() }
+                    BatchOp::Put {
+                        key: op.key.to_vec(),
+                        value: value.to_vec(),
+                    }
                 }
                 Some(pb::batch_op::Op::Delete(_)) => BatchOp::Delete { key: op.key.to_vec() },
                 None => {
@@ -134,12 +168,19 @@ impl KvService {
             n => n.min(MAX_SCAN_LIMIT),
         };
         self.node.linearizable_barrier(&replica).await?;
-        let page = self.node.engine().scan(replica.range, &request.cursor, &request.prefix, limit)?;
+        let page = self
+            .node
+            .engine()
+            .scan(replica.range, &request.cursor, &request.prefix, limit)?;
         Ok(pb::ScanResponse {
             entries: page
                 .entries
                 .into_iter()
-                .map(|(key, value)| pb::KeyValue { key: key.into(), value: value.value.into(), version: value.version })
+                .map(|(key, value)| pb::KeyValue {
+                    key: key.into(),
+                    value: value.value.into(),
+                    version: value.version,
+                })
                 .collect(),
             next_cursor: page.next_cursor.into(),
         })
@@ -156,12 +197,22 @@ impl Kv for KvService {
         Ok(Response::new(KvService::put(self, request.into_inner()).await?))
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        Ok(Response::new(KvService::delete(self, request.into_inner()).await?))
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Ok(Response::new(
+            KvService::delete(self, request.into_inner()).await?,
+        ))
     }
 
-    async fn compare_and_swap(&self, request: Request<pb::CasRequest>) -> Result<Response<pb::CasResponse>, Status> {
-        Ok(Response::new(KvService::compare_and_swap(self, request.into_inner()).await?))
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CasRequest>,
+    ) -> Result<Response<pb::CasResponse>, Status> {
+        Ok(Response::new(
+            KvService::compare_and_swap(self, request.into_inner()).await?,
+        ))
     }
 
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {

@@ -26,7 +26,9 @@ impl RaftService {
 }
 
 fn reply<T: Serialize>(result: Result<T, String>) -> Response<pb::RaftReply> {
-    Response::new(pb::RaftReply { payload: wire::encode(&result).into() })
+    Response::new(pb::RaftReply {
+        payload: wire::encode(&result).into(),
+    })
 }
 
 fn malformed(message: String) -> Status {
@@ -35,22 +37,40 @@ fn malformed(message: String) -> Status {
 
 #[tonic::async_trait]
 impl Raft for RaftService {
-    async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let rpc = wire::decode(&request.payload).map_err(malformed)?;
-        Ok(reply(self.node.raft_append(request.shard_id, request.target_replica_id, rpc).await))
+        Ok(reply(
+            self.node
+                .raft_append(request.shard_id, request.target_replica_id, rpc)
+                .await,
+        ))
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let rpc = wire::decode(&request.payload).map_err(malformed)?;
-        Ok(reply(self.node.raft_vote(request.shard_id, request.target_replica_id, rpc).await))
+        Ok(reply(
+            self.node
+                .raft_vote(request.shard_id, request.target_replica_id, rpc)
+                .await,
+        ))
     }
 
-    async fn transfer_leader(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         let rpc = wire::decode(&request.payload).map_err(malformed)?;
-        Ok(reply(self.node.raft_transfer_leader(request.shard_id, request.target_replica_id, rpc).await))
+        Ok(reply(
+            self.node
+                .raft_transfer_leader(request.shard_id, request.target_replica_id, rpc)
+                .await,
+        ))
     }
 
     async fn install_snapshot(
@@ -58,24 +78,37 @@ impl Raft for RaftService {
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
         let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| malformed("empty snapshot stream".into()))?;
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| malformed("empty snapshot stream".into()))?;
         let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
             wire::decode(&first.header).map_err(malformed)?;
         let (shard_id, replica_id) = (first.shard_id, first.target_replica_id);
         let result = async {
-            let path = self.node.engine().incoming_snapshot_path(shard_id).map_err(|e| e.to_string())?;
+            let path = self
+                .node
+                .engine()
+                .incoming_snapshot_path(shard_id)
+                .map_err(|e| e.to_string())?;
             let mut file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
             let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
             file.write_all(&first.data).await.map_err(write_error)?;
-            while let Some(chunk) = stream.message().await.map_err(|e| format!("snapshot stream broke: {e}"))? {
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| format!("snapshot stream broke: {e}"))?
+            {
                 file.write_all(&chunk.data).await.map_err(write_error)?;
             }
             file.sync_all().await.map_err(write_error)?;
             drop(file);
             let snapshot = SnapshotFile { path: path.clone() };
-            self.node.raft_install_snapshot(shard_id, replica_id, vote, meta, snapshot).await
+            self.node
+                .raft_install_snapshot(shard_id, replica_id, vote, meta, snapshot)
+                .await
         }
         .await;
         Ok(reply(result))

@@ -37,7 +37,10 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     pub fn new(connect_timeout: Duration) -> Self {
-        GrpcTransport { connect_timeout, channels: Mutex::new(HashMap::new()) }
+        GrpcTransport {
+            connect_timeout,
+            channels: Mutex::new(HashMap::new()),
+        }
     }
 
     fn client(&self, addr: &str) -> Result<RaftClient<Channel>, TransportError> {
@@ -46,7 +49,10 @@ impl GrpcTransport {
             Some(channel) => channel.clone(),
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| TransportError::Unreachable { addr: addr.into(), message: e.to_string() })?
+                    .map_err(|e| TransportError::Unreachable {
+                        addr: addr.into(),
+                        message: e.to_string(),
+                    })?
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
@@ -100,19 +106,33 @@ impl GrpcTransport {
 fn status_error(addr: &str, status: tonic::Status) -> TransportError {
     let message = format!("{}: {}", status.code(), status.message());
     match status.code() {
-        tonic::Code::Unavailable => TransportError::Unreachable { addr: addr.into(), message },
+        tonic::Code::Unavailable => TransportError::Unreachable {
+            addr: addr.into(),
+            message,
+        },
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            TransportError::Network { addr: addr.into(), message }
+            TransportError::Network {
+                addr: addr.into(),
+                message,
+            }
         }
-        _ => TransportError::Remote { addr: addr.into(), message },
+        _ => TransportError::Remote {
+            addr: addr.into(),
+            message,
+        },
     }
 }
 
 /// A reply payload is `postcard(Result<Resp, String>)`: the peer's own error travels as text.
 fn decode_reply<Resp: DeserializeOwned>(addr: &str, payload: &[u8]) -> Result<Resp, TransportError> {
-    let reply: Result<Resp, String> = wire::decode(payload)
-        .map_err(|message| TransportError::Remote { addr: addr.into(), message })?;
-    reply.map_err(|message| TransportError::Remote { addr: addr.into(), message })
+    let reply: Result<Resp, String> = wire::decode(payload).map_err(|message| TransportError::Remote {
+        addr: addr.into(),
+        message,
+    })?;
+    reply.map_err(|message| TransportError::Remote {
+        addr: addr.into(),
+        message,
+    })
 }
 
 impl RaftTransport for GrpcTransport {
@@ -133,7 +153,9 @@ impl RaftTransport for GrpcTransport {
         rpc: VoteRequest<TypeConfig>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
-        self.unary(target, rpc, timeout, |mut client, request| Box::pin(async move { client.vote(request).await }))
+        self.unary(target, rpc, timeout, |mut client, request| {
+            Box::pin(async move { client.vote(request).await })
+        })
     }
 
     fn transfer_leader(
@@ -161,29 +183,44 @@ impl RaftTransport for GrpcTransport {
             let mut client = client?;
             let header = wire::encode(&(vote, snapshot.meta.clone()));
             let path = snapshot.snapshot.path.clone();
-            let mut file = tokio::fs::File::open(&path).await.map_err(|e| TransportError::Network {
-                addr: addr.clone(),
-                message: format!("cannot open snapshot file {}: {e}", path.display()),
-            })?;
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| TransportError::Network {
+                    addr: addr.clone(),
+                    message: format!("cannot open snapshot file {}: {e}", path.display()),
+                })?;
             // A bounded channel feeds the request stream, so at most a few chunks sit in memory.
             let (sender, receiver) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
             let reader_addr = addr.clone();
             let reader = tokio::spawn(async move {
-                let first = pb::SnapshotChunk { shard_id, target_replica_id, header: header.into(), data: Default::default() };
+                let first = pb::SnapshotChunk {
+                    shard_id,
+                    target_replica_id,
+                    header: header.into(),
+                    data: Default::default(),
+                };
                 if sender.send(first).await.is_err() {
                     return Ok(());
                 }
                 loop {
                     let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-                    let n = file.read(&mut buffer).await.map_err(|e| TransportError::Network {
-                        addr: reader_addr.clone(),
-                        message: format!("cannot read snapshot file: {e}"),
-                    })?;
+                    let n = file
+                        .read(&mut buffer)
+                        .await
+                        .map_err(|e| TransportError::Network {
+                            addr: reader_addr.clone(),
+                            message: format!("cannot read snapshot file: {e}"),
+                        })?;
                     if n == 0 {
                         return Ok(());
                     }
                     buffer.truncate(n);
-                    let chunk = pb::SnapshotChunk { shard_id, target_replica_id, header: Default::default(), data: buffer.into() };
+                    let chunk = pb::SnapshotChunk {
+                        shard_id,
+                        target_replica_id,
+                        header: Default::default(),
+                        data: buffer.into(),
+                    };
                     if sender.send(chunk).await.is_err() {
                         return Ok(());
                     }
@@ -195,14 +232,20 @@ impl RaftTransport for GrpcTransport {
             let reply = reply
                 .map_err(|_| TransportError::Network {
                     addr: addr.clone(),
-                    message: format!("snapshot transfer did not finish within {} ms", timeout.as_millis()),
+                    message: format!(
+                        "snapshot transfer did not finish within {} ms",
+                        timeout.as_millis()
+                    ),
                 })?
                 .map_err(|status| status_error(&addr, status))?;
             match read_result {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return Err(error),
                 Err(error) => {
-                    return Err(TransportError::Network { addr, message: format!("snapshot reader failed: {error}") });
+                    return Err(TransportError::Network {
+                        addr,
+                        message: format!("snapshot reader failed: {error}"),
+                    });
                 }
             }
             decode_reply(&addr, &reply.into_inner().payload)

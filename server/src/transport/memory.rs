@@ -29,11 +29,17 @@ impl MemoryTransport {
     }
 
     pub fn register(&self, node: &Arc<Node>) {
-        self.nodes.write().expect("nodes lock").insert(node.addr().to_owned(), Arc::downgrade(node));
+        self.nodes
+            .write()
+            .expect("nodes lock")
+            .insert(node.addr().to_owned(), Arc::downgrade(node));
     }
 
     fn node(&self, target: &Target) -> Result<Arc<Node>, TransportError> {
-        let unreachable = |message: &str| TransportError::Unreachable { addr: target.addr.clone(), message: message.into() };
+        let unreachable = |message: &str| TransportError::Unreachable {
+            addr: target.addr.clone(),
+            message: message.into(),
+        };
         self.nodes
             .read()
             .expect("nodes lock")
@@ -44,7 +50,10 @@ impl MemoryTransport {
 }
 
 fn remote(target: &Target) -> impl Fn(String) -> TransportError + '_ {
-    move |message| TransportError::Remote { addr: target.addr.clone(), message }
+    move |message| TransportError::Remote {
+        addr: target.addr.clone(),
+        message,
+    }
 }
 
 impl RaftTransport for MemoryTransport {
@@ -56,7 +65,12 @@ impl RaftTransport for MemoryTransport {
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<TypeConfig>, TransportError>> {
         let node = self.node(target);
         let target = target.clone();
-        Box::pin(async move { node?.raft_append(target.shard_id, target.replica_id, rpc).await.map_err(remote(&target)) })
+        Box::pin(async move {
+            node?
+                .raft_append(target.shard_id, target.replica_id, rpc)
+                .await
+                .map_err(remote(&target))
+        })
     }
 
     fn vote(
@@ -67,7 +81,12 @@ impl RaftTransport for MemoryTransport {
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
         let node = self.node(target);
         let target = target.clone();
-        Box::pin(async move { node?.raft_vote(target.shard_id, target.replica_id, rpc).await.map_err(remote(&target)) })
+        Box::pin(async move {
+            node?
+                .raft_vote(target.shard_id, target.replica_id, rpc)
+                .await
+                .map_err(remote(&target))
+        })
     }
 
     fn transfer_leader(
@@ -79,7 +98,10 @@ impl RaftTransport for MemoryTransport {
         let node = self.node(target);
         let target = target.clone();
         Box::pin(async move {
-            node?.raft_transfer_leader(target.shard_id, target.replica_id, rpc).await.map_err(remote(&target))
+            node?
+                .raft_transfer_leader(target.shard_id, target.replica_id, rpc)
+                .await
+                .map_err(remote(&target))
         })
     }
 
@@ -95,11 +117,22 @@ impl RaftTransport for MemoryTransport {
         Box::pin(async move {
             let node = node?;
             // Each node has its own data dir: copy the file as the gRPC transport would stream it.
-            let path = node.engine().incoming_snapshot_path(target.shard_id).map_err(|e| remote(&target)(e.to_string()))?;
-            tokio::fs::copy(&snapshot.snapshot.path, &path).await.map_err(|e| remote(&target)(e.to_string()))?;
-            node.raft_install_snapshot(target.shard_id, target.replica_id, vote, snapshot.meta, SnapshotFile { path })
+            let path = node
+                .engine()
+                .incoming_snapshot_path(target.shard_id)
+                .map_err(|e| remote(&target)(e.to_string()))?;
+            tokio::fs::copy(&snapshot.snapshot.path, &path)
                 .await
-                .map_err(remote(&target))
+                .map_err(|e| remote(&target)(e.to_string()))?;
+            node.raft_install_snapshot(
+                target.shard_id,
+                target.replica_id,
+                vote,
+                snapshot.meta,
+                SnapshotFile { path },
+            )
+            .await
+            .map_err(remote(&target))
         })
     }
 }

@@ -10,11 +10,11 @@ mod network;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::alias::{SnapshotOf, VoteOf};
 use thiserror::Error;
 
 use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};

@@ -36,7 +36,11 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
         // No connection is made here: the transport connects lazily and shares one connection
         // per peer node among all shards.
         ShardNetwork {
-            target: Target { addr: node.addr.clone(), shard_id: self.shard_id, replica_id: target },
+            target: Target {
+                addr: node.addr.clone(),
+                shard_id: self.shard_id,
+                replica_id: target,
+            },
             transport: self.transport.clone(),
         }
     }
@@ -65,7 +69,10 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.transport.append_entries(&self.target, rpc, option.hard_ttl()).await.map_err(rpc_error)
+        self.transport
+            .append_entries(&self.target, rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
     }
 
     async fn vote(
@@ -73,7 +80,10 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.transport.vote(&self.target, rpc, option.hard_ttl()).await.map_err(rpc_error)
+        self.transport
+            .vote(&self.target, rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
     }
 
     async fn transfer_leader(
@@ -81,7 +91,10 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         rpc: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.transport.transfer_leader(&self.target, rpc, option.hard_ttl()).await.map_err(rpc_error)
+        self.transport
+            .transfer_leader(&self.target, rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
     }
 
     async fn full_snapshot(
@@ -91,7 +104,9 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let send = self.transport.install_snapshot(&self.target, vote, snapshot, option.hard_ttl());
+        let send = self
+            .transport
+            .install_snapshot(&self.target, vote, snapshot, option.hard_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = send => result.map_err(|error| match error {

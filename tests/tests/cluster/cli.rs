@@ -41,16 +41,29 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
         assert_eq!(stderr(&out).trim(), "key not found: no-such-key");
 
         let out = ringkv(&endpoint, &["cas", "greeting", "--expect", "wrong", "bye"]);
-        assert_eq!(out.status.code(), Some(1), "a failed cas exits 1: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a failed cas exits 1: {}",
+            stderr(&out)
+        );
         assert!(stderr(&out).contains("cas failed"), "{}", stderr(&out));
-        assert_eq!(stdout(&ringkv(&endpoint, &["get", "greeting"])).trim(), "hello", "unchanged");
+        assert_eq!(
+            stdout(&ringkv(&endpoint, &["get", "greeting"])).trim(),
+            "hello",
+            "unchanged"
+        );
 
         let out = ringkv(&endpoint, &["cas", "greeting", "--expect", "hello", "bye"]);
         assert!(out.status.success(), "cas: {}", stderr(&out));
         assert_eq!(stdout(&ringkv(&endpoint, &["get", "greeting"])).trim(), "bye");
 
         for i in 0..5 {
-            assert!(ringkv(&endpoint, &["put", &format!("user:{i}"), &format!("u{i}")]).status.success());
+            assert!(
+                ringkv(&endpoint, &["put", &format!("user:{i}"), &format!("u{i}")])
+                    .status
+                    .success()
+            );
         }
         let out = ringkv(&endpoint, &["scan", "--prefix", "user:"]);
         assert!(out.status.success(), "scan: {}", stderr(&out));
@@ -74,7 +87,10 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
         assert_eq!(shards.len(), 16);
         for shard in shards {
             assert_eq!(shard["voters"].as_array().map(Vec::len), Some(3), "{shard}");
-            assert!(shard["leader"].as_u64().is_some(), "every shard has a leader: {shard}");
+            assert!(
+                shard["leader"].as_u64().is_some(),
+                "every shard has a leader: {shard}"
+            );
         }
         assert_eq!(report["nodes"].as_array().map(Vec::len), Some(3));
 

@@ -19,9 +19,15 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
     assert_eq!(map.shards.len(), 16);
     let mut keys_per_shard: BTreeMap<u64, usize> = BTreeMap::new();
     for i in 0..N_KEYS {
-        *keys_per_shard.entry(map.shard_for_key(format!("key-{i}").as_bytes()).id).or_default() += 1;
+        *keys_per_shard
+            .entry(map.shard_for_key(format!("key-{i}").as_bytes()).id)
+            .or_default() += 1;
     }
-    assert_eq!(keys_per_shard.len(), 16, "every shard owns some of the keys: {keys_per_shard:?}");
+    assert_eq!(
+        keys_per_shard.len(),
+        16,
+        "every shard owns some of the keys: {keys_per_shard:?}"
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..CONCURRENCY {
@@ -44,7 +50,12 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
         let mut behind = Vec::new();
         for node in &cluster.nodes {
             let status = client.node_status(&node.addr).await?;
-            assert_eq!(status.replicas.len(), 16, "node {} hosts every shard", node.node_id);
+            assert_eq!(
+                status.replicas.len(),
+                16,
+                "node {} hosts every shard",
+                node.node_id
+            );
             for replica in &status.replicas {
                 if (replica.applied_index as usize) < keys_per_shard[&replica.shard_id] {
                     behind.push((node.node_id, replica.shard_id, replica.applied_index));
@@ -54,7 +65,10 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
         if behind.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "replicas that never applied their keys: {behind:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas that never applied their keys: {behind:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

@@ -51,13 +51,19 @@ async fn worker(
                 Ok(found) => found.map(|v| v.value),
                 Err(_) => continue,
             };
-            let op = Op::Cas { expect: expected.as_ref().map(|v| v.to_vec()), new: Some(value.clone().into_bytes()) };
+            let op = Op::Cas {
+                expect: expected.as_ref().map(|v| v.to_vec()),
+                new: Some(value.clone().into_bytes()),
+            };
             let expect = match &expected {
                 Some(v) => Expect::Value(v.clone()),
                 None => Expect::Absent,
             };
             let token = history.invoke(worker_id, key.as_bytes(), op);
-            match client.compare_and_swap(&key, expect, Some(value.as_bytes())).await {
+            match client
+                .compare_and_swap(&key, expect, Some(value.as_bytes()))
+                .await
+            {
                 Ok(outcome) => history.complete(token, Outcome::Succeeded(outcome.succeeded)),
                 Err(_) => history.fail(token),
             }
@@ -137,14 +143,22 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
             }
         }
     }
-    assert_eq!(committed.len(), 16, "every shard has a leader on a surviving node");
+    assert_eq!(
+        committed.len(),
+        16,
+        "every shard has a leader on a surviving node"
+    );
     let restart_deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let behind: Vec<(u64, u64, u64)> = match observer.node_status(&cluster.node(victim).addr).await {
             Ok(status) => committed
                 .iter()
                 .filter_map(|(&shard, &index)| {
-                    let applied = status.replicas.iter().find(|r| r.shard_id == shard).map_or(0, |r| r.applied_index);
+                    let applied = status
+                        .replicas
+                        .iter()
+                        .find(|r| r.shard_id == shard)
+                        .map_or(0, |r| r.applied_index);
                     (applied < index).then_some((shard, applied, index))
                 })
                 .collect(),
@@ -172,15 +186,25 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     let reader = cluster.client().await?;
     for (key, value) in &acknowledged {
         let stored = reader.get(key).await?;
-        assert_eq!(stored.map(|v| v.value), Some(Bytes::from(value.clone())), "acknowledged write {key} lost");
+        assert_eq!(
+            stored.map(|v| v.value),
+            Some(Bytes::from(value.clone())),
+            "acknowledged write {key} lost"
+        );
     }
 
     let operations = history.operations();
     let completed = operations.iter().filter(|op| op.outcome.is_some()).count();
-    assert!(completed > 100, "the workload ran: {completed} completed operations");
+    assert!(
+        completed > 100,
+        "the workload ran: {completed} completed operations"
+    );
     match linearizability::check(&operations, 5_000_000) {
         Verdict::Linearizable => {}
-        other => panic!("history of {} operations is not linearizable: {other:?}", operations.len()),
+        other => panic!(
+            "history of {} operations is not linearizable: {other:?}",
+            operations.len()
+        ),
     }
     eprintln!(
         "failover: killed node {victim}; all shards took writes again after {resumed_after:?}; \

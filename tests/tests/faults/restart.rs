@@ -52,7 +52,11 @@ async fn whole_cluster_sigkill_and_restart_keeps_every_acknowledged_write() -> a
     let client = cluster.client().await?;
     for (key, value) in &acknowledged {
         let stored = client.get(key).await?;
-        assert_eq!(stored.map(|v| v.value), Some(value.as_bytes().to_vec().into()), "{key} after restart");
+        assert_eq!(
+            stored.map(|v| v.value),
+            Some(value.as_bytes().to_vec().into()),
+            "{key} after restart"
+        );
     }
     // And the cluster still takes writes.
     client.put("after-restart", "ok").await?;

@@ -9,7 +9,8 @@ use ringkv_tests::local_cluster::TransportKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> anyhow::Result<()> {
-    let mut cluster = LocalCluster::start(3, 4, TransportKind::Memory(MemoryTransport::new()), |_| {}).await?;
+    let mut cluster =
+        LocalCluster::start(3, 4, TransportKind::Memory(MemoryTransport::new()), |_| {}).await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
     for i in 0..200 {
@@ -24,7 +25,10 @@ async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> 
         client.put(format!("k{i}"), format!("v{i}")).await?;
     }
     for i in 0..400 {
-        let value = client.get(format!("k{i}")).await?.unwrap_or_else(|| panic!("k{i} missing"));
+        let value = client
+            .get(format!("k{i}"))
+            .await?
+            .unwrap_or_else(|| panic!("k{i} missing"));
         assert_eq!(value.value, format!("v{i}").as_bytes());
     }
 
@@ -40,17 +44,27 @@ async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> 
             .filter(|r| r.role == "leader")
             .collect();
         let caught_up = others.iter().all(|l| {
-            status.replicas.iter().any(|r| r.shard_id == l.shard_id && r.applied_index >= l.committed_index)
+            status
+                .replicas
+                .iter()
+                .any(|r| r.shard_id == l.shard_id && r.applied_index >= l.committed_index)
         });
         if caught_up && others.len() + status.replicas.iter().filter(|r| r.role == "leader").count() == 4 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "restarted node did not catch up: {:?}", status.replicas);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restarted node did not catch up: {:?}",
+            status.replicas
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let engine = cluster.running(leader).node.engine().clone();
     for i in 0..400 {
-        assert_eq!(engine.get(format!("k{i}").as_bytes())?.map(|v| v.value), Some(format!("v{i}").into_bytes()));
+        assert_eq!(
+            engine.get(format!("k{i}").as_bytes())?.map(|v| v.value),
+            Some(format!("v{i}").into_bytes())
+        );
     }
     cluster.shutdown().await;
     Ok(())

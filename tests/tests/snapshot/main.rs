@@ -18,8 +18,14 @@ async fn lagging_node_catches_up_by_snapshot_after_log_purge() -> anyhow::Result
     let client = cluster.client().await?;
     client.put("before", "down").await?;
 
-    let applied_before: Vec<u64> =
-        cluster.running(3).node.status().replicas.iter().map(|r| r.applied_index).collect();
+    let applied_before: Vec<u64> = cluster
+        .running(3)
+        .node
+        .status()
+        .replicas
+        .iter()
+        .map(|r| r.applied_index)
+        .collect();
     cluster.stop_node(3).await;
 
     for i in 0..N_KEYS {
@@ -42,7 +48,10 @@ async fn lagging_node_catches_up_by_snapshot_after_log_purge() -> anyhow::Result
         if purged.len() == 4 && purged.iter().all(|&p| p > max_applied_before) {
             break;
         }
-        assert!(Instant::now() < deadline, "leaders never purged past node 3's log: purged {purged:?}, node 3 had {applied_before:?}");
+        assert!(
+            Instant::now() < deadline,
+            "leaders never purged past node 3's log: purged {purged:?}, node 3 had {applied_before:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -59,7 +68,10 @@ async fn lagging_node_catches_up_by_snapshot_after_log_purge() -> anyhow::Result
         let status = cluster.running(3).node.status();
         let installed_snapshots = status.replicas.iter().all(|r| r.snapshot_index > 0);
         let caught_up = committed.iter().all(|(shard, index)| {
-            status.replicas.iter().any(|r| r.shard_id == *shard && r.applied_index >= *index)
+            status
+                .replicas
+                .iter()
+                .any(|r| r.shard_id == *shard && r.applied_index >= *index)
         });
         if installed_snapshots && caught_up {
             break;
@@ -74,10 +86,17 @@ async fn lagging_node_catches_up_by_snapshot_after_log_purge() -> anyhow::Result
 
     // Node 3's own engine (not the leader's) holds every key.
     let engine = cluster.running(3).node.engine().clone();
-    assert_eq!(engine.get(b"before")?.expect("written before the outage").value, b"down");
+    assert_eq!(
+        engine.get(b"before")?.expect("written before the outage").value,
+        b"down"
+    );
     for i in 0..N_KEYS {
         let value = engine.get(format!("key-{i}").as_bytes())?;
-        assert_eq!(value.map(|v| v.value), Some(format!("value-{i}").into_bytes()), "key-{i} on node 3");
+        assert_eq!(
+            value.map(|v| v.value),
+            Some(format!("value-{i}").into_bytes()),
+            "key-{i} on node 3"
+        );
     }
     cluster.shutdown().await;
     Ok(())
