@@ -75,10 +75,10 @@ impl RouteCache {
 
     /// Forgets `node` as the leader of `shard_id`, if it is the current hint.
     pub(crate) fn clear_leader(&mut self, shard_id: ShardId, node: NodeId) {
-        if let Some(shard) = self.map.shard_mut(shard_id) {
-            if shard.leader == Some(node) {
-                shard.leader = None;
-            }
+        if let Some(shard) = self.map.shard_mut(shard_id)
+            && shard.leader == Some(node)
+        {
+            shard.leader = None;
         }
     }
 

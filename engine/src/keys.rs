@@ -4,8 +4,8 @@
 //! - `raft_log`:   shard id (8) ++ log index (8)
 //! - `raft_state`: shard id (8) ++ tag (1): vote, committed, last purged
 //! - `data`:       key_hash(user key) (8) ++ user key
-//! - `meta`:       b's' ++ shard id (8) ++ tag (1): applied state, current snapshot;
-//!                 b'n' ++ name: node-level records (cluster map, node id)
+//! - `meta`:       b's' ++ shard id (8) ++ tag (1): applied state, current snapshot; and
+//!   b'n' ++ name: node-level records (cluster map, node id)
 
 use crate::rocks::HashRange;
 use crate::types::{LogIndex, ShardId};

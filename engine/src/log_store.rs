@@ -61,13 +61,13 @@ impl LogStore {
                     ),
                 });
             }
-            if let Some(previous) = entries.last().map(|e: &Entry| e.log_id.index) {
-                if previous + 1 != index {
-                    return Err(Error::Corruption {
-                        what: format!("log of shard {}", self.shard),
-                        detail: format!("hole between entries {previous} and {index}"),
-                    });
-                }
+            if let Some(previous) = entries.last().map(|e: &Entry| e.log_id.index)
+                && previous + 1 != index
+            {
+                return Err(Error::Corruption {
+                    what: format!("log of shard {}", self.shard),
+                    detail: format!("hole between entries {previous} and {index}"),
+                });
             }
             entries.push(entry);
         }
@@ -108,9 +108,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((key, value)) => {
                 let index = keys::log_key_index(&key).unwrap_or_default();
                 let entry: Entry = codec::decode_entry(&value, self.shard, index)?;
-                Some(entry.log_id.clone())
+                Some(entry.log_id)
             }
-            None => last_purged.clone(),
+            None => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,

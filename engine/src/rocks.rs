@@ -70,6 +70,9 @@ pub struct GroupCommitStats {
     pub fsyncs: u64,
 }
 
+/// A raw key-value pair as stored.
+pub(crate) type RawPair = (Vec<u8>, Vec<u8>);
+
 /// Most keys one scan call examines, matching or not, so a selective prefix cannot make a page
 /// take unbounded time.
 const SCAN_EXAMINE_LIMIT: usize = 10_000;
@@ -340,7 +343,7 @@ impl Engine {
         from: &[u8],
         to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    ) -> Result<Vec<RawPair>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(to.to_vec());
         let iterator = self.inner.db.iterator_cf_opt(
@@ -357,12 +360,7 @@ impl Engine {
     }
 
     /// The last key-value pair in `[from, to)`.
-    pub(crate) fn last_in_range(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn last_in_range(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<Option<RawPair>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_lower_bound(from.to_vec());
         read_options.set_iterate_upper_bound(to.to_vec());

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::Error;
 use crate::keys::{self, META_APPLIED, META_SNAPSHOT};
-use crate::rocks::{Cf, Engine, HashRange, WriteOps};
+use crate::rocks::{Cf, Engine, HashRange, RawPair, WriteOps};
 use crate::state_machine::AppliedState;
 use crate::types::{ShardId, TypeConfig};
 
@@ -129,7 +129,7 @@ fn build(
     })?;
 
     let meta = SnapshotMetaOf::<TypeConfig> {
-        last_log_id: applied.last_applied.clone(),
+        last_log_id: applied.last_applied,
         last_membership: applied.membership.clone(),
     };
     let index = applied.last_applied.as_ref().map_or(0, |id| id.index);
@@ -245,7 +245,7 @@ pub(crate) fn install(
         ops.put(Cf::Data, key, value);
     }
     let applied = AppliedState {
-        last_applied: meta.last_log_id.clone(),
+        last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
     };
     ops.put(
@@ -276,7 +276,7 @@ pub(crate) fn install(
 }
 
 /// Reads every record of a snapshot file after checking its framing and checksum.
-fn read_verified(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+fn read_verified(path: &Path) -> Result<Vec<RawPair>, Error> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|file| BufReader::new(file).read_to_end(&mut bytes))

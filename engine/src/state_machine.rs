@@ -185,7 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(command) => overlay.apply(command, entry.log_id.index)?,
                 EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id.clone()), membership);
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     CommandResult::None
                 }
             };

@@ -212,10 +212,10 @@ impl ShardMap {
             if shard.arc.start > shard.arc.end {
                 return malformed(format!("shard {} has an empty arc", shard.id));
             }
-            if let Some(next) = self.shards.get(index + 1) {
-                if shard.arc.end.checked_add(1) != Some(next.arc.start) {
-                    return malformed(format!("shards {} and {} are not contiguous", shard.id, next.id));
-                }
+            if let Some(next) = self.shards.get(index + 1)
+                && shard.arc.end.checked_add(1) != Some(next.arc.start)
+            {
+                return malformed(format!("shards {} and {} are not contiguous", shard.id, next.id));
             }
             if shard.voters.is_empty() {
                 return malformed(format!("shard {} has no voters", shard.id));

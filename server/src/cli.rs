@@ -398,8 +398,8 @@ async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<6} {:<35} {:<12} {:<7} {}",
-        "SHARD", "ARC", "VOTERS", "LEADER", "APPLIED (node:index)"
+        "{:<6} {:<35} {:<12} {:<7} APPLIED (node:index)",
+        "SHARD", "ARC", "VOTERS", "LEADER"
     );
     for shard in &shards {
         let voters: Vec<String> = shard["voters"]

@@ -275,7 +275,8 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_setting() {
-        let cases: Vec<(Box<dyn Fn(&mut NodeConfig)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut NodeConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|c| c.node_id = 0), "node_id"),
             (Box::new(|c| c.listen = "localhost".into()), "listen"),
             (Box::new(|c| c.shards = 0), "shards"),

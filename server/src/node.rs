@@ -258,13 +258,13 @@ impl Node {
             let map = self.map.read().expect("map lock");
             (map.shard_for_key(key).id, map.epoch)
         };
-        if let Some(route) = route {
-            if route.shard_id != shard_id || (route.map_epoch != 0 && route.map_epoch != epoch) {
-                return Err(ServiceError::WrongShard {
-                    shard_id,
-                    map_epoch: epoch,
-                });
-            }
+        if let Some(route) = route
+            && (route.shard_id != shard_id || (route.map_epoch != 0 && route.map_epoch != epoch))
+        {
+            return Err(ServiceError::WrongShard {
+                shard_id,
+                map_epoch: epoch,
+            });
         }
         self.replica(shard_id).ok_or(ServiceError::NotLeader {
             shard_id,

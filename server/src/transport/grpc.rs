@@ -28,6 +28,12 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest Raft message accepted: 64 entries of up to 1 MiB values plus framing.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// One unary call of the Raft service on a client: which RPC `unary` makes.
+type UnaryCall = fn(
+    RaftClient<Channel>,
+    tonic::Request<pb::RaftRequest>,
+) -> BoxFuture<'static, Result<tonic::Response<pb::RaftReply>, tonic::Status>>;
+
 pub struct GrpcTransport {
     connect_timeout: Duration,
     /// One lazily connected channel per peer address, shared by all shards. A std mutex: held only
@@ -72,10 +78,7 @@ impl GrpcTransport {
         target: &Target,
         rpc: Req,
         timeout: Duration,
-        call: fn(
-            RaftClient<Channel>,
-            tonic::Request<pb::RaftRequest>,
-        ) -> BoxFuture<'static, Result<tonic::Response<pb::RaftReply>, tonic::Status>>,
+        call: UnaryCall,
     ) -> BoxFuture<'static, Result<Resp, TransportError>>
     where
         Req: Serialize,

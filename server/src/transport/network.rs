@@ -16,7 +16,7 @@ use ringkv_engine::{ReplicaId, ReplicaNode, ShardId, SnapshotFile, TypeConfig};
 
 use super::{RaftTransport, Target, TransportError};
 
-/// Creates one [`ShardNetwork`] per peer replica of a shard.
+/// Creates one `ShardNetwork` per peer replica of a shard.
 #[derive(Clone)]
 pub struct ShardNetworkFactory {
     shard_id: ShardId,
