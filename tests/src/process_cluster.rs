@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use crate::ports::free_ports;
 
 /// Where the `ringkv` binary is: `RINGKV_BIN`, else next to the test executable's `deps` dir
-/// (target/<profile>/ringkv), which `cargo build --bins` produces.
+/// (`target/<profile>/ringkv`), which `cargo build --bins` produces.
 pub fn ringkv_binary() -> PathBuf {
     if let Ok(path) = std::env::var("RINGKV_BIN") {
         return PathBuf::from(path);
