@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -166,9 +166,17 @@ impl Node {
                         )
                     })
                     .collect();
-                raft.initialize(members)
-                    .await
-                    .with_context(|| format!("cannot initialize the Raft group of shard {}", shard.id))?;
+                match raft.initialize(members).await {
+                    Ok(()) => {}
+                    // A peer that started first may already have replicated the group's first
+                    // entries here: the group exists, which is all initialization is for.
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(error) => {
+                        return Err(error).with_context(|| {
+                            format!("cannot initialize the Raft group of shard {}", shard.id)
+                        });
+                    }
+                }
                 if shard.voters.first().map(|v| v.node_id) == Some(config.node_id) {
                     // Best effort: the preferred leader campaigns first. Losing is harmless.
                     let _ = raft.trigger().elect(false).await;
