@@ -132,20 +132,7 @@ fn build(
         last_log_id: applied.last_applied,
         last_membership: applied.membership.clone(),
     };
-    let index = applied.last_applied.as_ref().map_or(0, |id| id.index);
-    let file_name = format!("snap-{index:020}-{}.snap", unique_suffix());
-    let path = dir.join(&file_name);
-    std::fs::rename(&temp_path, &path).map_err(|e| snapshot_error(&path, format!("cannot rename: {e}")))?;
-    make_current(
-        engine,
-        shard,
-        lock,
-        CurrentSnapshot {
-            meta: meta.clone(),
-            file_name,
-        },
-        WriteOps::default(),
-    )?;
+    let path = adopt(engine, shard, lock, &temp_path, &meta, WriteOps::default())?;
     Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
         meta,
         snapshot: SnapshotFile { path },
@@ -187,6 +174,37 @@ fn make_current(
         }
     }
     Ok(())
+}
+
+/// Moves a finished snapshot file into the shard's snapshot dir under its standard name and makes
+/// it the current snapshot, together with `ops`. Returns its new path.
+fn adopt(
+    engine: &Engine,
+    shard: ShardId,
+    lock: &Mutex<()>,
+    file: &Path,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    ops: WriteOps,
+) -> Result<PathBuf, Error> {
+    let dir = engine.snapshot_dir(shard);
+    std::fs::create_dir_all(&dir).map_err(|e| snapshot_error(&dir, format!("cannot create: {e}")))?;
+    let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
+    let file_name = format!("snap-{index:020}-{}.snap", unique_suffix());
+    let path = dir.join(&file_name);
+    std::fs::rename(file, &path)
+        .or_else(|_| std::fs::copy(file, &path).map(|_| ()))
+        .map_err(|e| snapshot_error(file, format!("cannot keep as {}: {e}", path.display())))?;
+    make_current(
+        engine,
+        shard,
+        lock,
+        CurrentSnapshot {
+            meta: meta.clone(),
+            file_name,
+        },
+        ops,
+    )?;
+    Ok(path)
 }
 
 fn read_current(engine: &Engine, shard: ShardId) -> Result<Option<CurrentSnapshot>, Error> {
@@ -254,24 +272,7 @@ pub(crate) fn install(
         codec::encode(&applied),
     );
 
-    let dir = engine.snapshot_dir(shard);
-    std::fs::create_dir_all(&dir).map_err(|e| snapshot_error(&dir, format!("cannot create: {e}")))?;
-    let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
-    let file_name = format!("snap-{index:020}-{}.snap", unique_suffix());
-    let kept = dir.join(&file_name);
-    std::fs::rename(path, &kept)
-        .or_else(|_| std::fs::copy(path, &kept).map(|_| ()))
-        .map_err(|e| snapshot_error(path, format!("cannot keep as {}: {e}", kept.display())))?;
-    make_current(
-        engine,
-        shard,
-        lock,
-        CurrentSnapshot {
-            meta: meta.clone(),
-            file_name,
-        },
-        ops,
-    )?;
+    adopt(engine, shard, lock, path, meta, ops)?;
     Ok(applied)
 }
 
