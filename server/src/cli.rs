@@ -16,6 +16,15 @@ use ringkv_client::{Client, ClientConfig, Expect, ScanCursor, ScanOptions};
 
 use crate::config::NodeConfig;
 
+/// `println!` that stops quietly when stdout is closed (`ringkv status | head`) instead of
+/// panicking on a broken pipe.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ringkv",
@@ -419,7 +428,7 @@ async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
             .map_or("none".to_string(), |l| l.to_string());
         println!(
             "{:<6} {:<35} {:<12} {:<7} {}",
-            shard["shard_id"],
+            shard["shard_id"].to_string(),
             format!(
                 "{}-{}",
                 shard["arc_start"].as_str().unwrap_or(""),

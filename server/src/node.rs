@@ -8,9 +8,11 @@
 //!    initializes its group with the same membership, which openraft accepts from every voter.
 //! 4. Nudge the preferred leader (first voter) of each shard to campaign, so leaders start out
 //!    spread over nodes instead of wherever the first timeout fires.
+//! 5. Keep them spread: a background balancer hands leadership of a shard back to its preferred
+//!    node whenever that node is caught up (after a restart, for example).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -34,6 +36,10 @@ use ringkv_proto::{NodeId, ShardId, ShardMap};
 use crate::config::NodeConfig;
 use crate::error::ServiceError;
 use crate::transport::{RaftTransport, ShardNetworkFactory};
+
+/// How often the leader balancer looks for shards led away from their preferred node. Long
+/// enough that a transfer (an election round) settles before the next look.
+const BALANCE_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Meta-CF names of the node-level records.
 const META_SHARD_MAP: &str = "shard_map";
@@ -193,6 +199,7 @@ impl Node {
                 .expect("replicas lock")
                 .insert(shard.id, replica);
         }
+        spawn_leader_balancer(Arc::downgrade(&node));
         info!(
             node_id = config.node_id,
             addr = %node.addr,
@@ -494,6 +501,48 @@ impl Node {
         }
         self.replicas.write().expect("replicas lock").clear();
     }
+}
+
+/// Every `BALANCE_INTERVAL`, for each shard this node leads although another node is its preferred
+/// leader (first voter), transfers leadership there if that replica has replicated the whole log.
+/// A replica that is down or behind is left alone, so balancing never costs availability. Stops
+/// when the node is dropped.
+fn spawn_leader_balancer(node: Weak<Node>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(BALANCE_INTERVAL).await;
+            let Some(node) = node.upgrade() else { return };
+            let map = node.map.read().expect("map lock").clone();
+            for replica in node.all_replicas() {
+                let metrics = replica.raft.metrics().borrow_watched().clone();
+                if metrics.state != ServerState::Leader {
+                    continue;
+                }
+                let Some(preferred) = map
+                    .shard(replica.shard_id)
+                    .and_then(|shard| shard.voters.first().copied())
+                else {
+                    continue;
+                };
+                if preferred.replica_id == replica.replica_id {
+                    continue;
+                }
+                let caught_up = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|progress| progress.get(&preferred.replica_id).cloned().flatten())
+                    .is_some_and(|matched| Some(matched.index) == metrics.last_log_index);
+                if caught_up {
+                    info!(
+                        shard_id = replica.shard_id,
+                        to_node = preferred.node_id,
+                        "handing shard leadership back to its preferred node"
+                    );
+                    let _ = replica.raft.trigger().transfer_leader(preferred.replica_id).await;
+                }
+            }
+        }
+    });
 }
 
 fn leader_of(node: Option<ReplicaNode>) -> Option<(NodeId, String)> {

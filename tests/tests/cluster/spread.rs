@@ -89,3 +89,41 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_settle_evenly_on_their_preferred_nodes() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start(3, 16, &[])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let map = client.shard_map().await;
+    let preferred: BTreeMap<u64, u64> = map.shards.iter().map(|s| (s.id, s.voters[0].node_id)).collect();
+
+    // Whoever won the first elections, the balancer hands each shard to its preferred node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let leaders = cluster.leaders().await?;
+        let misplaced: Vec<_> = leaders
+            .iter()
+            .filter(|(shard, leader)| **leader != Some(preferred[*shard]))
+            .map(|(shard, leader)| (*shard, *leader))
+            .collect();
+        if misplaced.is_empty() {
+            let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+            for leader in leaders.values().flatten() {
+                *per_node.entry(*leader).or_default() += 1;
+            }
+            let (min, max) = (per_node.values().min().copied(), per_node.values().max().copied());
+            assert_eq!(per_node.len(), 3, "every node leads some shards: {per_node:?}");
+            assert!(
+                max.unwrap() - min.unwrap() <= 1,
+                "leaders spread evenly: {per_node:?}"
+            );
+            return Ok(());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shards still led away from their preferred node (shard, leader): {misplaced:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
