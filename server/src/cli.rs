@@ -396,7 +396,7 @@ async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
     for node in &nodes {
         println!(
             "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10}",
-            node["node_id"],
+            node["node_id"].to_string(),
             node["addr"].as_str().unwrap_or(""),
             node["state"].as_str().unwrap_or(""),
             node.get("replicas").map_or("-".into(), |v| v.to_string()),
