@@ -10,8 +10,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
 use ringkv_proto::limits::MAX_MESSAGE_BYTES;
@@ -94,6 +94,9 @@ async fn serve(
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Accepted connections need TCP_NODELAY set here: the builder's own setting only applies
+        // to listeners it binds itself. Without it, small replies wait on Nagle's algorithm and
+        // the peer's delayed ACK, about 40 ms each (it showed as a p99 near 40 ms).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
 }
