@@ -140,6 +140,8 @@ pub(crate) struct Inner {
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 /// Longest wait for one attempt, so one dead node cannot eat a whole deadline.
 const MAX_ATTEMPT: Duration = Duration::from_secs(2);
+/// How much longer than the deadline it gives a node the client waits for the node's answer.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
 /// NotLeader hints followed in a row before backing off (hints can ping-pong during elections).
 const MAX_HINT_HOPS: u32 = 3;
 
@@ -213,13 +215,13 @@ impl Client {
         let key = Bytes::copy_from_slice(key.as_ref());
         check_key(&key)?;
         let response = self
-            .call(Target::Key(&key), Retry::Always, |mut kv, route| {
+            .call(Target::Key(&key), Retry::Always, |mut kv, route, budget| {
                 let request = pb::GetRequest {
                     route: Some(route),
                     key: key.clone(),
                     consistency: 0,
                 };
-                async move { kv.get(request).await }
+                async move { kv.get(with_deadline(request, budget)).await }
             })
             .await?;
         Ok(response.value.map(versioned))
@@ -232,13 +234,13 @@ impl Client {
         check_key(&key)?;
         check_value(&value)?;
         let response = self
-            .call(Target::Key(&key), Retry::Always, |mut kv, route| {
+            .call(Target::Key(&key), Retry::Always, |mut kv, route, budget| {
                 let request = pb::PutRequest {
                     route: Some(route),
                     key: key.clone(),
                     value: value.clone(),
                 };
-                async move { kv.put(request).await }
+                async move { kv.put(with_deadline(request, budget)).await }
             })
             .await?;
         Ok(response.version)
@@ -249,13 +251,17 @@ impl Client {
         let key = Bytes::copy_from_slice(key.as_ref());
         check_key(&key)?;
         let response = self
-            .call(Target::Key(&key), Retry::OnlyIfNotApplied, |mut kv, route| {
-                let request = pb::DeleteRequest {
-                    route: Some(route),
-                    key: key.clone(),
-                };
-                async move { kv.delete(request).await }
-            })
+            .call(
+                Target::Key(&key),
+                Retry::OnlyIfNotApplied,
+                |mut kv, route, budget| {
+                    let request = pb::DeleteRequest {
+                        route: Some(route),
+                        key: key.clone(),
+                    };
+                    async move { kv.delete(with_deadline(request, budget)).await }
+                },
+            )
             .await?;
         Ok(response.existed)
     }
@@ -279,16 +285,20 @@ impl Client {
         };
         let new_value = new_value.map(Bytes::copy_from_slice);
         let response = self
-            .call(Target::Key(&key), Retry::OnlyIfNotApplied, |mut kv, route| {
-                let request = pb::CasRequest {
-                    route: Some(route),
-                    key: key.clone(),
-                    expect: Some(expect.clone()),
-                    new_value: new_value.clone().unwrap_or_default(),
-                    delete: new_value.is_none(),
-                };
-                async move { kv.compare_and_swap(request).await }
-            })
+            .call(
+                Target::Key(&key),
+                Retry::OnlyIfNotApplied,
+                |mut kv, route, budget| {
+                    let request = pb::CasRequest {
+                        route: Some(route),
+                        key: key.clone(),
+                        expect: Some(expect.clone()),
+                        new_value: new_value.clone().unwrap_or_default(),
+                        delete: new_value.is_none(),
+                    };
+                    async move { kv.compare_and_swap(with_deadline(request, budget)).await }
+                },
+            )
             .await?;
         Ok(CasOutcome {
             succeeded: response.succeeded,
@@ -336,12 +346,12 @@ impl Client {
                 })
                 .collect();
             let result = self
-                .call(Target::Key(&first_key), Retry::Always, |mut kv, route| {
+                .call(Target::Key(&first_key), Retry::Always, |mut kv, route, budget| {
                     let request = pb::BatchRequest {
                         route: Some(route),
                         ops: wire.clone(),
                     };
-                    async move { kv.batch(request).await }
+                    async move { kv.batch(with_deadline(request, budget)).await }
                 })
                 .await;
             (shard_id, result)
@@ -382,7 +392,7 @@ impl Client {
     /// Sends one request to the leader of its shard, retrying as the module header describes.
     pub(crate) async fn call<T, F, Fut>(&self, target: Target<'_>, retry: Retry, send: F) -> Result<T, Error>
     where
-        F: Fn(KvClient<Channel>, pb::RouteHeader) -> Fut,
+        F: Fn(KvClient<Channel>, pb::RouteHeader, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let inner = &self.inner;
@@ -426,12 +436,22 @@ impl Client {
                         shard_id: route.shard_id,
                         map_epoch: route.epoch,
                     };
-                    let budget = (deadline - now).min(MAX_ATTEMPT);
-                    match tokio::time::timeout(budget, send(kv, header)).await {
+                    // The node gets a deadline `ANSWER_GRACE` shorter than our own wait: it drops
+                    // the request at its deadline and answers, so a request we retry can no
+                    // longer be proposed behind our back (a late duplicate put could otherwise
+                    // overwrite a newer value). See ARCHITECTURE.md "Errors".
+                    let remaining = deadline - now;
+                    let (server_budget, wait) = if remaining > ANSWER_GRACE {
+                        let server_budget = (remaining - ANSWER_GRACE).min(MAX_ATTEMPT);
+                        (server_budget, server_budget + ANSWER_GRACE)
+                    } else {
+                        (remaining, remaining)
+                    };
+                    match tokio::time::timeout(wait, send(kv, header, server_budget)).await {
                         Ok(Ok(response)) => return Ok(response.into_inner()),
                         Ok(Err(status)) => classify(status),
                         Err(_) => Attempt::Ambiguous(format!(
-                            "no answer from node {} within {budget:?}",
+                            "no answer from node {} within {wait:?}",
                             route.node_id
                         )),
                     }
@@ -595,6 +615,14 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
     text.contains("tcp connect error")
         || text.contains("connection refused")
         || text.contains("error trying to connect")
+}
+
+/// Wraps a request with a gRPC deadline (`grpc-timeout`), which the node enforces by dropping the
+/// request when it expires.
+pub(crate) fn with_deadline<T>(message: T, budget: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(budget);
+    request
 }
 
 fn versioned(value: pb::VersionedValue) -> Versioned {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use ringkv_proto::pb;
 
-use crate::client::{Client, KeyValue, Retry, Target};
+use crate::client::{Client, KeyValue, Retry, Target, with_deadline};
 use crate::error::Error;
 
 /// Pages fetched per `scan` call at most, so a selective prefix over a huge keyspace returns a
@@ -79,7 +79,7 @@ impl Client {
             };
             let want = (limit - entries.len()) as u32;
             let response = self
-                .call(Target::Shard(shard_id), Retry::Always, |mut kv, route| {
+                .call(Target::Shard(shard_id), Retry::Always, |mut kv, route, budget| {
                     let request = pb::ScanRequest {
                         route: Some(route),
                         cursor: shard_cursor.clone(),
@@ -87,7 +87,7 @@ impl Client {
                         limit: want,
                         consistency: 0,
                     };
-                    async move { kv.scan(request).await }
+                    async move { kv.scan(with_deadline(request, budget)).await }
                 })
                 .await?;
             entries.extend(response.entries.into_iter().map(|e| KeyValue {

@@ -544,7 +544,7 @@ mod tests {
 
     /// Generates a history by running a real register with operations at random points inside
     /// overlapping intervals: it is linearizable by construction.
-    fn generated_history(seed: u64, n_ops: usize) -> Vec<Operation> {
+    fn generated_history(seed: u64, n_ops: usize, failure_percent: u64) -> Vec<Operation> {
         let mut rng = seed;
         let mut next = move |bound: u64| {
             rng ^= rng << 13;
@@ -559,7 +559,11 @@ mod tests {
         for i in 0..n_ops {
             let point = (i as u64 + 1) * 100;
             let key = format!("k{}", next(3));
+            // A failed operation may have taken effect (kept) or not (its effect is undone below).
+            let fails = next(100) < failure_percent;
+            let takes_effect = !fails || next(2) == 0;
             let register = registers.entry(key.clone()).or_default();
+            let before = register.clone();
             let (op_kind, outcome) = match next(4) {
                 0 => (Op::Get, Some(Outcome::Value(register.clone()))),
                 1 => {
@@ -586,6 +590,9 @@ mod tests {
                     (Op::Cas { expect, new }, Some(Outcome::Succeeded(swapped)))
                 }
             };
+            if !takes_effect {
+                *registers.get_mut(&key).expect("just used") = before;
+            }
             let invoked_at = point - next(250).min(point);
             let returned_at = point + next(250);
             history.push(Operation {
@@ -593,8 +600,8 @@ mod tests {
                 key: key.into_bytes(),
                 op: op_kind,
                 invoked_at,
-                returned_at: Some(returned_at),
-                outcome,
+                returned_at: (!fails).then_some(returned_at),
+                outcome: if fails { None } else { outcome },
             });
         }
         history
@@ -603,7 +610,7 @@ mod tests {
     #[test]
     fn generated_concurrent_histories_are_accepted_and_a_mutated_read_is_caught() {
         for seed in 1..=5 {
-            let mut history = generated_history(seed * 7919, 300);
+            let mut history = generated_history(seed * 7919, 300, 0);
             assert_eq!(check(&history, BUDGET), Verdict::Linearizable, "seed {seed}");
             let read = history.iter().position(|o| o.op == Op::Get).expect("some read");
             history[read].outcome = Some(Outcome::Value(Some(b"never-written".to_vec())));
@@ -611,6 +618,16 @@ mod tests {
                 matches!(check(&history, BUDGET), Verdict::NotLinearizable { .. }),
                 "seed {seed}"
             );
+        }
+    }
+
+    #[test]
+    fn generated_histories_with_failed_operations_are_accepted() {
+        // Failed operations that did and did not take effect, mixed into concurrent histories:
+        // the checker must still find the order that produced them.
+        for seed in 1..=40 {
+            let history = generated_history(seed * 104_729, 400, 10);
+            assert_eq!(check(&history, BUDGET), Verdict::Linearizable, "seed {seed}");
         }
     }
 
