@@ -1,14 +1,16 @@
 //! The Raft service: receives peers' Raft messages for any shard and hands each to the local
 //! replica it names. Snapshots arrive as a stream, written to a file before being installed.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use openraft::alias::{SnapshotMetaOf, VoteOf};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use ringkv_engine::{SnapshotFile, TypeConfig};
+use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};
 use ringkv_proto::pb::{self, raft_server::Raft};
 
 use crate::error::ServiceError;
@@ -31,6 +33,23 @@ fn reply<T: Serialize>(result: Result<T, String>) -> Response<pb::RaftReply> {
     })
 }
 
+/// Decodes a unary Raft request, hands it to the node, and encodes the node's answer.
+async fn unary<Rpc, Answer, Fut>(
+    request: Request<pb::RaftRequest>,
+    handle: impl FnOnce(ShardId, ReplicaId, Rpc) -> Fut,
+) -> Result<Response<pb::RaftReply>, Status>
+where
+    Rpc: DeserializeOwned,
+    Answer: Serialize,
+    Fut: Future<Output = Result<Answer, String>>,
+{
+    let request = request.into_inner();
+    let rpc = wire::decode(&request.payload).map_err(malformed)?;
+    Ok(reply(
+        handle(request.shard_id, request.target_replica_id, rpc).await,
+    ))
+}
+
 fn malformed(message: String) -> Status {
     ServiceError::InvalidArgument(message).into()
 }
@@ -41,36 +60,27 @@ impl Raft for RaftService {
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let request = request.into_inner();
-        let rpc = wire::decode(&request.payload).map_err(malformed)?;
-        Ok(reply(
-            self.node
-                .raft_append(request.shard_id, request.target_replica_id, rpc)
-                .await,
-        ))
+        unary(request, |shard, replica, rpc| {
+            self.node.raft_append(shard, replica, rpc)
+        })
+        .await
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        let request = request.into_inner();
-        let rpc = wire::decode(&request.payload).map_err(malformed)?;
-        Ok(reply(
-            self.node
-                .raft_vote(request.shard_id, request.target_replica_id, rpc)
-                .await,
-        ))
+        unary(request, |shard, replica, rpc| {
+            self.node.raft_vote(shard, replica, rpc)
+        })
+        .await
     }
 
     async fn transfer_leader(
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let request = request.into_inner();
-        let rpc = wire::decode(&request.payload).map_err(malformed)?;
-        Ok(reply(
-            self.node
-                .raft_transfer_leader(request.shard_id, request.target_replica_id, rpc)
-                .await,
-        ))
+        unary(request, |shard, replica, rpc| {
+            self.node.raft_transfer_leader(shard, replica, rpc)
+        })
+        .await
     }
 
     async fn install_snapshot(
