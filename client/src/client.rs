@@ -107,9 +107,11 @@ pub struct BatchOutcome {
 /// Whether a request may be sent again after an attempt whose fate is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Retry {
-    /// Reads and blind writes (put, batch): repeating them is harmless.
+    /// Reads: repeating them changes nothing.
     Always,
-    /// Compare-and-swap and delete: a repeat could report a wrong result.
+    /// Every write. Even a put is not safe to repeat: if the first attempt commits after all, the
+    /// key takes the value twice, and a write by another client in between is undone — a history
+    /// the failover test caught as non-linearizable. Such a write fails with `OutcomeUnknown`.
     OnlyIfNotApplied,
 }
 
@@ -234,14 +236,18 @@ impl Client {
         check_key(&key)?;
         check_value(&value)?;
         let response = self
-            .call(Target::Key(&key), Retry::Always, |mut kv, route, budget| {
-                let request = pb::PutRequest {
-                    route: Some(route),
-                    key: key.clone(),
-                    value: value.clone(),
-                };
-                async move { kv.put(with_deadline(request, budget)).await }
-            })
+            .call(
+                Target::Key(&key),
+                Retry::OnlyIfNotApplied,
+                |mut kv, route, budget| {
+                    let request = pb::PutRequest {
+                        route: Some(route),
+                        key: key.clone(),
+                        value: value.clone(),
+                    };
+                    async move { kv.put(with_deadline(request, budget)).await }
+                },
+            )
             .await?;
         Ok(response.version)
     }
@@ -346,13 +352,17 @@ impl Client {
                 })
                 .collect();
             let result = self
-                .call(Target::Key(&first_key), Retry::Always, |mut kv, route, budget| {
-                    let request = pb::BatchRequest {
-                        route: Some(route),
-                        ops: wire.clone(),
-                    };
-                    async move { kv.batch(with_deadline(request, budget)).await }
-                })
+                .call(
+                    Target::Key(&first_key),
+                    Retry::OnlyIfNotApplied,
+                    |mut kv, route, budget| {
+                        let request = pb::BatchRequest {
+                            route: Some(route),
+                            ops: wire.clone(),
+                        };
+                        async move { kv.batch(with_deadline(request, budget)).await }
+                    },
+                )
                 .await;
             (shard_id, result)
         }))
@@ -437,9 +447,9 @@ impl Client {
                         map_epoch: route.epoch,
                     };
                     // The node gets a deadline `ANSWER_GRACE` shorter than our own wait: it drops
-                    // the request at its deadline and answers, so a request we retry can no
-                    // longer be proposed behind our back (a late duplicate put could otherwise
-                    // overwrite a newer value). See ARCHITECTURE.md "Errors".
+                    // the request at its deadline and answers, so the client usually learns
+                    // whether a write was proposed instead of timing out blind (and the node stops
+                    // working on requests nobody waits for). See ARCHITECTURE.md "Errors".
                     let remaining = deadline - now;
                     let (server_budget, wait) = if remaining > ANSWER_GRACE {
                         let server_budget = (remaining - ANSWER_GRACE).min(MAX_ATTEMPT);

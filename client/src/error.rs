@@ -17,7 +17,7 @@ pub enum Error {
         attempts: u32,
         last_error: String,
     },
-    /// A compare-and-swap or delete may or may not have been applied (its node failed or timed out
+    /// A write may or may not have been applied (its node failed or timed out
     /// after the write was proposed); read the key to find out.
     #[error(
         "outcome unknown for a write to shard {shard_id}: {reason}; read the key to see whether it applied"

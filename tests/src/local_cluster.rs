@@ -112,29 +112,36 @@ impl LocalCluster {
         Ok(Client::with_config(config).await?)
     }
 
-    /// Waits until every running node sees a leader for each of its shards.
+    /// Waits until every running node sees a leader for each of its shards and, when every node
+    /// runs, until each shard is led by its preferred node (the leader balancer has settled).
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        let all_running = self.nodes.values().all(Option::is_some);
         loop {
-            let without_leader: Vec<(u64, u64)> = self
+            let mut problems: Vec<(u64, u64, u64)> = Vec::new();
+            for (node_id, running) in self
                 .nodes
                 .iter()
-                .filter_map(|(id, running)| running.as_ref().map(|r| (*id, r)))
-                .flat_map(|(id, running)| {
-                    running
-                        .node
-                        .status()
-                        .replicas
-                        .into_iter()
-                        .filter(|r| r.leader_node_id == 0)
-                        .map(move |r| (id, r.shard_id))
-                })
-                .collect();
-            if without_leader.is_empty() {
+                .filter_map(|(id, r)| r.as_ref().map(|r| (*id, r)))
+            {
+                let map = running.node.shard_map();
+                for replica in running.node.status().replicas {
+                    let preferred = map
+                        .shard(replica.shard_id)
+                        .and_then(|s| s.voters.first())
+                        .map(|v| v.node_id);
+                    let settled = replica.leader_node_id != 0
+                        && (!all_running || Some(replica.leader_node_id) == preferred);
+                    if !settled {
+                        problems.push((node_id, replica.shard_id, replica.leader_node_id));
+                    }
+                }
+            }
+            if problems.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("after {timeout:?}, (node, shard) pairs without a leader: {without_leader:?}");
+                bail!("after {timeout:?}, (node, shard, leader) without a settled leader: {problems:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

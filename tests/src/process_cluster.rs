@@ -179,19 +179,33 @@ impl ProcessCluster {
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last_problem = String::from("no node answered");
+        let all_running = self.nodes.iter().all(ProcessNode::is_running);
         while Instant::now() < deadline {
             match self.leaders().await {
                 Ok(leaders) => {
-                    let n_shards = leaders.len();
                     let missing: Vec<_> = leaders
                         .iter()
                         .filter(|(_, l)| l.is_none())
                         .map(|(s, _)| *s)
                         .collect();
-                    if missing.is_empty() && n_shards > 0 {
+                    if !missing.is_empty() || leaders.is_empty() {
+                        last_problem = format!("shards without an agreed leader: {missing:?}");
+                    } else if !all_running {
                         return Ok(());
+                    } else {
+                        // With every node up, also wait for the leader balancer to settle, so
+                        // tests do not start writing into leadership transfers.
+                        let preferred = self.preferred_leaders().await?;
+                        let misplaced: Vec<_> = leaders
+                            .iter()
+                            .filter(|(s, l)| preferred.get(*s) != l.as_ref())
+                            .map(|(s, _)| *s)
+                            .collect();
+                        if misplaced.is_empty() {
+                            return Ok(());
+                        }
+                        last_problem = format!("shards not yet led by their preferred node: {misplaced:?}");
                     }
-                    last_problem = format!("shards without an agreed leader: {missing:?}");
                 }
                 Err(error) => last_problem = error.to_string(),
             }
@@ -201,6 +215,26 @@ impl ProcessCluster {
             "cluster not ready after {timeout:?}: {last_problem}\n{}",
             self.log_tails(30)
         )
+    }
+
+    /// Each shard's preferred leader (its first voter), from a running node's shard map.
+    async fn preferred_leaders(&self) -> anyhow::Result<BTreeMap<u64, u64>> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .context("no node is running")?;
+        let mut client =
+            ringkv_proto::pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr)).await?;
+        let map = client
+            .get_shard_map(ringkv_proto::pb::GetShardMapRequest {})
+            .await?
+            .into_inner();
+        Ok(map
+            .shards
+            .iter()
+            .filter_map(|s| s.voters.first().map(|v| (s.shard_id, v.node_id)))
+            .collect())
     }
 
     /// Leader node of every shard, as reported consistently by the running nodes hosting it
