@@ -140,7 +140,7 @@ pub(crate) struct Inner {
 
 /// A refresh within this long of the previous one is skipped.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
-/// Longest wait for one attempt, so one dead node cannot eat a whole deadline.
+/// Longest wait for one read attempt, so one stalled node cannot eat a whole deadline.
 const MAX_ATTEMPT: Duration = Duration::from_secs(2);
 /// How much longer than the deadline it gives a node the client waits for the node's answer.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
@@ -451,8 +451,15 @@ impl Client {
                     // whether a write was proposed instead of timing out blind (and the node stops
                     // working on requests nobody waits for). See ARCHITECTURE.md "Errors".
                     let remaining = deadline - now;
+                    // Reads may be retried elsewhere, so one slow node gets at most MAX_ATTEMPT;
+                    // a write that timed out cannot be retried, so it gets the whole deadline.
+                    let attempt_cap = if retry == Retry::Always {
+                        MAX_ATTEMPT
+                    } else {
+                        remaining
+                    };
                     let (server_budget, wait) = if remaining > ANSWER_GRACE {
-                        let server_budget = (remaining - ANSWER_GRACE).min(MAX_ATTEMPT);
+                        let server_budget = (remaining - ANSWER_GRACE).min(attempt_cap);
                         (server_budget, server_budget + ANSWER_GRACE)
                     } else {
                         (remaining, remaining)
