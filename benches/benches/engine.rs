@@ -9,15 +9,15 @@ use openraft::alias::EntryOf;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use openraft::{Entry, EntryPayload};
-use ringkv_engine::{Command, Engine, HashRange, LogStore, TypeConfig};
+use ringkv_engine::{Command, Engine, HashRange, LogStore, Proposal, ReplicaId, ShardId, TypeConfig};
 
 fn entry(index: u64) -> EntryOf<TypeConfig> {
     Entry {
-        log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
-        payload: EntryPayload::Normal(Command::Put {
+        log_id: openraft::testing::log_id::<TypeConfig>(1, ReplicaId(1), index),
+        payload: EntryPayload::Normal(Proposal::internal(Command::Put {
             key: format!("bench:{}", index % 10_000).into_bytes(),
             value: vec![b'v'; 100],
-        }),
+        })),
     }
 }
 
@@ -39,7 +39,7 @@ fn log_append(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("log_append_with_fsync");
     for batch in [1u64, 16, 64] {
-        let store = engine.log_store(batch);
+        let store = engine.log_store(ShardId(batch));
         let next = AtomicU64::new(1);
         group.throughput(Throughput::Elements(batch));
         group.bench_with_input(
@@ -60,7 +60,12 @@ fn log_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("log_append_concurrent_shards");
     for shards in [1u64, 8, 32] {
         let stores: Vec<(LogStore, AtomicU64)> = (0..shards)
-            .map(|s| (engine.log_store(10_000 + shards * 100 + s), AtomicU64::new(1)))
+            .map(|s| {
+                (
+                    engine.log_store(ShardId(10_000 + shards * 100 + s)),
+                    AtomicU64::new(1),
+                )
+            })
             .collect();
         group.throughput(Throughput::Elements(shards));
         group.bench_with_input(BenchmarkId::new("shards", shards), &shards, |b, _| {
@@ -84,7 +89,7 @@ fn apply(c: &mut Criterion) {
     for batch in [1u64, 64, 256] {
         let mut state_machine = engine
             .state_machine(
-                batch,
+                ShardId(batch),
                 HashRange {
                     start: 0,
                     end: u64::MAX,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use ringkv_proto::{ShardMap, key_hash};
+use ringkv_proto::{NodeId, NodeInfo, ShardMap, key_hash};
 
 fn hashing(c: &mut Criterion) {
     let mut group = c.benchmark_group("key_hash");
@@ -24,12 +24,18 @@ fn hashing(c: &mut Criterion) {
 }
 
 fn shard_lookup(c: &mut Criterion) {
-    let nodes: BTreeMap<u64, String> = (1..=5)
-        .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
+    let nodes: BTreeMap<NodeId, NodeInfo> = (1..=5)
+        .map(|id| {
+            let info = NodeInfo {
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                incarnation: id,
+            };
+            (NodeId(id), info)
+        })
         .collect();
     let mut group = c.benchmark_group("shard_for_key");
     for shards in [16u32, 1024] {
-        let map = ShardMap::bootstrap(&nodes, shards, 3).expect("map");
+        let map = ShardMap::bootstrap(1, &nodes, shards, 3).expect("map");
         let keys: Vec<String> = (0..1024).map(|i| format!("user:{i}")).collect();
         let mut i = 0;
         group.bench_with_input(BenchmarkId::new("shards", shards), &map, |b, map| {

@@ -1,6 +1,7 @@
 //! ringkv-client: the embeddable async client. It fetches the shard map from any node, hashes
 //! each key to its shard with the same function the servers use, and sends the request straight
-//! to that shard's leader, following leader changes and map changes on its own.
+//! to that shard's leader, following leader changes and map changes on its own. Every write
+//! carries a request id, so retries after an ambiguous failure apply it at most once.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), ringkv_client::Error> {
@@ -9,15 +10,27 @@
 //! let name = client.get("{user42}:name").await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Layout: `client` (the API), `plan` (route, send, retry, merge), `classify` (what a failure
+//! means), `pool` (connections), `route` (the shard-map cache), `request_ids`, `scan`, `check`
+//! (the replica check), `backoff`, `error`, `types`.
 
 mod backoff;
+mod check;
+mod classify;
 mod client;
 mod error;
+mod plan;
+mod pool;
+mod request_ids;
 mod route;
 mod scan;
+mod types;
 
 pub use backoff::Backoff;
-pub use client::{BatchOp, BatchOutcome, CasOutcome, Client, ClientConfig, Expect, KeyValue, Versioned};
-pub use error::Error;
-pub use ringkv_proto::{ShardId, ShardMap};
+pub use check::{CheckReport, ReplicaDigest, ShardCheck};
+pub use client::{Client, ClientConfig};
+pub use error::{Error, ShardOutcome};
+pub use ringkv_proto::{NodeId, ReplicaId, ShardId, ShardMap};
 pub use scan::{ScanCursor, ScanOptions, ScanPage};
+pub use types::{BatchOp, BatchOutcome, CasOutcome, Expect, KeyValue, Versioned};

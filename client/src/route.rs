@@ -3,12 +3,16 @@
 //! Invariants:
 //! - `map` is the newest map this client has seen: it is replaced only by a map whose epoch is at
 //!   least its own (an older map from a lagging node never wins).
+//! - Every map comes from one cluster: a map with another cluster id (an endpoint of another
+//!   cluster) is refused, never adopted.
 //! - A leader hint always names a node in `map.nodes`; a hint for an unknown node is not stored
 //!   (the map is stale, and the caller refreshes it).
 //! - A hint is dropped when its node fails a request at the transport level or says it is not the
 //!   leader without naming another, so the next attempt tries the other voters.
 
 use ringkv_proto::{NodeId, ShardId, ShardMap};
+
+use crate::error::Error;
 
 /// Where one attempt of a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,13 +86,19 @@ impl RouteCache {
         }
     }
 
-    /// Adopts `map` unless it is older than the cached one. Leader hints come with the new map.
-    pub(crate) fn replace(&mut self, map: ShardMap) -> bool {
-        if map.epoch < self.map.epoch {
-            return false;
+    /// Adopts `map` unless it is older than the cached one (then keeps the cached one). Leader
+    /// hints come with the new map. A map of another cluster is refused.
+    pub(crate) fn replace(&mut self, map: ShardMap) -> Result<(), Error> {
+        if map.cluster_id != self.map.cluster_id {
+            return Err(Error::Protocol(format!(
+                "a node answered with the shard map of cluster {:016x}, but this client is connected to                  cluster {:016x}: the endpoints belong to different clusters",
+                map.cluster_id, self.map.cluster_id
+            )));
         }
-        self.map = map;
-        true
+        if map.epoch >= self.map.epoch {
+            self.map = map;
+        }
+        Ok(())
     }
 }
 
@@ -96,13 +106,21 @@ impl RouteCache {
 mod tests {
     use std::collections::BTreeMap;
 
+    use ringkv_proto::NodeInfo;
+
     use super::*;
 
     fn map(epoch: u64) -> ShardMap {
-        let nodes: BTreeMap<NodeId, String> = (1..=3)
-            .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
+        let nodes: BTreeMap<NodeId, NodeInfo> = (1..=3)
+            .map(|id| {
+                let info = NodeInfo {
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    incarnation: id,
+                };
+                (NodeId(id), info)
+            })
             .collect();
-        let mut map = ShardMap::bootstrap(&nodes, 4, 3).unwrap();
+        let mut map = ShardMap::bootstrap(7, &nodes, 4, 3).unwrap();
         map.epoch = epoch;
         map
     }
@@ -112,7 +130,7 @@ mod tests {
         let mut cache = RouteCache::new(map(1));
         let voters: Vec<NodeId> = cache
             .map()
-            .shard(2)
+            .shard(ShardId(2))
             .unwrap()
             .voters
             .iter()
@@ -120,47 +138,58 @@ mod tests {
             .collect();
         // No hint: successive attempts walk the voters.
         let tried: Vec<NodeId> = (0..3)
-            .map(|attempt| cache.route_shard(2, attempt).unwrap().node_id)
+            .map(|attempt| cache.route_shard(ShardId(2), attempt).unwrap().node_id)
             .collect();
         assert_eq!(tried, voters);
 
         // Table of (action, expected node for attempt 0).
         enum Action {
-            Hint(NodeId),
-            Clear(NodeId),
+            Hint(u64),
+            Clear(u64),
         }
         let steps = [
             (Action::Hint(3), 3),
-            (Action::Clear(1), 3),         // clearing another node leaves the hint
-            (Action::Clear(3), voters[0]), // clearing the hinted node falls back to the voters
+            (Action::Clear(1), 3),           // clearing another node leaves the hint
+            (Action::Clear(3), voters[0].0), // clearing the hinted node falls back to the voters
             (Action::Hint(2), 2),
             (Action::Hint(9), 2), // unknown node: not stored
         ];
+        let shard = ShardId(2);
         for (action, expected) in steps {
             match action {
                 Action::Hint(node) => {
-                    let stored = cache.set_leader(2, node);
+                    let stored = cache.set_leader(shard, NodeId(node));
                     assert_eq!(stored, node != 9);
                 }
-                Action::Clear(node) => cache.clear_leader(2, node),
+                Action::Clear(node) => cache.clear_leader(shard, NodeId(node)),
             }
-            let route = cache.route_shard(2, 0).unwrap();
-            assert_eq!(route.node_id, expected);
+            let route = cache.route_shard(shard, 0).unwrap();
+            assert_eq!(route.node_id, NodeId(expected));
             assert_eq!(route.addr, format!("127.0.0.1:{}", 7000 + expected));
         }
-        assert!(cache.route_shard(99, 0).is_none(), "unknown shard");
+        assert!(cache.route_shard(ShardId(99), 0).is_none(), "unknown shard");
     }
 
     #[test]
     fn an_older_map_never_replaces_a_newer_one() {
         let mut cache = RouteCache::new(map(5));
-        assert!(!cache.replace(map(4)));
-        assert_eq!(cache.map().epoch, 5);
+        cache.replace(map(4)).unwrap();
+        assert_eq!(cache.map().epoch, 5, "an older map is ignored");
         let mut newer = map(5);
-        newer.shard_mut(1).unwrap().leader = Some(2);
-        assert!(cache.replace(newer), "same epoch brings fresh leader hints");
-        assert_eq!(cache.route_shard(1, 0).unwrap().node_id, 2);
-        assert!(cache.replace(map(6)));
+        newer.shard_mut(ShardId(1)).unwrap().leader = Some(NodeId(2));
+        cache.replace(newer).unwrap();
+        assert_eq!(
+            cache.route_shard(ShardId(1), 0).unwrap().node_id,
+            NodeId(2),
+            "same epoch brings fresh leader hints"
+        );
+        cache.replace(map(6)).unwrap();
         assert_eq!(cache.map().epoch, 6);
+
+        let mut foreign = map(9);
+        foreign.cluster_id = 8;
+        let error = cache.replace(foreign).unwrap_err();
+        assert!(error.to_string().contains("different clusters"), "{error}");
+        assert_eq!(cache.map().epoch, 6, "a map of another cluster is never adopted");
     }
 }

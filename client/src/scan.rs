@@ -5,8 +5,12 @@ use bytes::Bytes;
 
 use ringkv_proto::pb;
 
-use crate::client::{Client, KeyValue, Retry, Target, with_deadline};
+use crate::classify::RequestKind;
+use crate::client::Client;
 use crate::error::Error;
+use crate::plan::{Target, request};
+use crate::pool::kv;
+use crate::types::KeyValue;
 
 /// Pages fetched per `scan` call at most, so a selective prefix over a huge keyspace returns a
 /// cursor instead of running unbounded.
@@ -79,15 +83,16 @@ impl Client {
             };
             let want = (limit - entries.len()) as u32;
             let response = self
-                .call(Target::Shard(shard_id), Retry::Always, |mut kv, route, budget| {
-                    let request = pb::ScanRequest {
+                .plan(Target::Shard(shard_id), RequestKind::Read)
+                .run(|channel, route, time| {
+                    let message = pb::ScanRequest {
                         route: Some(route),
                         cursor: shard_cursor.clone(),
                         prefix: options.prefix.clone(),
                         limit: want,
                         consistency: 0,
                     };
-                    async move { kv.scan(with_deadline(request, budget)).await }
+                    async move { kv(channel).scan(request(message, time)).await }
                 })
                 .await?;
             entries.extend(response.entries.into_iter().map(|e| KeyValue {

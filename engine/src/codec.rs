@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::types::{LogIndex, ShardId, Versioned};
 
-/// Format version of every record written by this build.
-pub const RECORD_VERSION: u8 = 1;
+/// Format version of every record written by this build. 2: log entries carry a `Proposal`
+/// (request id, leader clock, command); the applied state carries the log clock.
+pub const RECORD_VERSION: u8 = 2;
 
 /// `version ++ postcard(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -130,12 +131,12 @@ mod tests {
     fn a_flipped_bit_in_a_log_entry_is_corruption() {
         let mut bytes = encode_entry(&("entry", 5u64));
         assert_eq!(
-            decode_entry::<(String, u64)>(&bytes, 1, 5).unwrap(),
+            decode_entry::<(String, u64)>(&bytes, ShardId(1), 5).unwrap(),
             ("entry".to_string(), 5)
         );
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        let error = decode_entry::<(String, u64)>(&bytes, 1, 5).unwrap_err();
+        let error = decode_entry::<(String, u64)>(&bytes, ShardId(1), 5).unwrap_err();
         assert!(matches!(error, Error::Corruption { .. }), "{error}");
         assert!(error.to_string().contains("log entry 5 of shard 1"), "{error}");
     }

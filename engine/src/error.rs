@@ -9,7 +9,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(
-        "data directory {path} is already in use by another ringkv process (its RocksDB LOCK is held); \
+        "data directory {path} is already in use by another ringkv process (it holds the lock on {path}/ringkv.lock); \
          stop that process or choose another --data-dir"
     )]
     DataDirInUse { path: PathBuf },

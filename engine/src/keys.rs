@@ -4,8 +4,10 @@
 //! - `raft_log`:   shard id (8) ++ log index (8)
 //! - `raft_state`: shard id (8) ++ tag (1): vote, committed, last purged
 //! - `data`:       key_hash(user key) (8) ++ user key
-//! - `meta`:       b's' ++ shard id (8) ++ tag (1): applied state, current snapshot; and
-//!   b'n' ++ name: node-level records (cluster map, node id)
+//! - `meta`:       b's' ++ shard id (8) ++ tag (1): applied state, current snapshot, install in
+//!   progress; and b'n' ++ name: node-level records (cluster map, node identity)
+//! - `sessions`:   shard id (8) ++ client id (8) ++ seq (8): the result of that client request
+//!   (seq 0: the client's session record: floor and last activity)
 
 use crate::rocks::HashRange;
 use crate::types::{LogIndex, ShardId};
@@ -16,10 +18,11 @@ pub(crate) const STATE_PURGED: u8 = 3;
 
 pub(crate) const META_APPLIED: u8 = 1;
 pub(crate) const META_SNAPSHOT: u8 = 2;
+pub(crate) const META_INSTALLING: u8 = 3;
 
 pub(crate) fn log_key(shard: ShardId, index: LogIndex) -> [u8; 16] {
     let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&shard.to_be_bytes());
+    key[..8].copy_from_slice(&shard.0.to_be_bytes());
     key[8..].copy_from_slice(&index.to_be_bytes());
     key
 }
@@ -35,14 +38,14 @@ pub(crate) fn log_range(shard: ShardId, from: LogIndex, to: Option<LogIndex>) ->
     let end = match to {
         Some(to) => log_key(shard, to).to_vec(),
         // Shard ids are far below u64::MAX, so the next shard's prefix bounds this one.
-        None => (shard + 1).to_be_bytes().to_vec(),
+        None => (shard.0 + 1).to_be_bytes().to_vec(),
     };
     (log_key(shard, from), end)
 }
 
 pub(crate) fn state_key(shard: ShardId, tag: u8) -> [u8; 9] {
     let mut key = [0u8; 9];
-    key[..8].copy_from_slice(&shard.to_be_bytes());
+    key[..8].copy_from_slice(&shard.0.to_be_bytes());
     key[8] = tag;
     key
 }
@@ -50,7 +53,7 @@ pub(crate) fn state_key(shard: ShardId, tag: u8) -> [u8; 9] {
 pub(crate) fn shard_meta_key(shard: ShardId, tag: u8) -> [u8; 10] {
     let mut key = [0u8; 10];
     key[0] = b's';
-    key[1..9].copy_from_slice(&shard.to_be_bytes());
+    key[1..9].copy_from_slice(&shard.0.to_be_bytes());
     key[9] = tag;
     key
 }
@@ -62,9 +65,29 @@ pub(crate) fn node_meta_key(name: &str) -> Vec<u8> {
     key
 }
 
+pub(crate) fn session_key(shard: ShardId, client: u64, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&shard.0.to_be_bytes());
+    key[8..16].copy_from_slice(&client.to_be_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The (client, seq) a `sessions` key names.
+pub(crate) fn session_key_parts(key: &[u8]) -> Option<(u64, u64)> {
+    let client = u64::from_be_bytes(key.get(8..16)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(key.get(16..24)?.try_into().ok()?);
+    Some((client, seq))
+}
+
+/// `[start, end)` of one shard's `sessions` keys.
+pub(crate) fn session_range(shard: ShardId) -> ([u8; 8], [u8; 8]) {
+    (shard.0.to_be_bytes(), (shard.0 + 1).to_be_bytes())
+}
+
 pub(crate) fn data_key(user_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + user_key.len());
-    key.extend_from_slice(&ringkv_proto::key_hash(user_key).to_be_bytes());
+    key.extend_from_slice(&ringkv_core::key_hash(user_key).to_be_bytes());
     key.extend_from_slice(user_key);
     key
 }
@@ -82,19 +105,32 @@ pub(crate) fn data_range(range: HashRange) -> (Vec<u8>, Option<Vec<u8>>) {
     (start, end)
 }
 
+/// `[start, end)` of the data keys in a hash range, with a finite end: the last arc of the ring is
+/// bounded by a key above every valid data key (hash, then a key of at most `MAX_KEY_BYTES`).
+pub(crate) fn data_range_bounded(range: HashRange) -> (Vec<u8>, Vec<u8>) {
+    let (start, end) = data_range(range);
+    let end = end.unwrap_or_else(|| vec![0xff; 8 + ringkv_core::limits::MAX_KEY_BYTES + 1]);
+    (start, end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn log_keys_sort_by_shard_then_index() {
-        assert!(log_key(1, u64::MAX) < log_key(2, 0));
-        assert!(log_key(1, 255) < log_key(1, 256));
-        let (start, end) = log_range(7, 0, None);
-        assert!(start.as_slice() < log_key(7, u64::MAX).as_slice());
-        assert!(log_key(7, u64::MAX).as_slice() < end.as_slice());
-        assert!(end.as_slice() <= log_key(8, 0).as_slice());
-        assert_eq!(log_key_index(&log_key(3, 42)), Some(42));
+        let shard = ShardId;
+        assert!(log_key(shard(1), u64::MAX) < log_key(shard(2), 0));
+        assert!(log_key(shard(1), 255) < log_key(shard(1), 256));
+        let (start, end) = log_range(shard(7), 0, None);
+        assert!(start.as_slice() < log_key(shard(7), u64::MAX).as_slice());
+        assert!(log_key(shard(7), u64::MAX).as_slice() < end.as_slice());
+        assert!(end.as_slice() <= log_key(shard(8), 0).as_slice());
+        assert_eq!(log_key_index(&log_key(shard(3), 42)), Some(42));
+        let (start, end) = session_range(shard(7));
+        let key = session_key(shard(7), u64::MAX, u64::MAX);
+        assert!(start.as_slice() <= key.as_slice() && key.as_slice() < end.as_slice());
+        assert_eq!(session_key_parts(&session_key(shard(7), 5, 9)), Some((5, 9)));
     }
 
     #[test]
@@ -107,7 +143,7 @@ mod tests {
         let end = end.unwrap();
         for key in [&b"a"[..], b"bb", b"{tag}x"] {
             let data = data_key(key);
-            let hash = ringkv_proto::key_hash(key);
+            let hash = ringkv_core::key_hash(key);
             assert_eq!(
                 range.start <= hash && hash <= range.end,
                 start <= data && data < end,

@@ -1,5 +1,5 @@
 //! ringkv's node storage engine: one RocksDB instance per node holding, for every shard replica the
-//! node hosts, its Raft log, its Raft state and its state machine.
+//! node hosts, its Raft log, its Raft state, its state machine and its request-id table.
 //!
 //! openraft sees each shard through two handles: a [`LogStore`] (log + vote) and a [`StateMachine`]
 //! (data + applied state + snapshots). Both are views of the same node-wide [`Engine`]; all shards'
@@ -7,17 +7,21 @@
 
 pub mod codec;
 mod error;
+mod faults;
 mod keys;
 mod log_store;
 mod rocks;
+mod sessions;
 mod snapshot;
 mod state_machine;
 mod syncer;
 pub mod types;
 
 pub use error::Error;
-pub use log_store::LogStore;
-pub use rocks::{Engine, GroupCommitStats, HashRange, ScanPage};
+pub use faults::{EngineOptions, SyncEvent, SyncObserver, TestFaults};
+pub use log_store::{LogStore, REPLICATION_PAYLOAD_BYTES};
+pub use rocks::{DigestState, Engine, GroupCommitStats, HashRange, ScanPage};
+pub use sessions::SESSION_TTL_MS;
 pub use snapshot::SnapshotFile;
 pub use state_machine::StateMachine;
 pub use types::*;

@@ -1,28 +1,42 @@
 //! openraft log storage for one shard, over the node's shared engine. Appends are written at once
 //! (readable on return) and acknowledged through the node-wide syncer after the WAL fsync that
 //! covers them; vote, truncation and purge wait for durability before returning.
+//!
+//! Reads follow openraft's contract exactly: `try_get_log_entries` and `entries_stream` return the
+//! whole range asked for (the apply path reads committed entries through `entries_stream` and then
+//! records the range's end as applied, so a short read would silently skip applies); only
+//! `limited_get_log_entries`, which builds replication payloads, may stop early, at a byte budget.
+//! Large ranges are read from RocksDB in chunks so no single read holds much in memory.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use futures::Stream;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use crate::codec;
 use crate::error::Error;
+use crate::faults::SyncEvent;
 use crate::keys::{self, STATE_COMMITTED, STATE_PURGED, STATE_VOTE};
 use crate::rocks::{Cf, Engine, WriteOps};
 use crate::syncer::Waiter;
-use crate::types::{ShardId, TypeConfig};
+use crate::types::{LogIndex, ShardId, TypeConfig};
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
 type Vote = VoteOf<TypeConfig>;
 
-/// Most entries returned by one read, so a reader asking for a huge range cannot exhaust memory.
-const MAX_ENTRIES_PER_READ: usize = 4096;
+/// Entries read from RocksDB per call when a range is read in pieces.
+const READ_CHUNK_ENTRIES: usize = 1024;
+
+/// Byte budget of one replication payload (`limited_get_log_entries`): entries are added while
+/// their stored size stays within it, and the first entry always goes, so a payload is at most one
+/// largest entry (a batch of 8 MiB) plus this, well under the Raft transport's message limit.
+pub const REPLICATION_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 
 /// The Raft log and vote of one shard replica. Cheap to clone (it is also its own log reader).
 #[derive(Clone)]
@@ -31,47 +45,118 @@ pub struct LogStore {
     shard: ShardId,
 }
 
+/// How many entries one read may return.
+#[derive(Debug, Clone, Copy)]
+struct ReadLimit {
+    entries: usize,
+    bytes: usize,
+}
+
 impl LogStore {
     pub(crate) fn new(engine: Engine, shard: ShardId) -> Self {
         LogStore { engine, shard }
     }
 
-    fn read_state<T: serde::de::DeserializeOwned>(&self, tag: u8, what: &str) -> Result<Option<T>, Error> {
+    async fn read_state<T>(&self, tag: u8, what: &'static str) -> Result<Option<T>, Error>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let shard = self.shard;
         self.engine
-            .get_cf(Cf::State, &keys::state_key(self.shard, tag))?
-            .map(|bytes| codec::decode(&bytes, &format!("{what} of shard {}", self.shard)))
-            .transpose()
+            .run_blocking(move |engine| {
+                engine
+                    .get_cf(Cf::State, &keys::state_key(shard, tag))?
+                    .map(|bytes| codec::decode(&bytes, &format!("{what} of shard {shard}")))
+                    .transpose()
+            })
+            .await
     }
 
-    fn entries(&self, from: u64, to: Option<u64>) -> Result<Vec<Entry>, Error> {
-        let (start, end) = keys::log_range(self.shard, from, to);
-        let mut entries = Vec::new();
-        for (key, value) in self
-            .engine
-            .range_cf(Cf::Log, &start, &end, MAX_ENTRIES_PER_READ)?
-        {
+    /// Entries from `from` (inclusive) up to `to` (exclusive; `None`: the log's end), at most
+    /// `limit` of them, verified for checksum, index and continuity. Runs RocksDB on the caller's
+    /// thread: call through `run_blocking`.
+    fn read_entries(
+        engine: &Engine,
+        shard: ShardId,
+        from: LogIndex,
+        to: Option<LogIndex>,
+        limit: ReadLimit,
+    ) -> Result<Vec<Entry>, Error> {
+        let (start, end) = keys::log_range(shard, from, to);
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        for (key, value) in engine.range_cf(Cf::Log, &start, &end, limit.entries)? {
+            if !entries.is_empty() && bytes + value.len() > limit.bytes {
+                break;
+            }
+            bytes += value.len();
             let index = keys::log_key_index(&key).unwrap_or_default();
-            let entry: Entry = codec::decode_entry(&value, self.shard, index)?;
+            let entry: Entry = codec::decode_entry(&value, shard, index)?;
             if entry.log_id.index != index {
                 return Err(Error::Corruption {
-                    what: format!("log entry {index} of shard {}", self.shard),
+                    what: format!("log entry {index} of shard {shard}"),
                     detail: format!(
                         "stored under index {index} but holds index {}",
                         entry.log_id.index
                     ),
                 });
             }
-            if let Some(previous) = entries.last().map(|e: &Entry| e.log_id.index)
-                && previous + 1 != index
-            {
+            let expected = entries.last().map_or(from, |e| e.log_id.index + 1);
+            if !entries.is_empty() && index != expected {
                 return Err(Error::Corruption {
-                    what: format!("log of shard {}", self.shard),
-                    detail: format!("hole between entries {previous} and {index}"),
+                    what: format!("log of shard {shard}"),
+                    detail: format!("hole between entries {} and {index}", expected - 1),
                 });
             }
             entries.push(entry);
         }
         Ok(entries)
+    }
+
+    /// One chunk of a whole-range read, off the runtime threads.
+    async fn read_chunk(&self, from: LogIndex, to: Option<LogIndex>) -> Result<Vec<Entry>, Error> {
+        let shard = self.shard;
+        let limit = ReadLimit {
+            entries: READ_CHUNK_ENTRIES,
+            bytes: usize::MAX,
+        };
+        self.engine
+            .run_blocking(move |engine| LogStore::read_entries(engine, shard, from, to, limit))
+            .await
+    }
+
+    /// The number of entries a whole-range read may return: all of them, unless a test has
+    /// switched the old 4096-entry cap back on.
+    fn whole_range_cap(&self) -> usize {
+        self.engine.faults().log_read_cap().unwrap_or(usize::MAX)
+    }
+}
+
+/// `[from, to)` of a range bound pair; `to = None` means to the end of the log.
+fn bounds(range: &impl RangeBounds<u64>) -> (LogIndex, Option<LogIndex>) {
+    let from = match range.start_bound() {
+        Bound::Included(&n) => n,
+        Bound::Excluded(&n) => n + 1,
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&n) => n.checked_add(1),
+        Bound::Excluded(&n) => Some(n),
+        Bound::Unbounded => None,
+    };
+    (from, to)
+}
+
+/// Continues a whole-range read after `done` entries: where the next chunk starts, or `None`
+/// when the range is complete. A chunk shorter than asked means the log ends there.
+fn next_chunk_start(chunk: &[Entry], to: Option<LogIndex>) -> Option<LogIndex> {
+    if chunk.len() < READ_CHUNK_ENTRIES {
+        return None;
+    }
+    let next = chunk.last()?.log_id.index + 1;
+    match to {
+        Some(to) if next >= to => None,
+        _ => Some(next),
     }
 }
 
@@ -80,21 +165,115 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let from = match range.start_bound() {
-            Bound::Included(&n) => n,
-            Bound::Excluded(&n) => n + 1,
-            Bound::Unbounded => 0,
-        };
-        let to = match range.end_bound() {
-            Bound::Included(&n) => n.checked_add(1),
-            Bound::Excluded(&n) => Some(n),
-            Bound::Unbounded => None,
-        };
-        Ok(self.entries(from, to)?)
+        let (mut from, to) = bounds(&range);
+        let cap = self.whole_range_cap();
+        let mut entries: Vec<Entry> = Vec::new();
+        loop {
+            let chunk = self.read_chunk(from, to).await?;
+            let next = next_chunk_start(&chunk, to);
+            if let (Some(last), Some(first)) = (entries.last(), chunk.first())
+                && last.log_id.index + 1 != first.log_id.index
+            {
+                return Err(Error::Corruption {
+                    what: format!("log of shard {}", self.shard),
+                    detail: format!(
+                        "hole between entries {} and {}",
+                        last.log_id.index, first.log_id.index
+                    ),
+                }
+                .into());
+            }
+            entries.extend(chunk);
+            if entries.len() >= cap {
+                entries.truncate(cap);
+                return Ok(entries);
+            }
+            match next {
+                Some(next) => from = next,
+                None => return Ok(entries),
+            }
+        }
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.read_state(STATE_VOTE, "vote")?)
+        Ok(self.read_state(STATE_VOTE, "vote").await?)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let (engine, shard) = (self.engine.clone(), self.shard);
+        let limit = ReadLimit {
+            entries: (end.saturating_sub(start) as usize).min(self.whole_range_cap()),
+            bytes: REPLICATION_PAYLOAD_BYTES,
+        };
+        let entries = engine
+            .run_blocking(move |engine| LogStore::read_entries(engine, shard, start, Some(end), limit))
+            .await?;
+        Ok(entries)
+    }
+
+    async fn entries_stream<RB>(&mut self, range: RB) -> impl Stream<Item = Result<Entry, io::Error>> + Send
+    where
+        RB: RangeBounds<u64> + Clone + Debug + Send,
+    {
+        // Reads one chunk at a time as the consumer (the apply worker) pulls, so applying a huge
+        // committed range never holds more than a chunk of entries in memory.
+        struct Cursor {
+            store: LogStore,
+            from: Option<LogIndex>,
+            to: Option<LogIndex>,
+            /// Whether a chunk was read: later chunks must continue exactly where the last ended.
+            started: bool,
+            remaining_cap: usize,
+            buffered: std::vec::IntoIter<Entry>,
+        }
+        let (from, to) = bounds(&range);
+        let cursor = Cursor {
+            remaining_cap: self.whole_range_cap(),
+            store: self.clone(),
+            from: Some(from),
+            to,
+            started: false,
+            buffered: Vec::new().into_iter(),
+        };
+        futures::stream::unfold(cursor, |mut cursor| async move {
+            loop {
+                if cursor.remaining_cap == 0 {
+                    return None;
+                }
+                if let Some(entry) = cursor.buffered.next() {
+                    cursor.remaining_cap -= 1;
+                    return Some((Ok(entry), cursor));
+                }
+                let from = cursor.from?;
+                match cursor.store.read_chunk(from, cursor.to).await {
+                    Ok(chunk) => {
+                        let continues =
+                            !cursor.started || chunk.first().is_none_or(|e| e.log_id.index == from);
+                        cursor.started = true;
+                        if !continues {
+                            let error = Error::Corruption {
+                                what: format!("log of shard {}", cursor.store.shard),
+                                detail: format!(
+                                    "entry {from} is missing; the log continues at {}",
+                                    chunk[0].log_id.index
+                                ),
+                            };
+                            cursor.from = None;
+                            return Some((Err(error.into()), cursor));
+                        }
+                        cursor.from = next_chunk_start(&chunk, cursor.to);
+                        if chunk.is_empty() {
+                            return None;
+                        }
+                        cursor.buffered = chunk.into_iter();
+                    }
+                    Err(error) => {
+                        cursor.from = None;
+                        return Some((Err(error.into()), cursor));
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -102,19 +281,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged: Option<LogId> = self.read_state(STATE_PURGED, "last purged log id")?;
-        let (start, end) = keys::log_range(self.shard, 0, None);
-        let last_log_id = match self.engine.last_in_range(Cf::Log, &start, &end)? {
-            Some((key, value)) => {
-                let index = keys::log_key_index(&key).unwrap_or_default();
-                let entry: Entry = codec::decode_entry(&value, self.shard, index)?;
-                Some(entry.log_id)
-            }
-            None => last_purged,
-        };
+        let last_purged: Option<LogId> = self.read_state(STATE_PURGED, "last purged log id").await?;
+        let shard = self.shard;
+        let last_entry = self
+            .engine
+            .run_blocking(move |engine| -> Result<Option<LogId>, Error> {
+                let (start, end) = keys::log_range(shard, 0, None);
+                match engine.last_in_range(Cf::Log, &start, &end)? {
+                    Some((key, value)) => {
+                        let index = keys::log_key_index(&key).unwrap_or_default();
+                        let entry: Entry = codec::decode_entry(&value, shard, index)?;
+                        Ok(Some(entry.log_id))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await?;
         Ok(LogState {
+            last_log_id: last_entry.or(last_purged),
             last_purged_log_id: last_purged,
-            last_log_id,
         })
     }
 
@@ -129,7 +314,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::state_key(self.shard, STATE_VOTE),
             codec::encode(vote),
         );
-        self.engine.write_ops(ops, false)?;
+        self.engine
+            .run_blocking(move |engine| engine.write_ops(ops, false))
+            .await?;
         // A vote must be on disk before it is acted on: a node that forgets its vote can vote
         // twice in one term.
         self.engine.syncer().sync().await?;
@@ -145,13 +332,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::state_key(self.shard, STATE_COMMITTED),
             codec::encode(&committed),
         );
-        self.engine.write_ops(ops, false)?;
+        self.engine
+            .run_blocking(move |engine| engine.write_ops(ops, false))
+            .await?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self
-            .read_state::<Option<LogId>>(STATE_COMMITTED, "committed log id")?
+            .read_state::<Option<LogId>>(STATE_COMMITTED, "committed log id")
+            .await?
             .flatten())
     }
 
@@ -160,26 +350,53 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut ops = WriteOps::default();
-        for entry in entries {
-            ops.put(
-                Cf::Log,
-                keys::log_key(self.shard, entry.log_id.index),
-                codec::encode_entry(&entry),
-            );
-        }
-        if ops.is_empty() {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last_index) = entries.last().map(|entry| entry.log_id.index) else {
             callback.io_completed(Ok(()));
             return Ok(());
+        };
+        let shard = self.shard;
+        // Test-only: the bug of queueing the waiter before the write. It waits (up to a second)
+        // for the syncer to start an fsync before writing, so the bug shows every time rather than
+        // only when the threads happen to interleave that way.
+        let mut callback = Some(callback);
+        if self.engine.faults().enqueue_before_write.load(Ordering::Relaxed) {
+            let counters = &self.engine.syncer().counters;
+            let started_before = counters.fsyncs_started.load(Ordering::Acquire);
+            self.engine
+                .syncer()
+                .enqueue(Waiter::Append(callback.take().expect("callback")));
+            for _ in 0..1000 {
+                if counters.fsyncs_started.load(Ordering::Acquire) > started_before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
         // Written now (readable when this returns); acknowledged only after the fsync.
-        self.engine.write_ops(ops, false)?;
+        self.engine
+            .run_blocking(move |engine| {
+                let mut ops = WriteOps::default();
+                for entry in &entries {
+                    ops.put(
+                        Cf::Log,
+                        keys::log_key(shard, entry.log_id.index),
+                        codec::encode_entry(entry),
+                    );
+                }
+                engine.write_ops(ops, false)?;
+                engine.observe(SyncEvent::AppendWritten { shard, last_index });
+                Ok::<(), Error>(())
+            })
+            .await?;
         self.engine
             .syncer()
             .counters
             .appends
             .fetch_add(1, Ordering::AcqRel);
-        self.engine.syncer().enqueue(Waiter::Append(callback));
+        if let Some(callback) = callback {
+            self.engine.syncer().enqueue(Waiter::Append(callback));
+        }
         Ok(())
     }
 
@@ -188,7 +405,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (start, end) = keys::log_range(self.shard, from, None);
         let mut ops = WriteOps::default();
         ops.delete_range(Cf::Log, start, end);
-        self.engine.write_ops(ops, false)?;
+        self.engine
+            .run_blocking(move |engine| engine.write_ops(ops, false))
+            .await?;
         self.engine.syncer().sync().await?;
         Ok(())
     }
@@ -204,50 +423,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             codec::encode(&log_id),
         );
         ops.delete_range(Cf::Log, start, end);
-        self.engine.write_ops(ops, false)?;
+        self.engine
+            .run_blocking(move |engine| engine.write_ops(ops, false))
+            .await?;
         self.engine.syncer().sync().await?;
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use openraft::alias::EntryOf;
-    use openraft::type_config::TypeConfigExt;
-    use openraft::{Entry, EntryPayload};
-
-    use super::*;
-    use crate::types::Command;
-
-    #[tokio::test]
-    async fn a_corrupted_log_entry_is_an_error_not_a_skip() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        let mut store = engine.log_store(1);
-        let entries: Vec<EntryOf<TypeConfig>> = (1..=3)
-            .map(|index| Entry {
-                log_id: openraft::testing::log_id::<TypeConfig>(1, 1, index),
-                payload: EntryPayload::Normal(Command::Delete { key: b"k".to_vec() }),
-            })
-            .collect();
-        let (sender, receiver) = TypeConfig::oneshot();
-        store.append(entries, IOFlushed::signal(sender)).await.unwrap();
-        receiver.await.unwrap().unwrap();
-
-        // Flip one bit of entry 2 as stored.
-        let key = keys::log_key(1, 2);
-        let mut bytes = engine.get_cf(Cf::Log, &key).unwrap().unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
-        let mut ops = WriteOps::default();
-        ops.put(Cf::Log, key, bytes);
-        engine.write_ops(ops, true).unwrap();
-
-        let error = store.try_get_log_entries(1..=3).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        assert!(error.to_string().contains("log entry 2 of shard 1"), "{error}");
-        assert!(error.to_string().contains("checksum mismatch"), "{error}");
-        // Entry 1, before the damage, still reads.
-        assert_eq!(store.try_get_log_entries(1..2).await.unwrap().len(), 1);
-    }
-}
+mod tests;

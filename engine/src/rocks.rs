@@ -1,23 +1,30 @@
 //! The engine's one RocksDB instance: the only file in ringkv that imports `rocksdb`. Everything
 //! else in the engine reads and writes through the small API here: column families by name,
 //! batches of our own `WriteOps`, range reads, and point-in-time views for snapshots.
+//!
+//! RocksDB calls block, sometimes for long (a write stall behind a flush, a slow disk). The async
+//! parts of the engine therefore run them through [`Engine::run_blocking`], on tokio's blocking
+//! pool, never on the runtime's worker threads that drive Raft timers and gRPC.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
-    BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, MultiThreaded,
-    Options, ReadOptions, WriteBatch, WriteOptions,
+    BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, ErrorKind, IteratorMode,
+    MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use crate::codec;
 use crate::error::Error;
+use crate::faults::{EngineOptions, SyncEvent, TestFaults};
 use crate::keys;
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
 use crate::syncer::Syncer;
-use crate::types::{ShardId, Versioned};
+use crate::types::{LogIndex, ShardId, Versioned};
 
 /// Multi-threaded column-family mode: handles are shared across threads without a lock.
 type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
@@ -29,10 +36,11 @@ pub(crate) enum Cf {
     State,
     Data,
     Meta,
+    Sessions,
 }
 
 impl Cf {
-    const ALL: [Cf; 4] = [Cf::Log, Cf::State, Cf::Data, Cf::Meta];
+    const ALL: [Cf; 5] = [Cf::Log, Cf::State, Cf::Data, Cf::Meta, Cf::Sessions];
 
     fn name(self) -> &'static str {
         match self {
@@ -40,6 +48,7 @@ impl Cf {
             Cf::State => "raft_state",
             Cf::Data => "data",
             Cf::Meta => "meta",
+            Cf::Sessions => "sessions",
         }
     }
 }
@@ -109,6 +118,22 @@ impl WriteOps {
     }
 }
 
+/// A digest of one shard replica's state at one log index (the replica check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestState {
+    /// Being computed in the background.
+    Computing,
+    Done {
+        digest: u64,
+        keys: u64,
+    },
+    /// Computing it failed (a storage error); the replica check reports it.
+    Failed,
+}
+
+/// Digests kept per shard; older ones are forgotten.
+const DIGESTS_KEPT: usize = 8;
+
 /// The node's storage engine. Cheap to clone; all clones share one RocksDB instance.
 #[derive(Clone)]
 pub struct Engine {
@@ -116,12 +141,18 @@ pub struct Engine {
 }
 
 struct Inner {
-    // Field order matters on drop: the syncer thread (which holds the DB) stops first.
+    // Field order matters on drop: the syncer thread (which holds the DB) stops first, and the
+    // data directory lock is released last.
     syncer: Syncer,
     db: Arc<Db>,
     path: PathBuf,
     snapshot_dir: PathBuf,
     incoming_counter: AtomicU64,
+    faults: Arc<TestFaults>,
+    options: EngineOptions,
+    /// Replica-check digests by shard and log index. A std lock: held only to read or insert.
+    digests: Mutex<HashMap<ShardId, BTreeMap<LogIndex, DigestState>>>,
+    _lock: File,
 }
 
 impl Drop for Inner {
@@ -130,6 +161,9 @@ impl Drop for Inner {
     }
 }
 
+/// Name of the file in the data directory whose lock marks the directory as in use.
+const LOCK_FILE: &str = "ringkv.lock";
+
 fn db_options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
@@ -137,6 +171,10 @@ fn db_options() -> Options {
     options.set_compression_type(DBCompressionType::Lz4);
     options.set_bottommost_compression_type(DBCompressionType::Zstd);
     options.increase_parallelism(2);
+    // Memtables bound the memory of bulk loads such as a snapshot install: two of 32 MiB per
+    // column family before writes wait for a flush.
+    options.set_write_buffer_size(32 * 1024 * 1024);
+    options.set_max_write_buffer_number(2);
     options
 }
 
@@ -144,30 +182,70 @@ impl Engine {
     /// Opens (creating if needed) the engine in `data_dir`. Fails with `DataDirInUse` at once if
     /// another process, or another `Engine` in this one, has it open.
     pub fn open(data_dir: &Path) -> Result<Engine, Error> {
+        Engine::open_with(data_dir, EngineOptions::default())
+    }
+
+    /// `open` with test switches or an observer (see [`EngineOptions`]).
+    pub fn open_with(data_dir: &Path, options: EngineOptions) -> Result<Engine, Error> {
         let open_error = |message: String| Error::Open {
             path: data_dir.to_owned(),
             message,
         };
         std::fs::create_dir_all(data_dir).map_err(|e| open_error(e.to_string()))?;
+        // Our own lock, taken before RocksDB opens: "in use" is decided by this lock alone, never
+        // by reading RocksDB's error text (a "block checksum mismatch" also contains "lock").
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| open_error(format!("cannot open {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::DataDirInUse {
+                    path: data_dir.to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(open_error(format!("cannot lock {}: {e}", lock_path.display())));
+            }
+        }
         let snapshot_dir = data_dir.join("snapshots");
         std::fs::create_dir_all(snapshot_dir.join("incoming")).map_err(|e| open_error(e.to_string()))?;
         let descriptors = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), db_options()));
-        let db = Db::open_cf_descriptors(&db_options(), data_dir.join("db"), descriptors).map_err(|e| {
-            let message = e.into_string();
-            if message.contains("lock") || message.contains("LOCK") {
-                Error::DataDirInUse {
-                    path: data_dir.to_owned(),
-                }
-            } else {
-                open_error(message)
-            }
-        })?;
+        let db =
+            Db::open_cf_descriptors(&db_options(), data_dir.join("db"), descriptors).map_err(|e| match e
+                .kind()
+            {
+                ErrorKind::Corruption => Error::Corruption {
+                    what: format!("the RocksDB database in {}", data_dir.display()),
+                    detail: e.into_string(),
+                },
+                _ => open_error(e.into_string()),
+            })?;
         let db = Arc::new(db);
         let syncer = {
             let db = db.clone();
-            Syncer::start(move || db.flush_wal(true).map_err(|e| e.into_string()))
+            let faults = options.faults.clone();
+            let observer = options.sync_observer.clone();
+            Syncer::start(move |id| {
+                if faults.skip_fsync.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                // The observer sees the real fsync, so a skipped one shows as missing.
+                if let Some(observe) = &observer {
+                    observe(SyncEvent::FsyncStarted { id });
+                }
+                let result = db.flush_wal(true).map_err(|e| e.into_string());
+                if let Some(observe) = &observer {
+                    observe(SyncEvent::FsyncFinished { id });
+                }
+                result
+            })
         };
         // Leftovers of transfers interrupted by a crash are useless: nothing refers to them.
         if let Ok(entries) = std::fs::read_dir(snapshot_dir.join("incoming")) {
@@ -182,8 +260,43 @@ impl Engine {
                 path: data_dir.to_owned(),
                 snapshot_dir,
                 incoming_counter: AtomicU64::new(0),
+                faults: options.faults.clone(),
+                options,
+                digests: Mutex::new(HashMap::new()),
+                _lock: lock,
             }),
         })
+    }
+
+    /// Closes the engine: waits (at most `timeout`) until every other handle to it is dropped, then
+    /// drops this one, which closes RocksDB and releases the data directory. Storage work already
+    /// handed to the blocking pool holds a handle until it finishes, shortly after the Raft groups
+    /// that started it have stopped. Returns false if other handles were still alive at the
+    /// timeout (the engine then closes whenever the last one goes).
+    pub async fn close(self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while Arc::strong_count(&self.inner) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Runs `work` (RocksDB calls) on tokio's blocking pool and waits for it, so a slow disk
+    /// never blocks the worker threads that drive Raft timers and gRPC.
+    pub async fn run_blocking<T, F>(&self, work: F) -> T
+    where
+        F: FnOnce(&Engine) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let engine = self.clone();
+        match tokio::task::spawn_blocking(move || work(&engine)).await {
+            Ok(value) => value,
+            // A panic in storage code is a bug; surface it where it happened.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -235,7 +348,7 @@ impl Engine {
         let mut examined = 0;
         let mut last_key = Vec::new();
         for item in iterator {
-            let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+            let (key, value) = item.map_err(read_error)?;
             if key.as_ref() == cursor {
                 continue;
             }
@@ -259,6 +372,23 @@ impl Engine {
         })
     }
 
+    /// Writes every memtable to disk files. For tests and tools; the engine never needs it.
+    pub fn flush(&self) -> Result<(), Error> {
+        for cf in Cf::ALL {
+            self.inner
+                .db
+                .flush_cf(&self.cf(cf))
+                .map_err(|e| Error::Write(e.into_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The replica-check digest of `shard` at log index `index`, if this engine computed one.
+    pub fn digest(&self, shard: ShardId, index: LogIndex) -> Option<DigestState> {
+        let digests = self.inner.digests.lock().expect("digests lock");
+        digests.get(&shard)?.get(&index).copied()
+    }
+
     /// A node-level metadata record.
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
         self.get_cf(Cf::Meta, &keys::node_meta_key(name))
@@ -266,8 +396,15 @@ impl Engine {
 
     /// Writes a node-level metadata record, durable on return.
     pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.put_metas(&[(name, value)])
+    }
+
+    /// Writes several node-level metadata records atomically, durable on return.
+    pub fn put_metas(&self, records: &[(&str, &[u8])]) -> Result<(), Error> {
         let mut ops = WriteOps::default();
-        ops.put(Cf::Meta, keys::node_meta_key(name), value);
+        for (name, value) in records {
+            ops.put(Cf::Meta, keys::node_meta_key(name), *value);
+        }
         self.write_ops(ops, true)
     }
 
@@ -301,6 +438,30 @@ impl Engine {
         &self.inner.syncer
     }
 
+    pub(crate) fn faults(&self) -> &TestFaults {
+        &self.inner.faults
+    }
+
+    pub(crate) fn observe(&self, event: SyncEvent) {
+        if let Some(observer) = &self.inner.options.sync_observer {
+            observer(event);
+        }
+    }
+
+    pub(crate) fn set_digest(&self, shard: ShardId, index: LogIndex, state: DigestState) {
+        let mut digests = self.inner.digests.lock().expect("digests lock");
+        let of_shard = digests.entry(shard).or_default();
+        of_shard.insert(index, state);
+        while of_shard.len() > DIGESTS_KEPT {
+            of_shard.pop_first();
+        }
+    }
+
+    /// Forgets the digests of `shard` (its state was replaced by a snapshot).
+    pub(crate) fn clear_digests(&self, shard: ShardId) {
+        self.inner.digests.lock().expect("digests lock").remove(&shard);
+    }
+
     fn cf(&self, cf: Cf) -> Arc<BoundColumnFamily<'_>> {
         self.inner
             .db
@@ -309,10 +470,7 @@ impl Engine {
     }
 
     pub(crate) fn get_cf(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.inner
-            .db
-            .get_cf(&self.cf(cf), key)
-            .map_err(|e| Error::Read(e.into_string()))
+        self.inner.db.get_cf(&self.cf(cf), key).map_err(read_error)
     }
 
     /// Writes `ops` atomically. With `sync`, durable on return (an fsync of its own); without,
@@ -336,6 +494,33 @@ impl Engine {
             .map_err(|e| Error::Write(e.into_string()))
     }
 
+    /// Runs `read` against a point-in-time view of the database taken on another thread, once
+    /// `taken` has been called; returns the view's result through `done`. For work that must see
+    /// one instant but may take long (a digest), so the caller can go on as soon as the view exists.
+    pub(crate) fn spawn_view<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&View<'_>) -> T + Send + 'static,
+    ) -> std::sync::mpsc::Receiver<T> {
+        let (taken_sender, taken) = std::sync::mpsc::channel::<()>();
+        let (done_sender, done) = std::sync::mpsc::channel::<T>();
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("ringkv-view".into())
+            .spawn(move || {
+                let snapshot = engine.inner.db.snapshot();
+                let _ = taken_sender.send(());
+                let result = read(&View {
+                    engine: &engine,
+                    snapshot,
+                });
+                let _ = done_sender.send(result);
+            })
+            .expect("spawn a view thread");
+        // Returns once the view exists: later writes are not in it.
+        let _ = taken.recv();
+        done
+    }
+
     /// Key-value pairs in `[from, to)`, in order, at most `limit`.
     pub(crate) fn range_cf(
         &self,
@@ -353,7 +538,7 @@ impl Engine {
         );
         let mut out = Vec::new();
         for item in iterator.take(limit) {
-            let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+            let (key, value) = item.map_err(read_error)?;
             out.push((key.to_vec(), value.to_vec()));
         }
         Ok(out)
@@ -370,7 +555,7 @@ impl Engine {
             .iterator_cf_opt(&self.cf(cf), read_options, IteratorMode::End);
         match iterator.next() {
             Some(item) => {
-                let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+                let (key, value) = item.map_err(read_error)?;
                 Ok(Some((key.to_vec(), value.to_vec())))
             }
             None => Ok(None),
@@ -398,9 +583,7 @@ pub(crate) struct View<'a> {
 
 impl View<'_> {
     pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.snapshot
-            .get_cf(&self.engine.cf(cf), key)
-            .map_err(|e| Error::Read(e.into_string()))
+        self.snapshot.get_cf(&self.engine.cf(cf), key).map_err(read_error)
     }
 
     /// Calls `visit` for each pair in `[from, to)` (`to = None`: to the end), in order.
@@ -421,9 +604,20 @@ impl View<'_> {
             IteratorMode::From(from, Direction::Forward),
         );
         for item in iterator {
-            let (key, value) = item.map_err(|e| Error::Read(e.into_string()))?;
+            let (key, value) = item.map_err(read_error)?;
             visit(&key, &value)?;
         }
         Ok(())
+    }
+}
+
+/// A RocksDB read error: corruption (a checksum mismatch) is told apart from other failures.
+fn read_error(error: rocksdb::Error) -> Error {
+    match error.kind() {
+        ErrorKind::Corruption => Error::Corruption {
+            what: "stored data".into(),
+            detail: error.into_string(),
+        },
+        _ => Error::Read(error.into_string()),
     }
 }

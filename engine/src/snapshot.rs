@@ -1,10 +1,24 @@
 //! Shard snapshots as files. A builder reads a point-in-time RocksDB view (so it can run while
-//! `apply` continues) and streams the shard's data range into a file; an install verifies a file
-//! and replaces the shard's data in one atomic batch. The newest snapshot of each shard is kept as
-//! its "current" one (what followers are sent); older files are deleted.
+//! `apply` continues) and streams the shard's data range and request-id table into a file; an
+//! install verifies a file and replaces the shard's state with it. The newest snapshot of each
+//! shard is kept as its "current" one (what followers are sent); older files are deleted.
 //!
-//! File format: `MAGIC`, then records `key_len u32 LE ++ data key ++ value_len u32 LE ++ stored
-//! value`, then `END_MARK ++ record count u64 LE ++ crc32 u32 LE` (crc over every byte before it).
+//! File format: `MAGIC`, then `header_len u32 LE ++ postcard(SnapshotHeader)`, then records
+//! `tag u8 ++ key_len u32 LE ++ key ++ value_len u32 LE ++ value` (tag `d`: a data key and its
+//! stored value; `s`: a request-id table row), then `END_MARK ++ record count u64 LE ++ crc32 u32
+//! LE` (crc over every byte before it).
+//!
+//! Install process, in bounded memory whatever the shard's size:
+//! 1. Verify the whole file by streaming it once: framing, checksum, count, every key inside the
+//!    shard. A damaged file is refused before anything changes.
+//! 2. Move the file into the shard's snapshot directory and write, in one batch, an "install in
+//!    progress" marker naming it together with the deletion of the shard's data and table.
+//! 3. Stream the records into bounded batches.
+//! 4. Write, in one batch, the applied state and current-snapshot record and delete the marker.
+//!
+//! A crash in steps 2–4 leaves the marker; opening the shard's state machine finds it and runs the
+//! install again from the kept file before anything reads the shard, so no reader ever sees a
+//! half-installed shard: the switch is atomic at step 4.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -15,16 +29,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::alias::{SnapshotMetaOf, SnapshotOf};
 use openraft::storage::RaftSnapshotBuilder;
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
 use crate::codec;
 use crate::error::Error;
-use crate::keys::{self, META_APPLIED, META_SNAPSHOT};
-use crate::rocks::{Cf, Engine, HashRange, RawPair, WriteOps};
+use crate::keys::{self, META_APPLIED, META_INSTALLING, META_SNAPSHOT};
+use crate::rocks::{Cf, Engine, HashRange, WriteOps};
+use crate::sessions::SessionClock;
 use crate::state_machine::AppliedState;
 use crate::types::{ShardId, TypeConfig};
 
-const MAGIC: &[u8; 8] = b"RKVSNAP1";
+const MAGIC: &[u8; 8] = b"RKVSNAP2";
 const END_MARK: &[u8; 4] = b"END!";
+const TAG_DATA: u8 = b'd';
+const TAG_SESSION: u8 = b's';
+/// Largest key or value a record may claim; anything larger is a damaged length field.
+const MAX_RECORD_PART: usize = 64 * 1024 * 1024;
+/// Bytes of records written per install batch.
+const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A snapshot file: openraft's `SnapshotData` for ringkv. The transport streams the file's bytes.
 #[derive(Debug)]
@@ -32,9 +54,23 @@ pub struct SnapshotFile {
     pub path: PathBuf,
 }
 
+/// What a snapshot file carries besides records: the parts of the applied state openraft's
+/// snapshot meta does not hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SnapshotHeader {
+    clock: SessionClock,
+}
+
 /// The shard's current snapshot, recorded in the meta CF.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CurrentSnapshot {
+    meta: SnapshotMetaOf<TypeConfig>,
+    file_name: String,
+}
+
+/// An install in progress: which file, and what it installs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InstallMarker {
     meta: SnapshotMetaOf<TypeConfig>,
     file_name: String,
 }
@@ -61,10 +97,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
-        let (engine, shard, range, lock) = (self.engine.clone(), self.shard, self.range, self.lock.clone());
-        let snapshot = tokio::task::spawn_blocking(move || build(&engine, shard, range, &lock))
-            .await
-            .map_err(|e| io::Error::other(format!("snapshot build task failed: {e}")))??;
+        let (shard, range, lock) = (self.shard, self.range, self.lock.clone());
+        let snapshot = self
+            .engine
+            .run_blocking(move |engine| build(engine, shard, range, &lock))
+            .await?;
         Ok(snapshot)
     }
 }
@@ -83,7 +120,8 @@ fn snapshot_error(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Writes the shard's data as of one point in time to a new file and makes it the current snapshot.
+/// Writes the shard's state as of one point in time to a new file and makes it the current
+/// snapshot.
 fn build(
     engine: &Engine,
     shard: ShardId,
@@ -94,7 +132,7 @@ fn build(
     std::fs::create_dir_all(&dir).map_err(|e| snapshot_error(&dir, format!("cannot create: {e}")))?;
     let temp_path = dir.join(format!("build-{}.tmp", unique_suffix()));
     let applied = engine.read_at_snapshot(|view| {
-        // The applied state and the data come from the same view, so they always agree.
+        // The applied state and the records come from the same view, so they always agree.
         let applied: AppliedState = match view.get(Cf::Meta, &keys::shard_meta_key(shard, META_APPLIED))? {
             Some(bytes) => codec::decode(&bytes, &format!("applied state of shard {shard}"))?,
             None => AppliedState::default(),
@@ -104,19 +142,21 @@ fn build(
         let mut writer = ChecksumWriter::new(BufWriter::new(file));
         let write_error = |e: io::Error| snapshot_error(&temp_path, format!("cannot write: {e}"));
         writer.write_all(MAGIC).map_err(write_error)?;
-        let (start, end) = keys::data_range(range);
+        let header = codec::encode(&SnapshotHeader { clock: applied.clock });
+        writer
+            .write_all(&(header.len() as u32).to_le_bytes())
+            .map_err(write_error)?;
+        writer.write_all(&header).map_err(write_error)?;
         let mut count: u64 = 0;
+        let (start, end) = keys::data_range(range);
         view.for_each(Cf::Data, &start, end.as_deref(), |key, value| {
-            writer
-                .write_all(&(key.len() as u32).to_le_bytes())
-                .map_err(write_error)?;
-            writer.write_all(key).map_err(write_error)?;
-            writer
-                .write_all(&(value.len() as u32).to_le_bytes())
-                .map_err(write_error)?;
-            writer.write_all(value).map_err(write_error)?;
             count += 1;
-            Ok(())
+            write_record(&mut writer, TAG_DATA, key, value).map_err(write_error)
+        })?;
+        let (start, end) = keys::session_range(shard);
+        view.for_each(Cf::Sessions, &start, Some(&end), |key, value| {
+            count += 1;
+            write_record(&mut writer, TAG_SESSION, key, value).map_err(write_error)
         })?;
         writer.write_all(END_MARK).map_err(write_error)?;
         writer.write_all(&count.to_le_bytes()).map_err(write_error)?;
@@ -132,7 +172,17 @@ fn build(
         last_log_id: applied.last_applied,
         last_membership: applied.membership.clone(),
     };
-    let path = adopt(engine, shard, lock, &temp_path, &meta, WriteOps::default())?;
+    let _guard = lock.lock().expect("snapshot lock");
+    let (path, file_name) = move_into_place(engine, shard, &temp_path, &meta)?;
+    make_current(
+        engine,
+        shard,
+        CurrentSnapshot {
+            meta: meta.clone(),
+            file_name,
+        },
+        WriteOps::default(),
+    )?;
     Ok(SnapshotOf::<TypeConfig, SnapshotFile> {
         meta,
         snapshot: SnapshotFile { path },
@@ -140,15 +190,14 @@ fn build(
 }
 
 /// Records `snapshot` as the shard's current one (with `ops`, atomically) unless a newer one is
-/// already current, then deletes every other snapshot file of the shard.
+/// already current, then deletes every other snapshot file of the shard. The caller holds the
+/// shard's snapshot lock.
 fn make_current(
     engine: &Engine,
     shard: ShardId,
-    lock: &Mutex<()>,
     snapshot: CurrentSnapshot,
     mut ops: WriteOps,
 ) -> Result<(), Error> {
-    let _guard = lock.lock().expect("snapshot lock");
     let index_of = |s: &CurrentSnapshot| s.meta.last_log_id.as_ref().map_or(0, |id| id.index);
     let keep = match read_current(engine, shard)? {
         Some(existing) if index_of(&existing) > index_of(&snapshot) && ops.is_empty() => existing.file_name,
@@ -176,16 +225,14 @@ fn make_current(
     Ok(())
 }
 
-/// Moves a finished snapshot file into the shard's snapshot dir under its standard name and makes
-/// it the current snapshot, together with `ops`. Returns its new path.
-fn adopt(
+/// Moves a finished snapshot file into the shard's snapshot dir under its standard name. Returns
+/// its new path and name.
+fn move_into_place(
     engine: &Engine,
     shard: ShardId,
-    lock: &Mutex<()>,
     file: &Path,
     meta: &SnapshotMetaOf<TypeConfig>,
-    ops: WriteOps,
-) -> Result<PathBuf, Error> {
+) -> Result<(PathBuf, String), Error> {
     let dir = engine.snapshot_dir(shard);
     std::fs::create_dir_all(&dir).map_err(|e| snapshot_error(&dir, format!("cannot create: {e}")))?;
     let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
@@ -194,17 +241,7 @@ fn adopt(
     std::fs::rename(file, &path)
         .or_else(|_| std::fs::copy(file, &path).map(|_| ()))
         .map_err(|e| snapshot_error(file, format!("cannot keep as {}: {e}", path.display())))?;
-    make_current(
-        engine,
-        shard,
-        lock,
-        CurrentSnapshot {
-            meta: meta.clone(),
-            file_name,
-        },
-        ops,
-    )?;
-    Ok(path)
+    Ok((path, file_name))
 }
 
 fn read_current(engine: &Engine, shard: ShardId) -> Result<Option<CurrentSnapshot>, Error> {
@@ -232,8 +269,9 @@ pub(crate) fn current(
     }))
 }
 
-/// Verifies the file at `path` and replaces the shard's data and applied state with its content in
-/// one atomic batch; the file becomes the shard's current snapshot.
+/// Verifies the file at `path` and replaces the shard's data and request-id table with its
+/// content (see the module header); the file becomes the shard's current snapshot. Returns the
+/// new applied state. The caller makes it durable (a WAL fsync) before acting on it.
 pub(crate) fn install(
     engine: &Engine,
     shard: ShardId,
@@ -242,93 +280,220 @@ pub(crate) fn install(
     meta: &SnapshotMetaOf<TypeConfig>,
     path: &Path,
 ) -> Result<AppliedState, Error> {
-    let records = read_verified(path)?;
-    let (start, end) = keys::data_range(range);
+    // Held throughout, so a concurrent builder cannot delete the file being installed.
+    let _guard = lock.lock().expect("snapshot lock");
+    let header = verify(path, shard, range)?;
+    let (kept_path, file_name) = move_into_place(engine, shard, path, meta)?;
+    let marker = InstallMarker {
+        meta: meta.clone(),
+        file_name,
+    };
     let mut ops = WriteOps::default();
-    match &end {
-        Some(end) => ops.delete_range(Cf::Data, start.clone(), end.clone()),
-        // The last arc of the ring: bound by a key above every valid data key (hash, then a key
-        // of at most MAX_KEY_BYTES).
-        None => ops.delete_range(
-            Cf::Data,
-            start.clone(),
-            vec![0xff; 8 + ringkv_proto::limits::MAX_KEY_BYTES + 1],
-        ),
-    }
-    for (key, value) in records {
-        let inside = key.as_slice() >= start.as_slice() && end.as_ref().is_none_or(|end| key < *end);
-        if !inside {
-            return Err(snapshot_error(path, "holds a key outside the shard's range"));
+    ops.put(
+        Cf::Meta,
+        keys::shard_meta_key(shard, META_INSTALLING),
+        codec::encode(&marker),
+    );
+    engine.write_ops(ops, false)?;
+    install_from(engine, shard, range, &marker, &kept_path, header)
+}
+
+/// Finishes an install a crash interrupted, if the shard has one (see the module header).
+pub(crate) fn resume_install(
+    engine: &Engine,
+    shard: ShardId,
+    range: HashRange,
+    lock: &Mutex<()>,
+) -> Result<(), Error> {
+    let Some(bytes) = engine.get_cf(Cf::Meta, &keys::shard_meta_key(shard, META_INSTALLING))? else {
+        return Ok(());
+    };
+    let _guard = lock.lock().expect("snapshot lock");
+    let marker: InstallMarker = codec::decode(&bytes, &format!("install marker of shard {shard}"))?;
+    let path = engine.snapshot_dir(shard).join(&marker.file_name);
+    info!(shard_id = %shard, file = %path.display(), "finishing a snapshot install interrupted by a crash");
+    let header = verify(&path, shard, range)?;
+    install_from(engine, shard, range, &marker, &path, header)?;
+    Ok(())
+}
+
+/// Steps 2 (the deletion) to 4 of an install whose marker is written.
+fn install_from(
+    engine: &Engine,
+    shard: ShardId,
+    range: HashRange,
+    marker: &InstallMarker,
+    path: &Path,
+    header: SnapshotHeader,
+) -> Result<AppliedState, Error> {
+    let (data_start, data_end) = keys::data_range_bounded(range);
+    let (session_start, session_end) = keys::session_range(shard);
+    let mut ops = WriteOps::default();
+    ops.delete_range(Cf::Data, data_start, data_end);
+    ops.delete_range(Cf::Sessions, session_start.to_vec(), session_end.to_vec());
+    engine.write_ops(ops, false)?;
+
+    let mut ops = WriteOps::default();
+    let mut batch_bytes = 0usize;
+    read_records(path, |tag, key, value| {
+        let cf = if tag == TAG_DATA { Cf::Data } else { Cf::Sessions };
+        batch_bytes += key.len() + value.len();
+        ops.put(cf, key, value);
+        if batch_bytes >= INSTALL_BATCH_BYTES {
+            engine.write_ops(std::mem::take(&mut ops), false)?;
+            batch_bytes = 0;
         }
-        ops.put(Cf::Data, key, value);
-    }
+        Ok(())
+    })?;
+
     let applied = AppliedState {
-        last_applied: meta.last_log_id,
-        membership: meta.last_membership.clone(),
+        last_applied: marker.meta.last_log_id,
+        membership: marker.meta.last_membership.clone(),
+        clock: header.clock,
     };
     ops.put(
         Cf::Meta,
         keys::shard_meta_key(shard, META_APPLIED),
         codec::encode(&applied),
     );
-
-    adopt(engine, shard, lock, path, meta, ops)?;
+    ops.delete(Cf::Meta, keys::shard_meta_key(shard, META_INSTALLING));
+    make_current(
+        engine,
+        shard,
+        CurrentSnapshot {
+            meta: marker.meta.clone(),
+            file_name: marker.file_name.clone(),
+        },
+        ops,
+    )?;
     Ok(applied)
 }
 
-/// Reads every record of a snapshot file after checking its framing and checksum.
-fn read_verified(path: &Path) -> Result<Vec<RawPair>, Error> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|file| BufReader::new(file).read_to_end(&mut bytes))
-        .map_err(|e| snapshot_error(path, format!("cannot read: {e}")))?;
+/// Checks a snapshot file end to end without loading it: magic, checksum, framing, record count,
+/// and that every record belongs to the shard. Returns its header.
+fn verify(path: &Path, shard: ShardId, range: HashRange) -> Result<SnapshotHeader, Error> {
     let corrupt = |detail: &str| Error::Corruption {
         what: format!("snapshot file {}", path.display()),
         detail: detail.into(),
     };
-    if bytes.len() < MAGIC.len() + END_MARK.len() + 12 || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(corrupt("not a ringkv snapshot (bad header or too short)"));
+    let read_error = |e: io::Error| snapshot_error(path, format!("cannot read: {e}"));
+    let mut file = File::open(path).map_err(read_error)?;
+    let len = file.metadata().map_err(read_error)?.len();
+    if len < (MAGIC.len() + 4 + END_MARK.len() + 8 + 4) as u64 {
+        return Err(corrupt("too short to be a ringkv snapshot"));
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-    if crc32fast::hash(body) != stored {
+    // The checksum covers everything but its own last 4 bytes.
+    let mut hasher = crc32fast::Hasher::new();
+    let mut remaining = len - 4;
+    let mut buffer = vec![0u8; 1024 * 1024];
+    while remaining > 0 {
+        let want = remaining.min(buffer.len() as u64) as usize;
+        file.read_exact(&mut buffer[..want]).map_err(read_error)?;
+        hasher.update(&buffer[..want]);
+        remaining -= want as u64;
+    }
+    let mut stored = [0u8; 4];
+    file.read_exact(&mut stored).map_err(read_error)?;
+    if hasher.finalize() != u32::from_le_bytes(stored) {
         return Err(corrupt("checksum mismatch"));
     }
-    let trailer_start = body.len() - END_MARK.len() - 8;
-    if &body[trailer_start..trailer_start + END_MARK.len()] != END_MARK {
+    let (data_start, data_end) = keys::data_range(range);
+    let (session_start, session_end) = keys::session_range(shard);
+    let header = read_records(path, |tag, key, _| {
+        let inside = match tag {
+            TAG_DATA => key >= data_start && data_end.as_ref().is_none_or(|end| key < *end),
+            _ => key.as_slice() >= session_start.as_slice() && key.as_slice() < session_end.as_slice(),
+        };
+        if inside {
+            Ok(())
+        } else {
+            Err(corrupt("holds a record outside the shard"))
+        }
+    })?;
+    Ok(header)
+}
+
+/// Streams the records of a snapshot file (whose checksum the caller checked or will check) to
+/// `visit`, checking framing and the record count. Returns the file's header.
+fn read_records(
+    path: &Path,
+    mut visit: impl FnMut(u8, Vec<u8>, Vec<u8>) -> Result<(), Error>,
+) -> Result<SnapshotHeader, Error> {
+    let corrupt = |detail: &str| Error::Corruption {
+        what: format!("snapshot file {}", path.display()),
+        detail: detail.into(),
+    };
+    let read_error = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt("truncated"),
+        _ => snapshot_error(path, format!("cannot read: {e}")),
+    };
+    let mut file = File::open(path).map_err(read_error)?;
+    let len = file.metadata().map_err(read_error)?.len();
+    // Records end where the trailer (end mark, count, crc) begins.
+    let records_end = len
+        .checked_sub((END_MARK.len() + 8 + 4) as u64)
+        .ok_or_else(|| corrupt("too short to be a ringkv snapshot"))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, &mut file);
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).map_err(read_error)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a ringkv snapshot of this version (bad magic)"));
+    }
+    let mut position = MAGIC.len() as u64;
+    let take_u32 = |reader: &mut BufReader<&mut File>, position: &mut u64| -> Result<usize, Error> {
+        let mut bytes = [0u8; 4];
+        reader.read_exact(&mut bytes).map_err(read_error)?;
+        *position += 4;
+        Ok(u32::from_le_bytes(bytes) as usize)
+    };
+    let take_bytes =
+        |reader: &mut BufReader<&mut File>, position: &mut u64, n: usize| -> Result<Vec<u8>, Error> {
+            if n > MAX_RECORD_PART || *position + n as u64 > records_end {
+                return Err(corrupt("a record's length runs past the end of the records"));
+            }
+            let mut bytes = vec![0u8; n];
+            reader.read_exact(&mut bytes).map_err(read_error)?;
+            *position += n as u64;
+            Ok(bytes)
+        };
+    let header_len = take_u32(&mut reader, &mut position)?;
+    let header_bytes = take_bytes(&mut reader, &mut position, header_len)?;
+    let header: SnapshotHeader = codec::decode(&header_bytes, "snapshot header")?;
+    let mut count = 0u64;
+    while position < records_end {
+        let mut tag = [0u8; 1];
+        reader.read_exact(&mut tag).map_err(read_error)?;
+        position += 1;
+        if tag[0] != TAG_DATA && tag[0] != TAG_SESSION {
+            return Err(corrupt("unknown record tag"));
+        }
+        let key_len = take_u32(&mut reader, &mut position)?;
+        let key = take_bytes(&mut reader, &mut position, key_len)?;
+        let value_len = take_u32(&mut reader, &mut position)?;
+        let value = take_bytes(&mut reader, &mut position, value_len)?;
+        visit(tag[0], key, value)?;
+        count += 1;
+    }
+    if position != records_end {
+        return Err(corrupt("records overrun the trailer"));
+    }
+    let mut trailer = [0u8; 12];
+    reader.read_exact(&mut trailer).map_err(read_error)?;
+    if &trailer[..4] != END_MARK {
         return Err(corrupt("missing end marker"));
     }
-    let count = u64::from_le_bytes(
-        body[trailer_start + END_MARK.len()..]
-            .try_into()
-            .expect("8 bytes"),
-    );
-    let mut records = Vec::new();
-    let mut position = MAGIC.len();
-    let take = |position: &mut usize| -> Result<Vec<u8>, Error> {
-        let len_end = *position + 4;
-        let len = u32::from_le_bytes(
-            body.get(*position..len_end)
-                .ok_or_else(|| corrupt("truncated record"))?
-                .try_into()
-                .expect("4 bytes"),
-        ) as usize;
-        let value = body
-            .get(len_end..len_end + len)
-            .ok_or_else(|| corrupt("truncated record"))?
-            .to_vec();
-        *position = len_end + len;
-        Ok(value)
-    };
-    while position < trailer_start {
-        let key = take(&mut position)?;
-        let value = take(&mut position)?;
-        records.push((key, value));
-    }
-    if position != trailer_start || records.len() as u64 != count {
+    if u64::from_le_bytes(trailer[4..].try_into().expect("8 bytes")) != count {
         return Err(corrupt("record count does not match the trailer"));
     }
-    Ok(records)
+    Ok(header)
+}
+
+fn write_record(writer: &mut impl Write, tag: u8, key: &[u8], value: &[u8]) -> io::Result<()> {
+    writer.write_all(&[tag])?;
+    writer.write_all(&(key.len() as u32).to_le_bytes())?;
+    writer.write_all(key)?;
+    writer.write_all(&(value.len() as u32).to_le_bytes())?;
+    writer.write_all(value)
 }
 
 /// A writer that keeps a crc32 of everything written through it.
@@ -357,3 +522,6 @@ impl<W: Write> Write for ChecksumWriter<W> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests;

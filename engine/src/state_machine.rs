@@ -1,6 +1,12 @@
 //! openraft state machine for one shard: applies commands to the shard's data keys, recording the
-//! applied log id and membership in the same atomic batch as the data they describe. Applies are
-//! not fsynced: after a crash the node replays the log from the durable applied id.
+//! applied log id, membership, log clock and request-id table in the same atomic batch as the data
+//! they describe. Applies are not fsynced: after a crash the node replays the log from the durable
+//! applied id.
+//!
+//! A committed run is applied in groups of bounded size, each on tokio's blocking pool (RocksDB
+//! calls never run on the runtime's worker threads), and answered only after its batch is written.
+//! A `Digest` command ends a group: the state as of that index is hashed on a point-in-time view in
+//! the background while applying goes on.
 
 use std::collections::HashMap;
 use std::io;
@@ -8,25 +14,36 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use openraft::EntryPayload;
-use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::codec;
 use crate::error::Error;
 use crate::keys::{self, META_APPLIED};
-use crate::rocks::{Cf, Engine, HashRange, WriteOps};
+use crate::rocks::{Cf, DigestState, Engine, HashRange, View, WriteOps};
+use crate::sessions::{self, Admission, SessionClock, Sessions};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotFile};
-use crate::types::{BatchOp, Command, CommandResult, Expect, LogIndex, ShardId, TypeConfig, Versioned};
+use crate::types::{
+    BatchOp, Command, CommandResult, Expect, LogIndex, Proposal, RequestId, ShardId, TypeConfig, Versioned,
+};
 
 type LogId = LogIdOf<TypeConfig>;
 type StoredMembership = StoredMembershipOf<TypeConfig>;
+type Entry = EntryOf<TypeConfig>;
+
+/// Most entries applied in one batch, and most bytes of commands: bounds the memory an apply of a
+/// huge committed range holds at once.
+const APPLY_GROUP_ENTRIES: usize = 1024;
+const APPLY_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the state machine has applied, stored with the data of each apply.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct AppliedState {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    pub clock: SessionClock,
 }
 
 pub struct StateMachine {
@@ -35,24 +52,48 @@ pub struct StateMachine {
     range: HashRange,
     /// The applied state as of the last apply or install; the copy on disk is authoritative.
     applied: AppliedState,
+    /// `None` only while an apply group holds it on the blocking pool.
+    sessions: Option<Sessions>,
     /// Serializes changes of the shard's current snapshot between builders and installs.
     snapshot_lock: Arc<Mutex<()>>,
 }
 
 impl StateMachine {
     pub(crate) fn open(engine: Engine, shard: ShardId, range: HashRange) -> Result<StateMachine, Error> {
+        let snapshot_lock = Arc::new(Mutex::new(()));
+        // A snapshot install interrupted by a crash is finished before anything reads the shard.
+        snapshot::resume_install(&engine, shard, range, &snapshot_lock)?;
         let applied = read_applied(&engine, shard)?;
+        let sessions = Sessions::load(&engine, shard)?;
         Ok(StateMachine {
             engine,
             shard,
             range,
             applied,
-            snapshot_lock: Arc::new(Mutex::new(())),
+            sessions: Some(sessions),
+            snapshot_lock,
         })
     }
 
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// Clients with a session in this shard's request-id table.
+    pub fn sessions(&self) -> usize {
+        self.sessions.as_ref().map_or(0, Sessions::len)
+    }
+
+    /// The stored result of `request`, as a retry of it would be answered; `None` when the table
+    /// holds none (never applied, below its client's floor, or expired). For diagnostics and tests.
+    pub fn stored_result(&self, request: RequestId) -> Result<Option<CommandResult>, Error> {
+        match self.engine.get_cf(
+            Cf::Sessions,
+            &keys::session_key(self.shard, request.client, request.seq),
+        )? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes, "stored request result")?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -65,15 +106,26 @@ pub(crate) fn read_applied(engine: &Engine, shard: ShardId) -> Result<AppliedSta
     )
 }
 
-/// Pending writes of one apply batch, readable by later commands of the same batch.
+/// Pending writes of one apply group, readable by later commands of the same group.
 struct Overlay<'a> {
     engine: &'a Engine,
     ops: WriteOps,
-    /// Latest value of each data key written in this batch (`None`: deleted).
+    /// Latest value of each data key written in this group (`None`: deleted).
     written: HashMap<Vec<u8>, Option<Versioned>>,
+    /// Results of requests applied in this group, for duplicates within it.
+    results: HashMap<RequestId, CommandResult>,
 }
 
-impl Overlay<'_> {
+impl<'a> Overlay<'a> {
+    fn new(engine: &'a Engine) -> Self {
+        Overlay {
+            engine,
+            ops: WriteOps::default(),
+            written: HashMap::new(),
+            results: HashMap::new(),
+        }
+    }
+
     fn current(&self, data_key: &[u8]) -> Result<Option<Versioned>, Error> {
         if let Some(value) = self.written.get(data_key) {
             return Ok(value.clone());
@@ -155,8 +207,145 @@ impl Overlay<'_> {
                 }
                 CommandResult::Batch { version: index }
             }
+            // Handled by the group loop, which must cut the batch there.
+            Command::Digest => CommandResult::None,
         })
     }
+}
+
+/// What an apply group works on; moved to the blocking pool and back.
+struct ApplyState {
+    applied: AppliedState,
+    sessions: Sessions,
+}
+
+/// Applies `entries` (consecutive, committed) to the shard and returns one result per entry.
+/// Runs RocksDB calls on the calling thread: call it on the blocking pool.
+fn apply_group(
+    engine: &Engine,
+    shard: ShardId,
+    range: HashRange,
+    state: &mut ApplyState,
+    entries: Vec<Entry>,
+) -> Result<Vec<CommandResult>, Error> {
+    let mut overlay = Overlay::new(engine);
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let index = entry.log_id.index;
+        let result = match entry.payload {
+            EntryPayload::Blank => CommandResult::None,
+            EntryPayload::Membership(membership) => {
+                state.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                CommandResult::None
+            }
+            EntryPayload::Normal(proposal) => {
+                let Proposal {
+                    request,
+                    client_floor,
+                    proposed_at_ms,
+                    command,
+                } = proposal;
+                let clock = &mut state.applied.clock;
+                clock.now_ms = clock.now_ms.max(proposed_at_ms);
+                state.sessions.sweep_if_due(shard, clock, &mut overlay.ops);
+                let now_ms = clock.now_ms;
+                if command == Command::Digest {
+                    state.applied.last_applied = Some(entry.log_id);
+                    // The digest must see exactly the state at this index: write what came
+                    // before (and the applied id) first.
+                    let before = std::mem::replace(&mut overlay, Overlay::new(engine));
+                    engine.write_ops(before.finish(shard, &state.applied), false)?;
+                    start_digest(engine, shard, range, index);
+                    results.push(CommandResult::None);
+                    continue;
+                }
+                match request.filter(|request| request.seq != 0) {
+                    None => overlay.apply(command, index)?,
+                    Some(request) => {
+                        match state
+                            .sessions
+                            .admit(shard, request, client_floor, now_ms, &mut overlay.ops)
+                        {
+                            Admission::Apply => {
+                                let result = overlay.apply(command, index)?;
+                                state.sessions.record(shard, request, &result, &mut overlay.ops);
+                                overlay.results.insert(request, result.clone());
+                                result
+                            }
+                            Admission::Duplicate => match overlay.results.get(&request) {
+                                Some(result) => result.clone(),
+                                None => sessions::stored_result(engine, shard, request)?,
+                            },
+                            Admission::Refused(reason) => CommandResult::Refused { reason },
+                        }
+                    }
+                }
+            }
+        };
+        state.applied.last_applied = Some(entry.log_id);
+        results.push(result);
+    }
+    let ops = overlay.finish(shard, &state.applied);
+    engine.write_ops(ops, false)?;
+    Ok(results)
+}
+
+impl Overlay<'_> {
+    /// The group's writes plus the applied state they bring the shard to.
+    fn finish(self, shard: ShardId, applied: &AppliedState) -> WriteOps {
+        let mut ops = self.ops;
+        ops.put(
+            Cf::Meta,
+            keys::shard_meta_key(shard, META_APPLIED),
+            codec::encode(applied),
+        );
+        ops
+    }
+}
+
+/// Hashes the shard's state as it is now (after the digest entry's index) on a point-in-time view,
+/// in the background; records the result in the engine's digest table.
+fn start_digest(engine: &Engine, shard: ShardId, range: HashRange, index: LogIndex) {
+    engine.set_digest(shard, index, DigestState::Computing);
+    let background = engine.clone();
+    let done = engine.spawn_view(move |view| shard_digest(view, shard, range));
+    std::thread::spawn(move || {
+        let state = match done.recv() {
+            Ok(Ok((digest, keys))) => DigestState::Done { digest, keys },
+            Ok(Err(error)) => {
+                warn!(shard_id = %shard, index, %error, "replica check: computing the digest failed");
+                DigestState::Failed
+            }
+            Err(_) => DigestState::Failed,
+        };
+        background.set_digest(shard, index, state);
+    });
+}
+
+/// xxh3 of every data record of the shard's range and every request-id record of the shard, in
+/// key order, each framed by its column family and lengths; and how many records there were.
+pub(crate) fn shard_digest(view: &View<'_>, shard: ShardId, range: HashRange) -> Result<(u64, u64), Error> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut records = 0u64;
+    let mut hash_record = |tag: u8, key: &[u8], value: &[u8]| {
+        hasher.update(&[tag]);
+        hasher.update(&(key.len() as u32).to_le_bytes());
+        hasher.update(key);
+        hasher.update(&(value.len() as u32).to_le_bytes());
+        hasher.update(value);
+        records += 1;
+    };
+    let (start, end) = keys::data_range(range);
+    view.for_each(Cf::Data, &start, end.as_deref(), |key, value| {
+        hash_record(b'd', key, value);
+        Ok(())
+    })?;
+    let (start, end) = keys::session_range(shard);
+    view.for_each(Cf::Sessions, &start, Some(&end), |key, value| {
+        hash_record(b's', key, value);
+        Ok(())
+    })?;
+    Ok((hasher.digest(), records))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -164,7 +353,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        let applied = read_applied(&self.engine, self.shard)?;
+        let shard = self.shard;
+        let applied = self
+            .engine
+            .run_blocking(move |engine| read_applied(engine, shard))
+            .await?;
         Ok((applied.last_applied, applied.membership))
     }
 
@@ -172,44 +365,66 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
-        let mut overlay = Overlay {
-            engine: &self.engine,
-            ops: WriteOps::default(),
-            written: HashMap::new(),
-        };
-        let mut applied = self.applied.clone();
-        let mut responses = Vec::new();
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::None,
-                EntryPayload::Normal(command) => overlay.apply(command, entry.log_id.index)?,
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandResult::None
+        let mut pending: Option<EntryResponder<TypeConfig>> = None;
+        // A stream must not be polled again once it has ended.
+        let mut ended = false;
+        loop {
+            // Take a bounded group from the stream (which reads the log in chunks as pulled).
+            let mut group = Vec::new();
+            let mut responders = Vec::new();
+            let mut bytes = 0usize;
+            loop {
+                let item = match pending.take() {
+                    Some(item) => item,
+                    None if ended => break,
+                    None => match entries.next().await {
+                        Some(item) => item?,
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                    },
+                };
+                let size = entry_size(&item.0);
+                if !group.is_empty()
+                    && (group.len() >= APPLY_GROUP_ENTRIES || bytes + size > APPLY_GROUP_BYTES)
+                {
+                    pending = Some(item);
+                    break;
                 }
-            };
-            applied.last_applied = Some(entry.log_id);
-            if let Some(responder) = responder {
-                responses.push((responder, result));
+                bytes += size;
+                let (entry, responder) = item;
+                group.push(entry);
+                responders.push(responder);
+            }
+            if group.is_empty() {
+                return Ok(());
+            }
+            let (applied, sessions) = (self.applied.clone(), self.sessions.take());
+            let (shard, range) = (self.shard, self.range);
+            // On an error the session index stays `None`, and the next apply reloads it from disk
+            // (the in-memory copy may have run ahead of what was written).
+            let (state, results) = self
+                .engine
+                .run_blocking(move |engine| -> Result<_, Error> {
+                    let sessions = match sessions {
+                        Some(sessions) => sessions,
+                        None => Sessions::load(engine, shard)?,
+                    };
+                    let mut state = ApplyState { applied, sessions };
+                    let results = apply_group(engine, shard, range, &mut state, group)?;
+                    Ok((state, results))
+                })
+                .await?;
+            self.applied = state.applied;
+            self.sessions = Some(state.sessions);
+            // Answer only after the batch is written, so a read after the answer sees it.
+            for (responder, result) in responders.into_iter().zip(results) {
+                if let Some(responder) = responder {
+                    responder.send(result);
+                }
             }
         }
-        if applied.last_applied == self.applied.last_applied {
-            return Ok(());
-        }
-        let mut ops = overlay.ops;
-        ops.put(
-            Cf::Meta,
-            keys::shard_meta_key(self.shard, META_APPLIED),
-            codec::encode(&applied),
-        );
-        self.engine.write_ops(ops, false)?;
-        self.applied = applied;
-        // Answer only after the batch is written, so a read after the answer sees it.
-        for (responder, result) in responses {
-            responder.send(result);
-        }
-        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -226,27 +441,59 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        let (engine, shard, range, lock, meta) = (
-            self.engine.clone(),
-            self.shard,
-            self.range,
-            self.snapshot_lock.clone(),
-            meta.clone(),
-        );
-        let applied = tokio::task::spawn_blocking(move || {
-            snapshot::install(&engine, shard, range, &lock, &meta, &snapshot.path)
-        })
-        .await
-        .map_err(|e| io::Error::other(format!("snapshot install task failed: {e}")))??;
+        let (shard, range, lock, meta) = (self.shard, self.range, self.snapshot_lock.clone(), meta.clone());
+        let (applied, sessions) = self
+            .engine
+            .run_blocking(move |engine| -> Result<(AppliedState, Sessions), Error> {
+                let applied = snapshot::install(engine, shard, range, &lock, &meta, &snapshot.path)?;
+                Ok((applied, Sessions::load(engine, shard)?))
+            })
+            .await?;
         // Durable before openraft acts on it (for example by purging the log it replaces).
         self.engine.syncer().sync().await?;
+        self.engine.clear_digests(self.shard);
         self.applied = applied;
+        self.sessions = Some(sessions);
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
-        Ok(snapshot::current(&self.engine, self.shard)?)
+        let shard = self.shard;
+        Ok(self
+            .engine
+            .run_blocking(move |engine| snapshot::current(engine, shard))
+            .await?)
+    }
+}
+
+/// Rough size of an entry's command, for bounding apply groups.
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(proposal) => match &proposal.command {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
+                key,
+                expect,
+                new_value,
+            } => {
+                let expected = match expect {
+                    Expect::Value(value) => value.len(),
+                    _ => 0,
+                };
+                key.len() + expected + new_value.as_ref().map_or(0, Vec::len)
+            }
+            Command::Batch { ops } => ops
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, value } => key.len() + value.len(),
+                    BatchOp::Delete { key } => key.len(),
+                })
+                .sum(),
+            Command::Digest => 0,
+        },
+        _ => 0,
     }
 }

@@ -45,8 +45,9 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the syncer thread; `sync_wal` makes every write made before the call durable.
-    pub(crate) fn start(sync_wal: impl Fn() -> Result<(), String> + Send + 'static) -> Syncer {
+    /// Starts the syncer thread; `sync_wal(id)` makes every write made before the call durable
+    /// (`id` numbers the calls from 1).
+    pub(crate) fn start(sync_wal: impl Fn(u64) -> Result<(), String> + Send + 'static) -> Syncer {
         let (sender, receiver) = mpsc::channel::<Waiter>();
         let counters = Arc::new(Counters::default());
         let poisoned = Arc::new(Mutex::new(None));
@@ -135,7 +136,7 @@ fn complete(waiter: Waiter, result: Result<(), String>) {
 
 fn run(
     receiver: mpsc::Receiver<Waiter>,
-    sync_wal: impl Fn() -> Result<(), String>,
+    sync_wal: impl Fn(u64) -> Result<(), String>,
     counters: &Counters,
     poisoned: &Mutex<Option<String>>,
     is_poisoned: &AtomicBool,
@@ -147,8 +148,8 @@ fn run(
         let result = if let Some(reason) = poisoned.lock().expect("poison lock").clone() {
             Err(reason)
         } else {
-            counters.fsyncs_started.fetch_add(1, Ordering::AcqRel);
-            let result = sync_wal();
+            let id = counters.fsyncs_started.fetch_add(1, Ordering::AcqRel) + 1;
+            let result = sync_wal(id);
             counters.fsyncs.fetch_add(1, Ordering::AcqRel);
             if let Err(reason) = &result {
                 error!(%reason, "WAL fsync failed; refusing all further writes on this node");
@@ -172,7 +173,7 @@ mod tests {
         let fail = Arc::new(AtomicBool::new(false));
         let syncer = {
             let fail = fail.clone();
-            Syncer::start(move || {
+            Syncer::start(move |_| {
                 if fail.load(Ordering::Acquire) {
                     Err("disk gone".into())
                 } else {

@@ -1,32 +1,44 @@
-//! The openraft type configuration every shard uses, and the commands its log carries.
+//! The openraft type configuration every shard uses, and the proposals its log carries.
 //!
-//! Commands are what a shard's state machine applies; results are what `apply` answers. A failed
-//! compare-and-swap is a normal result, never an `Err`: an `Err` from `apply` stops the Raft group.
+//! A proposal is a command plus the envelope that makes retries safe: the request id of the client
+//! write it carries (if any) and the proposing leader's clock. Results are what `apply` answers. A
+//! failed compare-and-swap, or a retry refused as already finished, is a normal result, never an
+//! `Err`: an `Err` from `apply` stops the Raft group.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// One shard replica's openraft node id. Unique per (shard, placement); never reused.
-pub type ReplicaId = u64;
-/// A shard (one arc of the hash ring, one Raft group).
-pub type ShardId = u64;
-/// A server process.
-pub type NodeId = u64;
-/// A position in a shard's Raft log.
-pub type LogIndex = u64;
+pub use ringkv_core::{LogIndex, NodeId, ReplicaId, ShardId};
 
 /// Where a replica lives: the openraft `Node` of every shard group. The address is metadata; the
-/// replica id (the openraft node id) is what Raft reasons about.
+/// replica id (the openraft node id) is what Raft reasons about. The incarnation is the one the
+/// node had when the replica was placed on it: a node whose data directory was recreated since
+/// has another, and refuses messages for this replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ReplicaNode {
     pub node_id: NodeId,
     pub addr: String,
+    pub incarnation: u64,
 }
 
 impl fmt::Display for ReplicaNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "node {} at {}", self.node_id, self.addr)
+    }
+}
+
+/// One client write, named so that its retries are applied at most once: a random client id and
+/// the client's sequence number for the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client: u64,
+    pub seq: u64,
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request {} of client {:016x}", self.seq, self.client)
     }
 }
 
@@ -68,6 +80,17 @@ pub enum Command {
     Batch {
         ops: Vec<BatchOp>,
     },
+    /// Replica check: every replica hashes its shard state (data and request-id table) as of
+    /// this entry's index, so the digests of healthy replicas are equal.
+    Digest,
+}
+
+impl Command {
+    /// Whether applying the command changes the shard's data (and so needs a request id to be
+    /// retried safely).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Command::Digest)
+    }
 }
 
 impl fmt::Display for Command {
@@ -80,8 +103,53 @@ impl fmt::Display for Command {
             Command::Delete { key } => write!(f, "delete({} key bytes)", key.len()),
             Command::Cas { key, .. } => write!(f, "cas({} key bytes)", key.len()),
             Command::Batch { ops } => write!(f, "batch({} ops)", ops.len()),
+            Command::Digest => write!(f, "digest"),
         }
     }
+}
+
+/// The log payload of a shard: a command in its envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The client write this proposal carries; `None` for internal commands and for clients that
+    /// send no request id (those get no protection against applying a retry twice).
+    pub request: Option<RequestId>,
+    /// The lowest sequence number the client still waits for: its results below this may be
+    /// forgotten. Meaningful only with `request`.
+    pub client_floor: u64,
+    /// The proposing leader's wall clock, in milliseconds since the Unix epoch. The state machine
+    /// expires idle client sessions by the largest clock it has applied, so expiry is the same on
+    /// every replica.
+    pub proposed_at_ms: u64,
+    pub command: Command,
+}
+
+impl Proposal {
+    /// A proposal with no request id (internal commands, tests).
+    pub fn internal(command: Command) -> Proposal {
+        Proposal {
+            request: None,
+            client_floor: 0,
+            proposed_at_ms: now_ms(),
+            command,
+        }
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.request {
+            Some(request) => write!(f, "{} ({request})", self.command),
+            None => write!(f, "{}", self.command),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// A value as stored, with the log index that wrote it.
@@ -94,7 +162,7 @@ pub struct Versioned {
 /// What applying an entry produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
-    /// Blank and membership entries.
+    /// Blank and membership entries, and digests.
     None,
     Put {
         version: LogIndex,
@@ -112,12 +180,17 @@ pub enum CommandResult {
     Batch {
         version: LogIndex,
     },
+    /// The request was not applied: its client had already finished it (its sequence number is
+    /// below the client's floor), so this is a stale copy of it.
+    Refused {
+        reason: String,
+    },
 }
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of every ringkv shard group.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResult,
         NodeId = ReplicaId,
         Node = ReplicaNode,

@@ -3,7 +3,7 @@
 
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
-use ringkv_engine::{Engine, HashRange, LogStore, StateMachine, TypeConfig};
+use ringkv_engine::{Engine, HashRange, LogStore, ShardId, StateMachine, TypeConfig};
 use tempfile::TempDir;
 
 struct RocksBuilder;
@@ -12,10 +12,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder 
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::open(dir.path()).expect("open engine");
-        let log_store = engine.log_store(1);
+        let log_store = engine.log_store(ShardId(1));
         let state_machine = engine
             .state_machine(
-                1,
+                ShardId(1),
                 HashRange {
                     start: 0,
                     end: u64::MAX,

@@ -1,9 +1,7 @@
-//! ringkv's wire contract, shared by server and client: the generated gRPC code, the routing hash,
-//! the shard map and the request limits. Everything here is pure (no I/O), so both sides agree on it
-//! by construction.
+//! ringkv's wire contract, shared by server and client: the generated gRPC code and the shard map
+//! with its protobuf form. The pure shared types (ids, the routing hash, request limits) live in
+//! `ringkv-core` and are re-exported here, so client code needs only this crate.
 
-pub mod hash;
-pub mod limits;
 pub mod shard_map;
 
 /// Generated protobuf messages and tonic services for `ringkv.v1`.
@@ -12,6 +10,8 @@ pub mod pb {
     tonic::include_proto!("ringkv.v1");
 }
 
-pub use hash::{hash_tag, key_hash};
-pub use limits::{LimitError, check_batch, check_key, check_value};
-pub use shard_map::{Arc, MapError, NodeId, Replica, ReplicaId, Shard, ShardId, ShardMap};
+pub use ringkv_core::{
+    LimitError, LogIndex, NodeId, ReplicaId, ShardId, check_batch, check_key, check_value, hash, hash_tag,
+    key_hash, limits,
+};
+pub use shard_map::{Arc, MapError, NodeInfo, Replica, Shard, ShardMap};

@@ -6,6 +6,11 @@
 //! - every replica names a node in `nodes`; a node holds at most one replica of a shard;
 //! - replica ids are unique across the whole map (they are openraft node ids, never reused).
 //!
+//! The map belongs to one cluster (`cluster_id`, random at bootstrap) and records each node's
+//! incarnation: the random id its data directory got when it was created. A node whose data
+//! directory was replaced has a new incarnation, so its peers can tell it is not the node that
+//! held the replicas the map lists.
+//!
 //! The leader of a shard is only a hint, refreshed by whoever serves the map; it is not part of the
 //! epoch, which increases only when arcs or replicas change.
 
@@ -14,14 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::pb;
+use ringkv_core::{NodeId, ReplicaId, ShardId};
 
-/// A server process in the cluster.
-pub type NodeId = u64;
-/// A shard: one arc of the ring and its own Raft group.
-pub type ShardId = u64;
-/// One Raft member of one shard (the openraft node id).
-pub type ReplicaId = u64;
+use crate::pb;
 
 /// Inclusive range of hash values `[start, end]` owned by one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,10 +63,20 @@ impl Shard {
     }
 }
 
+/// A node as the map knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub addr: String,
+    /// Random id of the node's data directory, fixed when it was created; never 0.
+    pub incarnation: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardMap {
+    /// The cluster this map belongs to; random at bootstrap, never 0.
+    pub cluster_id: u64,
     pub epoch: u64,
-    pub nodes: BTreeMap<NodeId, String>,
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Sorted by `arc.start`.
     pub shards: Vec<Shard>,
 }
@@ -90,7 +100,7 @@ pub enum MapError {
 /// Replica ids given at bootstrap: the shard id in the high half, the node id in the low half.
 /// Unique because node ids fit in 32 bits; replicas added later take fresh ids above all of these.
 pub fn bootstrap_replica_id(shard: ShardId, node: NodeId) -> ReplicaId {
-    (shard << 32) | node
+    ReplicaId((shard.0 << 32) | node.0)
 }
 
 impl ShardMap {
@@ -98,7 +108,8 @@ impl ShardMap {
     /// by rendezvous hashing and then balanced so every node holds as many replicas as any other
     /// (within one). Deterministic: every node computes the same map from the same inputs.
     pub fn bootstrap(
-        nodes: &BTreeMap<NodeId, String>,
+        cluster_id: u64,
+        nodes: &BTreeMap<NodeId, NodeInfo>,
         n_shards: u32,
         replication: usize,
     ) -> Result<ShardMap, MapError> {
@@ -114,14 +125,14 @@ impl ShardMap {
                 nodes: nodes.len(),
             });
         }
-        if let Some(&bad) = nodes.keys().find(|&&id| id == 0 || id > u64::from(u32::MAX)) {
+        if let Some(&bad) = nodes.keys().find(|id| id.0 == 0 || id.0 > u64::from(u32::MAX)) {
             return Err(MapError::BadNodeId(bad));
         }
         let mut load: BTreeMap<NodeId, usize> = nodes.keys().map(|&id| (id, 0)).collect();
         let mut leads: BTreeMap<NodeId, usize> = nodes.keys().map(|&id| (id, 0)).collect();
         let mut shards = Vec::with_capacity(n_shards as usize);
         for index in 0..u64::from(n_shards) {
-            let shard_id = index + 1;
+            let shard_id = ShardId(index + 1);
             let arc = equal_arc(index, u64::from(n_shards));
             // Least-loaded nodes first; among equals, the rendezvous order of (shard, node).
             let mut ranked: Vec<NodeId> = nodes.keys().copied().collect();
@@ -150,6 +161,7 @@ impl ShardMap {
             });
         }
         let map = ShardMap {
+            cluster_id,
             epoch: 1,
             nodes: nodes.clone(),
             shards,
@@ -178,14 +190,31 @@ impl ShardMap {
     }
 
     pub fn node_addr(&self, node: NodeId) -> Option<&str> {
-        self.nodes.get(&node).map(String::as_str)
+        self.nodes.get(&node).map(|info| info.addr.as_str())
+    }
+
+    /// The node hosting `replica` of `shard`, if the map lists it.
+    pub fn replica_node(&self, shard: ShardId, replica: ReplicaId) -> Option<NodeId> {
+        let shard = self.shard(shard)?;
+        shard
+            .voters
+            .iter()
+            .chain(&shard.learners)
+            .find(|r| r.replica_id == replica)
+            .map(|r| r.node_id)
     }
 
     /// Checks the invariants in this module's header.
     pub fn validate(&self) -> Result<(), MapError> {
         let malformed = |what: String| Err(MapError::Malformed(what));
+        if self.cluster_id == 0 {
+            return malformed("cluster id is 0".into());
+        }
         if self.nodes.is_empty() {
             return Err(MapError::NoNodes);
+        }
+        if let Some((id, _)) = self.nodes.iter().find(|(_, info)| info.incarnation == 0) {
+            return malformed(format!("node {id} has incarnation 0"));
         }
         let Some(first) = self.shards.first() else {
             return Err(MapError::NoShards);
@@ -244,25 +273,27 @@ impl ShardMap {
 
     pub fn to_proto(&self) -> pb::ShardMap {
         pb::ShardMap {
+            cluster_id: self.cluster_id,
             epoch: self.epoch,
             nodes: self
                 .nodes
                 .iter()
-                .map(|(&node_id, addr)| pb::NodeInfo {
-                    node_id,
-                    addr: addr.clone(),
+                .map(|(&node_id, info)| pb::NodeInfo {
+                    node_id: node_id.0,
+                    addr: info.addr.clone(),
+                    incarnation: info.incarnation,
                 })
                 .collect(),
             shards: self
                 .shards
                 .iter()
                 .map(|shard| pb::ShardInfo {
-                    shard_id: shard.id,
+                    shard_id: shard.id.0,
                     arc_start: shard.arc.start,
                     arc_end: shard.arc.end,
                     voters: shard.voters.iter().map(replica_to_proto).collect(),
                     learners: shard.learners.iter().map(replica_to_proto).collect(),
-                    leader_node_id: shard.leader.unwrap_or(0),
+                    leader_node_id: shard.leader.map_or(0, |node| node.0),
                 })
                 .collect(),
         }
@@ -272,26 +303,31 @@ impl ShardMap {
     pub fn from_proto(map: &pb::ShardMap) -> Result<ShardMap, MapError> {
         let mut nodes = BTreeMap::new();
         for node in &map.nodes {
-            if nodes.insert(node.node_id, node.addr.clone()).is_some() {
-                return Err(MapError::DuplicateNode(node.node_id));
+            let info = NodeInfo {
+                addr: node.addr.clone(),
+                incarnation: node.incarnation,
+            };
+            if nodes.insert(NodeId(node.node_id), info).is_some() {
+                return Err(MapError::DuplicateNode(NodeId(node.node_id)));
             }
         }
         let mut shards: Vec<Shard> = map
             .shards
             .iter()
             .map(|shard| Shard {
-                id: shard.shard_id,
+                id: ShardId(shard.shard_id),
                 arc: Arc {
                     start: shard.arc_start,
                     end: shard.arc_end,
                 },
                 voters: shard.voters.iter().map(replica_from_proto).collect(),
                 learners: shard.learners.iter().map(replica_from_proto).collect(),
-                leader: (shard.leader_node_id != 0).then_some(shard.leader_node_id),
+                leader: (shard.leader_node_id != 0).then_some(NodeId(shard.leader_node_id)),
             })
             .collect();
         shards.sort_by_key(|shard| shard.arc.start);
         let map = ShardMap {
+            cluster_id: map.cluster_id,
             epoch: map.epoch,
             nodes,
             shards,
@@ -303,15 +339,15 @@ impl ShardMap {
 
 fn replica_to_proto(replica: &Replica) -> pb::Replica {
     pb::Replica {
-        replica_id: replica.replica_id,
-        node_id: replica.node_id,
+        replica_id: replica.replica_id.0,
+        node_id: replica.node_id.0,
     }
 }
 
 fn replica_from_proto(replica: &pb::Replica) -> Replica {
     Replica {
-        replica_id: replica.replica_id,
-        node_id: replica.node_id,
+        replica_id: ReplicaId(replica.replica_id),
+        node_id: NodeId(replica.node_id),
     }
 }
 
@@ -330,8 +366,8 @@ fn equal_arc(index: u64, n: u64) -> Arc {
 /// Rendezvous (highest random weight) score of placing `shard` on `node`.
 fn rendezvous(shard: ShardId, node: NodeId) -> u64 {
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&shard.to_be_bytes());
-    bytes[8..].copy_from_slice(&node.to_be_bytes());
+    bytes[..8].copy_from_slice(&shard.0.to_be_bytes());
+    bytes[8..].copy_from_slice(&node.0.to_be_bytes());
     xxh3_64(&bytes)
 }
 
@@ -339,15 +375,29 @@ fn rendezvous(shard: ShardId, node: NodeId) -> u64 {
 mod tests {
     use super::*;
 
-    fn nodes(n: u64) -> BTreeMap<NodeId, String> {
+    fn nodes(n: u64) -> BTreeMap<NodeId, NodeInfo> {
         (1..=n)
-            .map(|id| (id, format!("127.0.0.1:{}", 7000 + id)))
+            .map(|id| {
+                let info = NodeInfo {
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    incarnation: 100 + id,
+                };
+                (NodeId(id), info)
+            })
             .collect()
+    }
+
+    fn bootstrap(
+        nodes: &BTreeMap<NodeId, NodeInfo>,
+        n_shards: u32,
+        replication: usize,
+    ) -> Result<ShardMap, MapError> {
+        ShardMap::bootstrap(42, nodes, n_shards, replication)
     }
 
     #[test]
     fn bootstrap_covers_the_ring_with_equal_arcs() {
-        let map = ShardMap::bootstrap(&nodes(3), 16, 3).unwrap();
+        let map = bootstrap(&nodes(3), 16, 3).unwrap();
         assert_eq!(map.shards.len(), 16);
         assert_eq!(map.shards[0].arc.start, 0);
         assert_eq!(map.shards[15].arc.end, u64::MAX);
@@ -376,7 +426,7 @@ mod tests {
     #[test]
     fn bootstrap_balances_replicas_and_preferred_leaders() {
         for (n_nodes, n_shards, replication) in [(3, 16, 3), (5, 16, 3), (4, 10, 2), (1, 4, 1), (7, 64, 3)] {
-            let map = ShardMap::bootstrap(&nodes(n_nodes), n_shards, replication).unwrap();
+            let map = bootstrap(&nodes(n_nodes), n_shards, replication).unwrap();
             let mut replicas: BTreeMap<NodeId, usize> = BTreeMap::new();
             let mut first_voters: BTreeMap<NodeId, usize> = BTreeMap::new();
             for shard in &map.shards {
@@ -400,37 +450,40 @@ mod tests {
 
     #[test]
     fn bootstrap_is_deterministic_and_round_trips_through_proto() {
-        let a = ShardMap::bootstrap(&nodes(5), 16, 3).unwrap();
-        let b = ShardMap::bootstrap(&nodes(5), 16, 3).unwrap();
+        let a = bootstrap(&nodes(5), 16, 3).unwrap();
+        let b = bootstrap(&nodes(5), 16, 3).unwrap();
         assert_eq!(a, b);
         assert_eq!(ShardMap::from_proto(&a.to_proto()).unwrap(), a);
     }
 
     #[test]
     fn bootstrap_refuses_impossible_clusters() {
+        assert_eq!(bootstrap(&BTreeMap::new(), 16, 1), Err(MapError::NoNodes));
+        assert_eq!(bootstrap(&nodes(3), 0, 1), Err(MapError::NoShards));
         assert_eq!(
-            ShardMap::bootstrap(&BTreeMap::new(), 16, 1),
-            Err(MapError::NoNodes)
-        );
-        assert_eq!(ShardMap::bootstrap(&nodes(3), 0, 1), Err(MapError::NoShards));
-        assert_eq!(
-            ShardMap::bootstrap(&nodes(2), 16, 3),
+            bootstrap(&nodes(2), 16, 3),
             Err(MapError::BadReplication {
                 replication: 3,
                 nodes: 2
             })
         );
         let mut zero = nodes(2);
-        zero.insert(0, "127.0.0.1:1".into());
-        assert_eq!(ShardMap::bootstrap(&zero, 4, 1), Err(MapError::BadNodeId(0)));
+        zero.insert(
+            NodeId(0),
+            NodeInfo {
+                addr: "127.0.0.1:1".into(),
+                incarnation: 1,
+            },
+        );
+        assert_eq!(bootstrap(&zero, 4, 1), Err(MapError::BadNodeId(NodeId(0))));
     }
 
     #[test]
     fn from_proto_refuses_a_map_with_a_hole() {
-        let mut wire = ShardMap::bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
+        let mut wire = bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
         wire.shards[1].arc_end -= 1;
         assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
-        let mut wire = ShardMap::bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
+        let mut wire = bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
         wire.shards[2].voters[0].node_id = 99;
         assert!(ShardMap::from_proto(&wire).is_err());
     }

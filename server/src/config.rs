@@ -19,7 +19,7 @@ pub const DEFAULT_PORT: u16 = 7379;
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id, 1 to 2^32-1, unique in the cluster.
-    pub node_id: NodeId,
+    pub node_id: u64,
     /// Address the node listens on for clients and peers (`host:port`).
     pub listen: String,
     /// Address peers and clients should use to reach this node; defaults to `listen`.
@@ -53,8 +53,10 @@ pub struct RaftTuning {
     pub snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the log.
     pub logs_to_keep_after_snapshot: u64,
-    /// How long a snapshot transfer to a follower may take, in milliseconds.
-    pub snapshot_timeout_ms: u64,
+    /// A snapshot transfer fails when nothing moves (no chunk sent or acknowledged, no keep-alive
+    /// while the receiver installs) for this long, in milliseconds. There is no overall limit:
+    /// a large shard takes as long as its size needs.
+    pub snapshot_idle_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -83,7 +85,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1_200,
             snapshot_after_logs: 10_000,
             logs_to_keep_after_snapshot: 1_000,
-            snapshot_timeout_ms: 60_000,
+            snapshot_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -119,20 +121,29 @@ impl NodeConfig {
     pub fn bootstrap_nodes(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
         if self.peers.is_empty() {
             return Ok(BTreeMap::from([(
-                self.node_id,
+                NodeId(self.node_id),
                 self.advertised_addr().to_owned(),
             )]));
         }
         let mut nodes = BTreeMap::new();
         for (id, addr) in &self.peers {
-            let id: NodeId = id.trim().parse().map_err(|_| {
+            let id: u64 = id.trim().parse().map_err(|_| {
                 ConfigError::Invalid(format!(
                     "peer id {id:?} is not a number; write peers as ID=HOST:PORT"
                 ))
             })?;
-            nodes.insert(id, addr.clone());
+            nodes.insert(NodeId(id), addr.clone());
         }
         Ok(nodes)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    pub fn snapshot_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft.snapshot_idle_timeout_ms)
     }
 
     pub fn replication_factor(&self) -> Result<usize, ConfigError> {
@@ -166,7 +177,7 @@ impl NodeConfig {
         }
         let nodes = self.bootstrap_nodes()?;
         for (id, addr) in &nodes {
-            if *id == 0 || *id > u64::from(u32::MAX) {
+            if id.0 == 0 || id.0 > u64::from(u32::MAX) {
                 return invalid(format!("peer id {id} is out of range: use 1 to {}", u32::MAX));
             }
             if addr
@@ -177,7 +188,7 @@ impl NodeConfig {
                 return invalid(format!("peer {id} address {addr:?} is not HOST:PORT"));
             }
         }
-        match nodes.get(&self.node_id) {
+        match nodes.get(&self.id()) {
             None => {
                 return invalid(format!(
                     "peers do not include this node's id {}; list every node, this one too",
@@ -226,6 +237,9 @@ impl NodeConfig {
         if raft.snapshot_after_logs == 0 {
             return invalid("raft.snapshot_after_logs must be positive".into());
         }
+        if raft.snapshot_idle_timeout_ms == 0 {
+            return invalid("raft.snapshot_idle_timeout_ms must be positive".into());
+        }
         Ok(())
     }
 
@@ -237,13 +251,24 @@ impl NodeConfig {
             heartbeat_interval: raft.heartbeat_interval_ms,
             election_timeout_min: raft.election_timeout_min_ms,
             election_timeout_max: raft.election_timeout_max_ms,
-            install_snapshot_timeout: raft.snapshot_timeout_ms,
+            // The transport bounds snapshot transfers by an idle timeout instead (see
+            // `RaftTransport::install_snapshot`); openraft's own timeouts only need to not cut in.
+            install_snapshot_timeout: raft.snapshot_idle_timeout_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_after_logs),
             max_in_snapshot_log_to_keep: raft.logs_to_keep_after_snapshot,
-            // Bounded so one replication message stays far below the gRPC message limit even with
-            // 1 MiB values (64 × 1 MiB = 64 MiB, within the Raft service's limit).
-            max_payload_entries: 64,
+            // Replication payloads are bounded in bytes by the log store
+            // (`REPLICATION_PAYLOAD_BYTES`); this only caps how many small entries go together.
+            max_payload_entries: 1024,
             purge_batch_size: 256,
+            // A node that cannot win (partitioned, restarted, or starved of CPU long enough for
+            // its election timer to fire) first asks whether it would win, and does not disrupt a
+            // healthy leader by raising the term.
+            enable_pre_vote: Some(true),
+            // A restarted node never resumes leading the term it led before: it becomes leader
+            // only by winning an election, and a new leader commits an entry of its own term
+            // before it serves reads or commits earlier entries. Resuming the old term would let
+            // reads rely on a commit index saved without an fsync, which a power loss can undo.
+            enable_leader_restore: Some(false),
             ..openraft::Config::default()
         };
         config

@@ -10,7 +10,7 @@ use ringkv_proto::pb::{self, error_detail::Kind};
 use ringkv_proto::{NodeId, ShardId};
 
 /// Why a client request was not served.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum ServiceError {
     /// Bad input: names the limit or field. Nothing was written.
     #[error("{0}")]
@@ -31,7 +31,8 @@ pub enum ServiceError {
         outcome_unknown: bool,
         reason: String,
     },
-    /// A local fault on this node (storage error); the request failed.
+    /// A fault on this node that is not a storage fault of a replica (those answer Unavailable
+    /// once the replica is out of service). For a write, the outcome is unknown.
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,15 +55,18 @@ impl From<ServiceError> for Status {
             ServiceError::NotLeader { shard_id, leader } => {
                 let (leader_node_id, leader_addr) = leader.unwrap_or_default();
                 let detail = pb::NotLeader {
-                    shard_id,
-                    leader_node_id,
+                    shard_id: shard_id.0,
+                    leader_node_id: leader_node_id.0,
                     leader_addr,
                 };
                 (Code::FailedPrecondition, Some(Kind::NotLeader(detail)))
             }
             ServiceError::WrongShard { shard_id, map_epoch } => (
                 Code::FailedPrecondition,
-                Some(Kind::WrongShard(pb::WrongShard { shard_id, map_epoch })),
+                Some(Kind::WrongShard(pb::WrongShard {
+                    shard_id: shard_id.0,
+                    map_epoch,
+                })),
             ),
             ServiceError::Unavailable {
                 shard_id,
@@ -70,7 +74,7 @@ impl From<ServiceError> for Status {
                 ..
             } => {
                 let detail = pb::Unavailable {
-                    shard_id,
+                    shard_id: shard_id.0,
                     outcome_unknown,
                 };
                 (Code::Unavailable, Some(Kind::Unavailable(detail)))
@@ -87,12 +91,6 @@ impl From<ServiceError> for Status {
     }
 }
 
-impl From<ringkv_engine::Error> for ServiceError {
-    fn from(error: ringkv_engine::Error) -> ServiceError {
-        ServiceError::Internal(error.to_string())
-    }
-}
-
 impl From<ringkv_proto::LimitError> for ServiceError {
     fn from(error: ringkv_proto::LimitError) -> ServiceError {
         ServiceError::InvalidArgument(error.to_string())
@@ -106,8 +104,8 @@ mod tests {
     #[test]
     fn not_leader_carries_the_hint_as_typed_detail() {
         let status: Status = ServiceError::NotLeader {
-            shard_id: 7,
-            leader: Some((2, "127.0.0.1:7380".into())),
+            shard_id: ShardId(7),
+            leader: Some((NodeId(2), "127.0.0.1:7380".into())),
         }
         .into();
         assert_eq!(status.code(), Code::FailedPrecondition);

@@ -1,9 +1,11 @@
-//! The ringkv server: runs a node (config, Raft transport, shard hosting, gRPC services) and the
-//! command-line tool that talks to a cluster through ringkv-client. `main.rs` only calls `cli`.
+//! The ringkv server: runs a node (config, identity, Raft transport, shard hosting, gRPC services)
+//! and the command-line tool that talks to a cluster through ringkv-client. `main.rs` only calls
+//! `cli`.
 
 pub mod cli;
 pub mod config;
 mod error;
+pub mod identity;
 pub mod node;
 pub mod server;
 mod service;
@@ -11,4 +13,4 @@ pub mod transport;
 mod wire;
 
 pub use config::NodeConfig;
-pub use server::{RunningNode, start, start_with_transport};
+pub use server::{RunningNode, StartOptions, start, start_with};

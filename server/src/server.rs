@@ -1,12 +1,22 @@
-//! Runs a node: starts its shard groups, then serves Kv, Cluster and Raft on one TCP listener until
-//! told to stop, then shuts the groups down.
+//! Runs a node: opens its storage, checks who it is, serves Kv, Cluster and Raft on one TCP
+//! listener, finds or forms its cluster, starts its shard groups; and stops it, gracefully (shard
+//! leaderships handed over first) or, for tests, as a crash would.
+//!
+//! Process overview of `start_with`:
+//! 1. Validate the config; open the engine (fails at once if another process holds the data dir).
+//! 2. Read the data directory's identity: a new directory gets a node record (random
+//!    incarnation); an existing member must have been started with its cluster's settings.
+//! 3. Listen, and serve: from now on peers can ask this node who it is.
+//! 4. If the directory holds no cluster yet, find or form it with the peers (`node::bootstrap`)
+//!    and record it durably.
+//! 5. Start the shard groups; from now on the node serves requests.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -14,14 +24,35 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use ringkv_engine::{Engine, EngineOptions};
 use ringkv_proto::limits::MAX_MESSAGE_BYTES;
 use ringkv_proto::pb::{cluster_server::ClusterServer, kv_server::KvServer, raft_server::RaftServer};
 
 use crate::config::NodeConfig;
-use crate::node::Node;
+use crate::identity::{self, BootstrapParams, LocalIdentity, Stored};
+use crate::node::{Node, NodeSlot, bootstrap};
 use crate::service::{ClusterService, KvService, RaftService};
-use crate::transport::MAX_RAFT_MESSAGE_BYTES;
-use crate::transport::{GrpcTransport, RaftTransport};
+use crate::transport::{GrpcTransport, MAX_RAFT_MESSAGE_BYTES, RaftTransport};
+
+/// How long a graceful stop waits for the node's shard leaderships to move elsewhere.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping waits for storage work still running to let go of the engine.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a node runs with besides its config.
+pub struct StartOptions {
+    pub transport: Arc<dyn RaftTransport>,
+    pub engine: EngineOptions,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            transport: Arc::new(GrpcTransport::new(Duration::from_secs(2))),
+            engine: EngineOptions::default(),
+        }
+    }
+}
 
 /// A node serving on its listener; `stop` shuts it down.
 pub struct RunningNode {
@@ -32,65 +63,142 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops serving, then stops every shard group.
+    /// Stops gracefully: hands every shard this node leads to a caught-up replica elsewhere (so
+    /// clients see no election), stops serving, stops the shard groups and closes the engine.
     pub async fn stop(self) {
+        let still_leading = self.node.hand_over_leadership(HANDOVER_TIMEOUT).await;
+        info!(still_leading, "leaderships handed over; stopping");
+        self.halt().await;
+    }
+
+    /// Stops at once, as a crash would for the cluster: no leadership is handed over, peers find
+    /// out by timeouts. (Unlike a real crash, writes already made stay in the OS's buffers.)
+    pub async fn kill(self) {
+        self.halt().await;
+    }
+
+    async fn halt(self) {
         let _ = self.stop.send(());
         let _ = self.serving.await;
         self.node.shutdown().await;
+        let engine = self.node.engine().clone();
+        drop(self.node);
+        if !engine.close(CLOSE_TIMEOUT).await {
+            tracing::warn!("storage still in use after stopping; it closes when the last task ends");
+        }
     }
 }
 
 /// Starts a node with the gRPC transport, as `ringkv start` does.
 pub async fn start(config: &NodeConfig) -> anyhow::Result<RunningNode> {
-    start_with_transport(config, Arc::new(GrpcTransport::new(Duration::from_secs(2)))).await
+    start_with(config, StartOptions::default()).await
 }
 
-pub async fn start_with_transport(
-    config: &NodeConfig,
-    transport: Arc<dyn RaftTransport>,
-) -> anyhow::Result<RunningNode> {
-    let node = Node::start(config, transport).await?;
-    let listener = match TcpListener::bind(&config.listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            node.shutdown().await;
-            return Err(error).with_context(|| {
-                format!(
-                    "cannot listen on {}: is another process using this port? choose another --listen",
-                    config.listen
-                )
-            });
+pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let engine = Engine::open_with(&config.data_dir, options.engine)?;
+    let params = BootstrapParams::from_config(config)?;
+    let data_dir = config.data_dir.display().to_string();
+    let (record, member) = match identity::load(&engine)? {
+        Stored::Fresh => (identity::create_node(&engine, config.id())?, None),
+        Stored::Waiting(record) => (record, None),
+        Stored::Member {
+            node,
+            params: stored,
+            map,
+        } => {
+            let differences = params.differences(&stored, "the cluster in this data directory");
+            if node.node_id == config.id() && !differences.is_empty() {
+                bail!(
+                    "node {} refuses to start with settings that differ from its cluster's (data directory \
+                     {data_dir}): {}. Start it with the cluster's settings",
+                    node.node_id,
+                    differences.join("; ")
+                );
+            }
+            (node, Some(map))
         }
     };
+    if record.node_id != config.id() {
+        bail!(
+            "data directory {data_dir} belongs to node {}, but this node was started as node {}; use --node-id {} \
+             or another --data-dir",
+            record.node_id,
+            config.id(),
+            record.node_id
+        );
+    }
+
+    let listener = TcpListener::bind(&config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another process using this port? choose another --listen",
+            config.listen
+        )
+    })?;
     let local_addr = listener.local_addr()?;
+    let slot = NodeSlot::new(record, params.clone(), member.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(serve(node.clone(), listener, async {
+    let serving = tokio::spawn(serve(slot.clone(), listener, async {
         let _ = stopped.await;
     }));
-    info!(%local_addr, "serving Kv, Cluster and Raft");
-    Ok(RunningNode {
-        node,
-        local_addr,
-        stop,
-        serving,
-    })
+    info!(%local_addr, node_id = %record.node_id, "serving Kv, Cluster and Raft");
+
+    let started = async {
+        let map = match member {
+            Some(map) => map,
+            None => {
+                let map = bootstrap::join_or_form(record, &params, &data_dir).await?;
+                identity::save_cluster(&engine, &params, &map)?;
+                slot.set_map(map.clone());
+                map
+            }
+        };
+        let identity = LocalIdentity {
+            cluster_id: map.cluster_id,
+            node_id: record.node_id,
+            incarnation: record.incarnation,
+        };
+        Node::start(config, engine, identity, params, map, options.transport).await
+    };
+    match started.await {
+        Ok(node) => {
+            slot.set_node(node.clone());
+            Ok(RunningNode {
+                node,
+                local_addr,
+                stop,
+                serving,
+            })
+        }
+        Err(error) => {
+            let _ = stop.send(());
+            let _ = serving.await;
+            Err(error)
+        }
+    }
 }
 
 async fn serve(
-    node: Arc<Node>,
+    slot: Arc<NodeSlot>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            KvServer::new(KvService::new(node.clone()))
+            KvServer::new(KvService::new(slot.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(
-            RaftServer::new(RaftService::new(node))
+            ClusterServer::new(ClusterService::new(slot.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            RaftServer::new(RaftService::new(slot))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )

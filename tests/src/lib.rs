@@ -1,11 +1,15 @@
 //! ringkv's test harness: clusters of real `ringkv` processes ([`ProcessCluster`]) or of in-process
-//! nodes on real TCP ([`LocalCluster`]), plus the linearizability checker the fault tests use.
+//! nodes ([`LocalCluster`], Raft over real TCP or the fault-injecting in-memory network), the
+//! linearizability checker and the replica check the fault tests end with.
 
+pub mod checks;
 pub mod linearizability;
 pub mod local_cluster;
 pub mod ports;
 pub mod process_cluster;
+pub mod workload;
 
+pub use checks::assert_replicas_identical;
 pub use local_cluster::LocalCluster;
 pub use process_cluster::ProcessCluster;
 

@@ -1,8 +1,10 @@
 //! A linearizability checker for key-value histories recorded by concurrent test clients.
 //!
 //! Process overview:
-//! 1. Clients record every operation: `invoke` before sending, then `complete` with what they saw
-//!    or `fail` when the outcome is unknown (error or timeout: it may or may not have happened).
+//! 1. Clients record every operation: `invoke` before sending, then `complete` with what they saw,
+//!    `unknown` when it may or may not have happened (an `OutcomeUnknown` error or a deadline), or
+//!    `not_applied` when the error says it certainly did not happen (it is then left out, so a
+//!    write reported as failed that did apply shows up as a violation).
 //! 2. Operations on different keys are independent, so the history is split by key and each key
 //!    is checked alone (P-compositionality).
 //! 3. Per key, a Wing & Gong style depth-first search builds a sequential order: an operation may
@@ -61,6 +63,8 @@ pub struct Operation {
 pub struct History {
     started: Instant,
     operations: Arc<Mutex<Vec<Operation>>>,
+    /// Operations recorded as certainly not applied: left out of `operations()`.
+    not_applied: Arc<Mutex<HashSet<usize>>>,
 }
 
 /// Names an invoked operation so its completion can be recorded.
@@ -78,6 +82,7 @@ impl History {
         History {
             started: Instant::now(),
             operations: Arc::new(Mutex::new(Vec::new())),
+            not_applied: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -109,14 +114,28 @@ impl History {
         operation.outcome = Some(outcome);
     }
 
-    /// Records that the operation's outcome is unknown (error or timeout).
-    pub fn fail(&self, token: OpToken) {
+    /// Records that the operation may or may not have happened: it never returned.
+    pub fn unknown(&self, token: OpToken) {
         let _ = token;
     }
 
-    /// A copy of everything recorded so far.
+    /// Records that the operation certainly did not happen (the error said so): it is left out of
+    /// the history, so if it did happen after all, the checker finds a value nobody wrote.
+    pub fn not_applied(&self, token: OpToken) {
+        self.not_applied.lock().expect("history lock").insert(token.0);
+    }
+
+    /// A copy of everything recorded so far, without the operations that did not happen.
     pub fn operations(&self) -> Vec<Operation> {
-        self.operations.lock().expect("history lock").clone()
+        let not_applied = self.not_applied.lock().expect("history lock").clone();
+        self.operations
+            .lock()
+            .expect("history lock")
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !not_applied.contains(index))
+            .map(|(_, operation)| operation.clone())
+            .collect()
     }
 }
 
@@ -632,6 +651,27 @@ mod tests {
     }
 
     #[test]
+    fn a_write_recorded_as_not_applied_that_did_apply_is_caught() {
+        // A client was told its put certainly failed, yet a later read sees the value.
+        let history = History::new();
+        let put = history.invoke(0, b"k", Op::Put(b"v1".to_vec()));
+        history.not_applied(put);
+        let get = history.invoke(1, b"k", Op::Get);
+        history.complete(get, Outcome::Value(Some(b"v1".to_vec())));
+        assert!(matches!(
+            check(&history.operations(), BUDGET),
+            Verdict::NotLinearizable { .. }
+        ));
+        // Recorded as unknown instead, the same history is fine: the put may have happened.
+        let history = History::new();
+        let put = history.invoke(0, b"k", Op::Put(b"v1".to_vec()));
+        history.unknown(put);
+        let get = history.invoke(1, b"k", Op::Get);
+        history.complete(get, Outcome::Value(Some(b"v1".to_vec())));
+        assert_eq!(check(&history.operations(), BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
     fn the_recorder_is_usable_from_many_tasks() {
         let history = History::new();
         let threads: Vec<_> = (0..4)
@@ -641,7 +681,7 @@ mod tests {
                     for i in 0..10 {
                         let token = history.invoke(client, b"k", put(&format!("{client}-{i}")));
                         if i % 3 == 0 {
-                            history.fail(token);
+                            history.unknown(token);
                         } else {
                             history.complete(token, Outcome::Ok);
                         }

@@ -1,6 +1,7 @@
-//! A cluster of in-process nodes, each with its own data dir, talking over real TCP (gRPC
-//! transport) or in memory ([`MemoryTransport`]). Tests use it where they need to look inside a
-//! node (its engine, its Raft metrics) or to stop and restart nodes without a process.
+//! A cluster of in-process nodes, each with its own data dir (real RocksDB), talking Raft over
+//! real TCP (gRPC transport) or over the fault-injecting [`MemoryNetwork`]; clients always use
+//! real gRPC. Tests use it where they need to look inside a node (its engine, its Raft metrics),
+//! to inject network faults, or to stop, kill and restart nodes without a process.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ringkv_client::{Client, ClientConfig};
-use ringkv_server::transport::{GrpcTransport, MemoryTransport, RaftTransport};
-use ringkv_server::{NodeConfig, RunningNode};
+use ringkv_engine::{EngineOptions, NodeId};
+use ringkv_server::transport::{GrpcTransport, MemoryNetwork, RaftTransport};
+use ringkv_server::{NodeConfig, RunningNode, StartOptions};
 use tempfile::TempDir;
 
 use crate::ports::free_ports;
 
 pub enum TransportKind {
     Grpc,
-    Memory(Arc<MemoryTransport>),
+    Memory(Arc<MemoryNetwork>),
 }
 
 pub struct LocalCluster {
@@ -24,15 +26,29 @@ pub struct LocalCluster {
     /// Running nodes by node id; `None` while stopped.
     pub nodes: BTreeMap<u64, Option<RunningNode>>,
     transport: TransportKind,
+    /// Shared by every node's engine: a test switch turned on here affects them all.
+    pub engine_options: EngineOptions,
     _dir: TempDir,
 }
 
 impl LocalCluster {
     /// Starts `n` nodes with `shards` shards; `tune` adjusts every node's config before start.
+    /// The nodes start together: a new cluster forms once all of them are up.
     pub async fn start(
         n: usize,
         shards: u32,
         transport: TransportKind,
+        tune: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<LocalCluster> {
+        LocalCluster::start_with(n, shards, transport, EngineOptions::default(), tune).await
+    }
+
+    /// `start` with engine options (test switches) shared by every node.
+    pub async fn start_with(
+        n: usize,
+        shards: u32,
+        transport: TransportKind,
+        engine_options: EngineOptions,
         tune: impl Fn(&mut NodeConfig),
     ) -> anyhow::Result<LocalCluster> {
         crate::init_logging();
@@ -63,10 +79,13 @@ impl LocalCluster {
             configs,
             nodes: BTreeMap::new(),
             transport,
+            engine_options,
             _dir: dir,
         };
-        for node_id in 1..=n as u64 {
-            cluster.start_node(node_id).await?;
+        let starts = (1..=n as u64).map(|node_id| cluster.launch(node_id));
+        let started = futures::future::try_join_all(starts).await?;
+        for (node_id, running) in (1..=n as u64).zip(started) {
+            cluster.adopt(node_id, running);
         }
         Ok(cluster)
     }
@@ -75,26 +94,47 @@ impl LocalCluster {
         &self.configs[node_id as usize - 1]
     }
 
-    pub async fn start_node(&mut self, node_id: u64) -> anyhow::Result<()> {
+    /// Starts a node's server (without recording it).
+    async fn launch(&self, node_id: u64) -> anyhow::Result<RunningNode> {
         let config = self.config(node_id).clone();
         let transport: Arc<dyn RaftTransport> = match &self.transport {
             TransportKind::Grpc => Arc::new(GrpcTransport::new(Duration::from_secs(1))),
-            TransportKind::Memory(memory) => memory.clone(),
+            TransportKind::Memory(network) => network.endpoint(NodeId(node_id)),
         };
-        let running = ringkv_server::start_with_transport(&config, transport)
+        let options = StartOptions {
+            transport,
+            engine: self.engine_options.clone(),
+        };
+        ringkv_server::start_with(&config, options)
             .await
-            .with_context(|| format!("starting node {node_id}"))?;
-        if let TransportKind::Memory(memory) = &self.transport {
-            memory.register(&running.node);
+            .with_context(|| format!("starting node {node_id}"))
+    }
+
+    fn adopt(&mut self, node_id: u64, running: RunningNode) {
+        if let TransportKind::Memory(network) = &self.transport {
+            network.register(&running.node);
         }
         self.nodes.insert(node_id, Some(running));
+    }
+
+    /// Restarts a stopped node (its data dir is kept).
+    pub async fn start_node(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let running = self.launch(node_id).await?;
+        self.adopt(node_id, running);
         Ok(())
     }
 
-    /// Stops a node cleanly (its data dir stays for a restart).
+    /// Stops a node gracefully: its shard leaderships are handed over first.
     pub async fn stop_node(&mut self, node_id: u64) {
         if let Some(Some(running)) = self.nodes.insert(node_id, None) {
             running.stop().await;
+        }
+    }
+
+    /// Stops a node as a crash would for the cluster: nothing is handed over.
+    pub async fn kill_node(&mut self, node_id: u64) {
+        if let Some(Some(running)) = self.nodes.insert(node_id, None) {
+            running.kill().await;
         }
     }
 
@@ -102,19 +142,32 @@ impl LocalCluster {
         self.nodes[&node_id].as_ref().expect("node is running")
     }
 
+    pub fn is_running(&self, node_id: u64) -> bool {
+        self.nodes.get(&node_id).is_some_and(Option::is_some)
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.configs.iter().map(|c| c.listen.clone()).collect()
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with_timeout(Duration::from_secs(10)).await
+    }
+
+    pub async fn client_with_timeout(&self, timeout: Duration) -> anyhow::Result<Client> {
         let mut config = ClientConfig::new(self.endpoints());
-        config.request_timeout = Duration::from_secs(10);
+        config.request_timeout = timeout;
         Ok(Client::with_config(config).await?)
     }
 
     /// Waits until every running node sees a leader for each of its shards and, when every node
     /// runs, until each shard is led by its preferred node (the leader balancer has settled).
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_leaders(timeout, true).await
+    }
+
+    /// Waits until every running node sees a leader for each of its shards.
+    pub async fn wait_for_leaders(&self, timeout: Duration, settled: bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let all_running = self.nodes.values().all(Option::is_some);
         loop {
@@ -127,12 +180,12 @@ impl LocalCluster {
                 let map = running.node.shard_map();
                 for replica in running.node.status().replicas {
                     let preferred = map
-                        .shard(replica.shard_id)
+                        .shard(ringkv_engine::ShardId(replica.shard_id))
                         .and_then(|s| s.voters.first())
-                        .map(|v| v.node_id);
-                    let settled = replica.leader_node_id != 0
-                        && (!all_running || Some(replica.leader_node_id) == preferred);
-                    if !settled {
+                        .map(|v| v.node_id.0);
+                    let ok = replica.leader_node_id != 0
+                        && (!settled || !all_running || Some(replica.leader_node_id) == preferred);
+                    if !ok {
                         problems.push((node_id, replica.shard_id, replica.leader_node_id));
                     }
                 }
@@ -143,14 +196,58 @@ impl LocalCluster {
             if Instant::now() > deadline {
                 bail!("after {timeout:?}, (node, shard, leader) without a settled leader: {problems:?}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running replica of every shard has applied everything its shard's
+    /// leader has committed (as the leader reported it when this was called).
+    pub async fn wait_caught_up(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<_> = self
+                .nodes
+                .values()
+                .flatten()
+                .map(|running| running.node.status())
+                .collect();
+            let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
+            for status in &statuses {
+                for replica in &status.replicas {
+                    if replica.role == "leader" {
+                        committed.insert(replica.shard_id, replica.committed_index);
+                    }
+                }
+            }
+            let behind: Vec<(u64, u64, u64, u64)> = statuses
+                .iter()
+                .flat_map(|status| {
+                    let committed = &committed;
+                    status.replicas.iter().filter_map(move |r| {
+                        let target = committed.get(&r.shard_id).copied().unwrap_or(u64::MAX);
+                        (r.applied_index < target).then_some((
+                            status.node_id,
+                            r.shard_id,
+                            r.applied_index,
+                            target,
+                        ))
+                    })
+                })
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("after {timeout:?}, (node, shard, applied, leader's commit) still behind: {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn shutdown(mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for node_id in ids {
-            self.stop_node(node_id).await;
+            self.kill_node(node_id).await;
         }
     }
 }

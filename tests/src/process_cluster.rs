@@ -164,6 +164,81 @@ impl ProcessCluster {
         }
     }
 
+    /// Sends SIGTERM (a graceful stop: the node hands its shard leaderships over first) and waits
+    /// up to `timeout` for the process to exit; SIGKILLs it if it has not. Returns whether it
+    /// exited on its own, with success.
+    pub fn terminate(&mut self, node_id: u64, timeout: Duration) -> bool {
+        let Some(mut child) = self.node_mut(node_id).child.take() else {
+            return false;
+        };
+        signal(&child, "TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Freezes a node's process (SIGSTOP): it keeps its sockets, but answers nothing.
+    pub fn pause(&self, node_id: u64) {
+        if let Some(child) = &self.node(node_id).child {
+            signal(child, "STOP");
+        }
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn resume(&self, node_id: u64) {
+        if let Some(child) = &self.node(node_id).child {
+            signal(child, "CONT");
+        }
+    }
+
+    /// Deletes a stopped node's data directory, as a replaced disk would.
+    pub fn wipe(&self, node_id: u64) -> anyhow::Result<()> {
+        let node = self.node(node_id);
+        assert!(node.child.is_none(), "wipe a node only while it is stopped");
+        std::fs::remove_dir_all(&node.data_dir)
+            .with_context(|| format!("cannot delete {}", node.data_dir.display()))
+    }
+
+    /// Runs `ringkv start` for `node_id` with extra arguments in the foreground, waiting at most
+    /// `timeout` for it to exit (it is killed otherwise), and returns its output. For nodes that
+    /// must refuse to start.
+    pub fn run_to_exit(
+        &self,
+        node_id: u64,
+        extra_args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::Output> {
+        let mut command = self.start_command(node_id);
+        command
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(child.wait_with_output()?);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output()?;
+                bail!(
+                    "node {node_id} did not exit within {timeout:?}; its output:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
@@ -301,10 +376,23 @@ impl ProcessCluster {
     }
 }
 
+/// Sends `signal` (a name such as "TERM") to a child process, by its pid, with `kill(1)`. A
+/// process that is already gone is not an error.
+fn signal(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
+                // A paused process must be resumed to die promptly.
+                signal(&child, "CONT");
                 let _ = child.kill();
                 let _ = child.wait();
             }

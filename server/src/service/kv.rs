@@ -1,29 +1,34 @@
 //! The Kv service: validates each request, routes it to the local replica of the key's shard, and
-//! either proposes a command (writes) or waits for a linearizable read barrier and reads the engine.
+//! either proposes a command (writes, with the client's request id so retries apply once) or
+//! waits for a linearizable read barrier and reads the engine. Every wait is bounded by the
+//! request's budget (`ringkv-budget-ms`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use ringkv_engine::{BatchOp, Command, CommandResult, Expect, Versioned};
+use ringkv_engine::{BatchOp, Command, CommandResult, Expect, Proposal, RequestId, Versioned, now_ms};
 use ringkv_proto::pb::{self, kv_server::Kv};
 use ringkv_proto::{check_batch, check_key, check_value};
 
 use crate::error::ServiceError;
-use crate::node::Node;
+use crate::node::{Node, NodeSlot};
 
 /// Largest page a scan returns, whatever the client asks for.
 const MAX_SCAN_LIMIT: usize = 10_000;
 /// Page size when the client leaves `limit` at 0.
 const DEFAULT_SCAN_LIMIT: usize = 100;
+/// The metadata entry carrying how long the node may work on a request, in milliseconds.
+pub const BUDGET_HEADER: &str = "ringkv-budget-ms";
 
 pub struct KvService {
-    node: Arc<Node>,
+    slot: Arc<NodeSlot>,
 }
 
 impl KvService {
-    pub fn new(node: Arc<Node>) -> Self {
-        KvService { node }
+    pub fn new(slot: Arc<NodeSlot>) -> Self {
+        KvService { slot }
     }
 }
 
@@ -40,39 +45,94 @@ fn unexpected(result: CommandResult) -> ServiceError {
     ))
 }
 
+/// The client's budget for this request, if it sent one.
+fn client_budget<T>(request: &Request<T>) -> Result<Option<Duration>, ServiceError> {
+    let Some(value) = request.metadata().get(BUDGET_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .map(|millis| Some(Duration::from_millis(millis)))
+        .ok_or_else(|| {
+            ServiceError::InvalidArgument(format!("{BUDGET_HEADER} must be a number of milliseconds"))
+        })
+}
+
+/// Wraps `command` with the client's request id (checked) and this leader's clock.
+fn proposal(request_id: Option<pb::RequestId>, command: Command) -> Result<Proposal, ServiceError> {
+    let (request, client_floor) = match request_id {
+        None => (None, 0),
+        Some(id) => {
+            if id.seq == 0 || id.first_incomplete > id.seq {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "request id is malformed: seq must be at least 1 and first_incomplete at most seq \
+                     (got seq {}, first_incomplete {})",
+                    id.seq, id.first_incomplete
+                )));
+            }
+            let request = RequestId {
+                client: id.client_id,
+                seq: id.seq,
+            };
+            (Some(request), id.first_incomplete)
+        }
+    };
+    Ok(Proposal {
+        request,
+        client_floor,
+        proposed_at_ms: now_ms(),
+        command,
+    })
+}
+
 impl KvService {
-    async fn get(&self, request: pb::GetRequest) -> Result<pb::GetResponse, ServiceError> {
-        let replica = self.node.route(request.route.as_ref(), &request.key)?;
-        self.node.linearizable_barrier(&replica).await?;
-        let value = self.node.engine().get(&request.key)?;
+    fn node(&self) -> Result<&Arc<Node>, ServiceError> {
+        self.slot.require()
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<pb::GetResponse, ServiceError> {
+        let node = self.node()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let replica = node.route(request.route.as_ref(), &request.key)?;
+        node.linearizable_barrier(&replica, budget).await?;
+        let value = node.read_key(&replica, request.key.to_vec()).await?;
         Ok(pb::GetResponse {
             value: value.map(versioned),
         })
     }
 
-    async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, ServiceError> {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<pb::PutResponse, ServiceError> {
+        let node = self.node()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
         check_value(&request.value)?;
-        let replica = self.node.route(request.route.as_ref(), &request.key)?;
+        let replica = node.route(request.route.as_ref(), &request.key)?;
         let command = Command::Put {
             key: request.key.to_vec(),
             value: request.value.to_vec(),
         };
-        match self.node.write(&replica, command).await? {
+        match node
+            .write(&replica, proposal(request.request_id, command)?, budget)
+            .await?
+        {
             CommandResult::Put { version } => Ok(pb::PutResponse { version }),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn delete(&self, request: pb::DeleteRequest) -> Result<pb::DeleteResponse, ServiceError> {
-        let replica = self.node.route(request.route.as_ref(), &request.key)?;
-        match self
-            .node
-            .write(
-                &replica,
-                Command::Delete {
-                    key: request.key.to_vec(),
-                },
-            )
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<pb::DeleteResponse, ServiceError> {
+        let node = self.node()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let replica = node.route(request.route.as_ref(), &request.key)?;
+        let command = Command::Delete {
+            key: request.key.to_vec(),
+        };
+        match node
+            .write(&replica, proposal(request.request_id, command)?, budget)
             .await?
         {
             CommandResult::Delete { existed } => Ok(pb::DeleteResponse { existed }),
@@ -80,10 +140,20 @@ impl KvService {
         }
     }
 
-    async fn compare_and_swap(&self, request: pb::CasRequest) -> Result<pb::CasResponse, ServiceError> {
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CasRequest>,
+    ) -> Result<pb::CasResponse, ServiceError> {
         use pb::cas_request::Expect as WireExpect;
+        let node = self.node()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
         let expect = match request.expect {
-            Some(WireExpect::ExpectValue(value)) => Expect::Value(value.to_vec()),
+            Some(WireExpect::ExpectValue(value)) => {
+                check_value(&value)
+                    .map_err(|e| ServiceError::InvalidArgument(format!("the expected value: {e}")))?;
+                Expect::Value(value.to_vec())
+            }
             Some(WireExpect::ExpectVersion(version)) => Expect::Version(version),
             Some(WireExpect::ExpectAbsent(_)) => Expect::Absent,
             None => {
@@ -98,13 +168,16 @@ impl KvService {
             check_value(&request.new_value)?;
             Some(request.new_value.to_vec())
         };
-        let replica = self.node.route(request.route.as_ref(), &request.key)?;
+        let replica = node.route(request.route.as_ref(), &request.key)?;
         let command = Command::Cas {
             key: request.key.to_vec(),
             expect,
             new_value,
         };
-        match self.node.write(&replica, command).await? {
+        match node
+            .write(&replica, proposal(request.request_id, command)?, budget)
+            .await?
+        {
             CommandResult::Cas {
                 succeeded,
                 version,
@@ -118,7 +191,10 @@ impl KvService {
         }
     }
 
-    async fn batch(&self, request: pb::BatchRequest) -> Result<pb::BatchResponse, ServiceError> {
+    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<pb::BatchResponse, ServiceError> {
+        let node = self.node()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
         let mut total_bytes = 0;
         let mut ops = Vec::with_capacity(request.ops.len());
         for (index, op) in request.ops.iter().enumerate() {
@@ -144,9 +220,9 @@ impl KvService {
             });
         }
         check_batch(ops.len(), total_bytes)?;
-        let replica = self.node.route(request.route.as_ref(), &request.ops[0].key)?;
+        let replica = node.route(request.route.as_ref(), &request.ops[0].key)?;
         for op in &request.ops[1..] {
-            let other = self.node.route(request.route.as_ref(), &op.key);
+            let other = node.route(request.route.as_ref(), &op.key);
             if other.as_ref().map(|r| r.shard_id).ok() != Some(replica.shard_id) {
                 return Err(ServiceError::InvalidArgument(format!(
                     "an atomic batch must stay within one shard (give its keys one hash tag, like {{user42}}:a); \
@@ -155,23 +231,32 @@ impl KvService {
                 )));
             }
         }
-        match self.node.write(&replica, Command::Batch { ops }).await? {
+        match node
+            .write(
+                &replica,
+                proposal(request.request_id, Command::Batch { ops })?,
+                budget,
+            )
+            .await?
+        {
             CommandResult::Batch { version } => Ok(pb::BatchResponse { version }),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn scan(&self, request: pb::ScanRequest) -> Result<pb::ScanResponse, ServiceError> {
-        let replica = self.node.route_shard(request.route.as_ref())?;
+    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<pb::ScanResponse, ServiceError> {
+        let node = self.node()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let replica = node.route_shard(request.route.as_ref())?;
         let limit = match request.limit as usize {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
         };
-        self.node.linearizable_barrier(&replica).await?;
-        let page = self
-            .node
-            .engine()
-            .scan(replica.range, &request.cursor, &request.prefix, limit)?;
+        node.linearizable_barrier(&replica, budget).await?;
+        let page = node
+            .scan(&replica, request.cursor.to_vec(), request.prefix.to_vec(), limit)
+            .await?;
         Ok(pb::ScanResponse {
             entries: page
                 .entries
@@ -190,36 +275,32 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        Ok(Response::new(KvService::get(self, request.into_inner()).await?))
+        Ok(Response::new(KvService::get(self, request).await?))
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        Ok(Response::new(KvService::put(self, request.into_inner()).await?))
+        Ok(Response::new(KvService::put(self, request).await?))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        Ok(Response::new(
-            KvService::delete(self, request.into_inner()).await?,
-        ))
+        Ok(Response::new(KvService::delete(self, request).await?))
     }
 
     async fn compare_and_swap(
         &self,
         request: Request<pb::CasRequest>,
     ) -> Result<Response<pb::CasResponse>, Status> {
-        Ok(Response::new(
-            KvService::compare_and_swap(self, request.into_inner()).await?,
-        ))
+        Ok(Response::new(KvService::compare_and_swap(self, request).await?))
     }
 
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        Ok(Response::new(KvService::batch(self, request.into_inner()).await?))
+        Ok(Response::new(KvService::batch(self, request).await?))
     }
 
     async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        Ok(Response::new(KvService::scan(self, request.into_inner()).await?))
+        Ok(Response::new(KvService::scan(self, request).await?))
     }
 }

@@ -1,6 +1,7 @@
 //! The production transport: Raft messages for every shard go to a peer over one tonic channel
 //! (one HTTP/2 connection, created lazily and kept) per peer address, tagged with shard and
-//! replica ids. Payloads are postcard-encoded openraft messages (see `wire`).
+//! replica ids and the sender's identity. Payloads are postcard-encoded openraft messages (see
+//! `wire`). Snapshots stream both ways: file chunks out, acknowledgements and keep-alives back.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,9 +25,11 @@ use super::{RaftTransport, Target, TransportError};
 use crate::wire;
 
 /// Bytes of snapshot file per streamed chunk.
-const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// Largest Raft message accepted: 64 entries of up to 1 MiB values plus framing.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest Raft message accepted. Replication payloads stop at a byte budget
+/// (`REPLICATION_PAYLOAD_BYTES`, 4 MiB) but always carry at least one entry, and one entry is at
+/// most a batch of 8 MiB: 64 MiB leaves room for both and the framing.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One unary call of the Raft service on a client: which RPC `unary` makes.
 type UnaryCall = fn(
@@ -87,9 +90,10 @@ impl GrpcTransport {
         let addr = target.addr.clone();
         let client = self.client(&addr);
         let request = pb::RaftRequest {
-            shard_id: target.shard_id,
-            target_replica_id: target.replica_id,
+            shard_id: target.shard_id.0,
+            target_replica_id: target.replica_id.0,
             payload: wire::encode(&rpc).into(),
+            header: Some(target.header.to_proto()),
         };
         Box::pin(async move {
             let mut request = tonic::Request::new(request);
@@ -161,6 +165,17 @@ impl RaftTransport for GrpcTransport {
         })
     }
 
+    fn pre_vote(
+        &self,
+        target: &Target,
+        rpc: VoteRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
+        self.unary(target, rpc, timeout, |mut client, request| {
+            Box::pin(async move { client.pre_vote(request).await })
+        })
+    }
+
     fn transfer_leader(
         &self,
         target: &Target,
@@ -177,30 +192,34 @@ impl RaftTransport for GrpcTransport {
         target: &Target,
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
-        timeout: Duration,
+        idle_timeout: Duration,
     ) -> BoxFuture<'static, Result<SnapshotResponse<TypeConfig>, TransportError>> {
         let addr = target.addr.clone();
         let client = self.client(&addr);
-        let (shard_id, target_replica_id) = (target.shard_id, target.replica_id);
+        let (shard_id, target_replica_id, raft_header) =
+            (target.shard_id.0, target.replica_id.0, target.header.to_proto());
         Box::pin(async move {
             let mut client = client?;
+            let network = |message: String| TransportError::Network {
+                addr: addr.clone(),
+                message,
+            };
             let header = wire::encode(&(vote, snapshot.meta.clone()));
             let path = snapshot.snapshot.path.clone();
             let mut file = tokio::fs::File::open(&path)
                 .await
-                .map_err(|e| TransportError::Network {
-                    addr: addr.clone(),
-                    message: format!("cannot open snapshot file {}: {e}", path.display()),
-                })?;
-            // A bounded channel feeds the request stream, so at most a few chunks sit in memory.
+                .map_err(|e| network(format!("cannot open snapshot file {}: {e}", path.display())))?;
+            // A bounded channel feeds the request stream, so at most a few chunks sit in memory;
+            // the reader task ends when the file does or the call is dropped.
             let (sender, receiver) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
-            let reader_addr = addr.clone();
+            let reader_path = path.clone();
             let reader = tokio::spawn(async move {
                 let first = pb::SnapshotChunk {
                     shard_id,
                     target_replica_id,
                     header: header.into(),
                     data: Default::default(),
+                    raft_header: Some(raft_header),
                 };
                 if sender.send(first).await.is_err() {
                     return Ok(());
@@ -210,10 +229,7 @@ impl RaftTransport for GrpcTransport {
                     let n = file
                         .read(&mut buffer)
                         .await
-                        .map_err(|e| TransportError::Network {
-                            addr: reader_addr.clone(),
-                            message: format!("cannot read snapshot file: {e}"),
-                        })?;
+                        .map_err(|e| format!("cannot read snapshot file {}: {e}", reader_path.display()))?;
                     if n == 0 {
                         return Ok(());
                     }
@@ -223,6 +239,7 @@ impl RaftTransport for GrpcTransport {
                         target_replica_id,
                         header: Default::default(),
                         data: buffer.into(),
+                        raft_header: None,
                     };
                     if sender.send(chunk).await.is_err() {
                         return Ok(());
@@ -230,28 +247,40 @@ impl RaftTransport for GrpcTransport {
                 }
             });
             let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
-            let reply = tokio::time::timeout(timeout, client.install_snapshot(stream)).await;
-            let read_result = reader.await;
-            let reply = reply
-                .map_err(|_| TransportError::Network {
-                    addr: addr.clone(),
-                    message: format!(
-                        "snapshot transfer did not finish within {} ms",
-                        timeout.as_millis()
-                    ),
-                })?
-                .map_err(|status| status_error(&addr, status))?;
-            match read_result {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error),
-                Err(error) => {
-                    return Err(TransportError::Network {
-                        addr,
-                        message: format!("snapshot reader failed: {error}"),
-                    });
+            let idle = |what: &str| {
+                network(format!(
+                    "snapshot transfer: no {what} for {} ms",
+                    idle_timeout.as_millis()
+                ))
+            };
+            let mut progress = tokio::time::timeout(idle_timeout, client.install_snapshot(stream))
+                .await
+                .map_err(|_| idle("answer"))?
+                .map_err(|status| status_error(&addr, status))?
+                .into_inner();
+            // Every message from the receiver (a chunk written, a keep-alive while it installs)
+            // resets the idle timer; the last one carries the reply.
+            let reply = loop {
+                match tokio::time::timeout(idle_timeout, progress.message()).await {
+                    Err(_) => {
+                        reader.abort();
+                        return Err(idle("progress"));
+                    }
+                    Ok(Err(status)) => return Err(status_error(&addr, status)),
+                    Ok(Ok(None)) => return Err(network("snapshot stream ended without a reply".into())),
+                    Ok(Ok(Some(message))) => {
+                        if let Some(reply) = message.reply {
+                            break reply;
+                        }
+                    }
                 }
+            };
+            match reader.await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(network(message)),
+                Err(error) => return Err(network(format!("snapshot reader failed: {error}"))),
             }
-            decode_reply(&addr, &reply.into_inner().payload)
+            decode_reply(&addr, &reply.payload)
         })
     }
 }

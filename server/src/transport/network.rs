@@ -1,8 +1,9 @@
-//! openraft's network for one shard group: a thin adapter that stamps the shard id and target on
-//! every message and hands it to the node-wide [`RaftTransport`].
+//! openraft's network for one shard group: a thin adapter that stamps the shard id, the target and
+//! the sender's identity on every message and hands it to the node-wide [`RaftTransport`].
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -14,18 +15,31 @@ use openraft::raft::{
 
 use ringkv_engine::{ReplicaId, ReplicaNode, ShardId, SnapshotFile, TypeConfig};
 
-use super::{RaftTransport, Target, TransportError};
+use super::{RaftHeader, RaftTransport, Target, TransportError};
+use crate::identity::LocalIdentity;
 
 /// Creates one `ShardNetwork` per peer replica of a shard.
 #[derive(Clone)]
 pub struct ShardNetworkFactory {
     shard_id: ShardId,
     transport: Arc<dyn RaftTransport>,
+    local: LocalIdentity,
+    snapshot_idle_timeout: Duration,
 }
 
 impl ShardNetworkFactory {
-    pub fn new(shard_id: ShardId, transport: Arc<dyn RaftTransport>) -> Self {
-        ShardNetworkFactory { shard_id, transport }
+    pub fn new(
+        shard_id: ShardId,
+        transport: Arc<dyn RaftTransport>,
+        local: LocalIdentity,
+        snapshot_idle_timeout: Duration,
+    ) -> Self {
+        ShardNetworkFactory {
+            shard_id,
+            transport,
+            local,
+            snapshot_idle_timeout,
+        }
     }
 }
 
@@ -40,8 +54,16 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
                 addr: node.addr.clone(),
                 shard_id: self.shard_id,
                 replica_id: target,
+                header: RaftHeader {
+                    cluster_id: self.local.cluster_id,
+                    from_node: self.local.node_id,
+                    from_incarnation: self.local.incarnation,
+                    to_node: node.node_id,
+                    to_incarnation: node.incarnation,
+                },
             },
             transport: self.transport.clone(),
+            snapshot_idle_timeout: self.snapshot_idle_timeout,
         }
     }
 }
@@ -50,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
 pub struct ShardNetwork {
     target: Target,
     transport: Arc<dyn RaftTransport>,
+    snapshot_idle_timeout: Duration,
 }
 
 fn rpc_error(error: TransportError) -> RPCError<TypeConfig> {
@@ -86,6 +109,17 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
             .map_err(rpc_error)
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.transport
+            .pre_vote(&self.target, rpc, option.hard_ttl())
+            .await
+            .map_err(rpc_error)
+    }
+
     async fn transfer_leader(
         &mut self,
         rpc: TransferLeaderRequest<TypeConfig>,
@@ -102,11 +136,13 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        // openraft's option carries one overall timeout; a large snapshot needs an idle timeout
+        // instead (see `RaftTransport::install_snapshot`).
         let send = self
             .transport
-            .install_snapshot(&self.target, vote, snapshot, option.hard_ttl());
+            .install_snapshot(&self.target, vote, snapshot, self.snapshot_idle_timeout);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = send => result.map_err(|error| match error {

@@ -1,5 +1,5 @@
-//! The transport contract every shard's Raft network uses: where a message goes (`Target`), how
-//! sending can fail (`TransportError`), and the `RaftTransport` trait itself.
+//! The transport contract every shard's Raft network uses: where a message goes and who sends it
+//! (`Target`, `RaftHeader`), how sending can fail (`TransportError`), and the `RaftTransport` trait.
 
 use std::time::Duration;
 
@@ -11,14 +11,51 @@ use openraft::raft::{
 };
 use thiserror::Error;
 
-use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};
+use ringkv_engine::{NodeId, ReplicaId, ShardId, SnapshotFile, TypeConfig};
+use ringkv_proto::pb;
 
-/// Where a Raft message goes: a replica of a shard, on the node at `addr`.
+/// Who sends a Raft message and to whom. The receiver refuses a message of another cluster, one
+/// addressed to another incarnation of itself, and one from a sender whose incarnation is not the
+/// one its shard map records (see `Node::check_raft_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftHeader {
+    pub cluster_id: u64,
+    pub from_node: NodeId,
+    pub from_incarnation: u64,
+    pub to_node: NodeId,
+    pub to_incarnation: u64,
+}
+
+impl RaftHeader {
+    pub fn to_proto(self) -> pb::RaftHeader {
+        pb::RaftHeader {
+            cluster_id: self.cluster_id,
+            from_node: self.from_node.0,
+            from_incarnation: self.from_incarnation,
+            to_node: self.to_node.0,
+            to_incarnation: self.to_incarnation,
+        }
+    }
+
+    pub fn from_proto(header: &pb::RaftHeader) -> RaftHeader {
+        RaftHeader {
+            cluster_id: header.cluster_id,
+            from_node: NodeId(header.from_node),
+            from_incarnation: header.from_incarnation,
+            to_node: NodeId(header.to_node),
+            to_incarnation: header.to_incarnation,
+        }
+    }
+}
+
+/// Where a Raft message goes: a replica of a shard, on the node at `addr`, with the header that
+/// names sender and receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub addr: String,
     pub shard_id: ShardId,
     pub replica_id: ReplicaId,
+    pub header: RaftHeader,
 }
 
 #[derive(Debug, Error)]
@@ -29,7 +66,8 @@ pub enum TransportError {
     /// The peer was reached but the call did not finish in time or broke midway.
     #[error("call to peer {addr} failed: {message}")]
     Network { addr: String, message: String },
-    /// The peer answered with an error (e.g. it does not host the shard, or is shutting down).
+    /// The peer answered with an error (e.g. it does not host the shard, it refused our identity,
+    /// or it is shutting down).
     #[error("peer {addr} refused: {message}")]
     Remote { addr: String, message: String },
 }
@@ -51,6 +89,14 @@ pub trait RaftTransport: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>>;
 
+    /// Asks whether the target would vote for the candidate, without it changing any state.
+    fn pre_vote(
+        &self,
+        target: &Target,
+        rpc: VoteRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>>;
+
     fn transfer_leader(
         &self,
         target: &Target,
@@ -58,11 +104,14 @@ pub trait RaftTransport: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<TransferLeaderResponse<TypeConfig>, TransportError>>;
 
+    /// Streams a snapshot to the target and waits for it to be installed. There is no overall
+    /// deadline (a large shard takes as long as it takes); the transfer fails when nothing moves in
+    /// either direction for `idle_timeout`.
     fn install_snapshot(
         &self,
         target: &Target,
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
-        timeout: Duration,
+        idle_timeout: Duration,
     ) -> BoxFuture<'static, Result<SnapshotResponse<TypeConfig>, TransportError>>;
 }

@@ -38,6 +38,7 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         route: None,
         key,
         value,
+        request_id: None,
     };
 
     assert_invalid(
@@ -74,6 +75,7 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         .collect();
     assert_invalid(
         raw.batch(pb::BatchRequest {
+            request_id: None,
             route: None,
             ops: too_many,
         })
@@ -85,6 +87,7 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         .collect();
     assert_invalid(
         raw.batch(pb::BatchRequest {
+            request_id: None,
             route: None,
             ops: too_big,
         })
@@ -97,6 +100,7 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
     ];
     assert_invalid(
         raw.batch(pb::BatchRequest {
+            request_id: None,
             route: None,
             ops: empty_key_inside,
         })
@@ -108,6 +112,7 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         .collect();
     assert_invalid(
         raw.batch(pb::BatchRequest {
+            request_id: None,
             route: None,
             ops: cross_shard,
         })
@@ -122,6 +127,36 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         .await,
         "expectation",
     );
+    // The expected value of a compare-and-swap is a user byte field like any other.
+    assert_invalid(
+        raw.compare_and_swap(pb::CasRequest {
+            key: Bytes::from_static(b"cas-big"),
+            expect: Some(pb::cas_request::Expect::ExpectValue(Bytes::from(vec![
+                0u8;
+                (1 << 20)
+                    + 1
+            ]))),
+            new_value: Bytes::from_static(b"v"),
+            ..Default::default()
+        })
+        .await,
+        "1 MiB",
+    );
+    // A malformed request id is refused too.
+    assert_invalid(
+        raw.put(pb::PutRequest {
+            route: None,
+            key: Bytes::from_static(b"bad-id"),
+            value: Bytes::from_static(b"v"),
+            request_id: Some(pb::RequestId {
+                client_id: 1,
+                seq: 0,
+                first_incomplete: 0,
+            }),
+        })
+        .await,
+        "request id",
+    );
 
     // Nothing any refused request carried was written.
     assert_eq!(client.get("big").await?, None);
@@ -129,6 +164,8 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
     assert_eq!(client.get("{t}big-0").await?, None);
     assert_eq!(client.get("{t}fine").await?, None);
     assert_eq!(client.get("spread-0").await?, None);
+    assert_eq!(client.get("cas-big").await?, None);
+    assert_eq!(client.get("bad-id").await?, None);
 
     // The client refuses the same input before sending, with the same words.
     let error = client.put("", "v").await.expect_err("empty key");
@@ -140,6 +177,16 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         .await
         .expect_err("big value");
     assert!(error.to_string().contains("1 MiB"), "{error}");
+    let error = client
+        .compare_and_swap(
+            "k",
+            Expect::Value(Bytes::from(vec![0u8; (1 << 20) + 1])),
+            Some(b"v"),
+        )
+        .await
+        .expect_err("big expected value");
+    assert!(error.to_string().contains("expected value"), "{error}");
+    assert!(!error.may_have_applied());
 
     // Exactly at the limits is fine.
     client.put(vec![b'k'; 4096], vec![7u8; 1 << 20]).await?;

@@ -20,7 +20,7 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
     let mut keys_per_shard: BTreeMap<u64, usize> = BTreeMap::new();
     for i in 0..N_KEYS {
         *keys_per_shard
-            .entry(map.shard_for_key(format!("key-{i}").as_bytes()).id)
+            .entry(map.shard_for_key(format!("key-{i}").as_bytes()).id.0)
             .or_default() += 1;
     }
     assert_eq!(
@@ -96,7 +96,11 @@ async fn leaders_settle_evenly_on_their_preferred_nodes() -> anyhow::Result<()> 
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let client = cluster.client().await?;
     let map = client.shard_map().await;
-    let preferred: BTreeMap<u64, u64> = map.shards.iter().map(|s| (s.id, s.voters[0].node_id)).collect();
+    let preferred: BTreeMap<u64, u64> = map
+        .shards
+        .iter()
+        .map(|s| (s.id.0, s.voters[0].node_id.0))
+        .collect();
 
     // Whoever won the first elections, the balancer hands each shard to its preferred node.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);

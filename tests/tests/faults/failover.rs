@@ -1,6 +1,8 @@
 //! Failover with no loss: concurrent clients read and write while the node leading the most shards
-//! is SIGKILLed. Writes resume on the surviving majority, the killed node catches up after a
-//! restart, every acknowledged write is present, and the recorded history is linearizable per key.
+//! is SIGKILLed. Writes resume on the surviving majority; writes caught by the kill are retried
+//! with their request ids, so callers see no `OutcomeUnknown`; the killed node catches up after a
+//! restart; every acknowledged write is present; the recorded history is linearizable per key; and
+//! every shard's replicas end identical.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,86 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
-use ringkv_client::{Client, Expect};
-use ringkv_tests::ProcessCluster;
-use ringkv_tests::linearizability::{self, History, Op, Outcome, Verdict};
+use ringkv_tests::linearizability::{self, History, Verdict};
+use ringkv_tests::workload::{WorkerReport, run_worker};
+use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
 const N_WORKERS: usize = 6;
 const N_KEYS: usize = 8;
-
-/// One client's loop: random operations on a few shared keys, each recorded in the history, plus
-/// writes of keys of its own whose acknowledgements are kept for the no-loss check.
-async fn worker(
-    worker_id: usize,
-    client: Client,
-    history: History,
-    stop: Arc<AtomicBool>,
-) -> BTreeMap<String, String> {
-    let mut acknowledged = BTreeMap::new();
-    let mut sequence = 0u64;
-    // Bounded by the stop flag, which the test sets after a bounded time; each operation is
-    // bounded by the client's request timeout.
-    while !stop.load(Ordering::Relaxed) {
-        sequence += 1;
-        let key = format!("lin-{}", rand::rng().random_range(0..N_KEYS));
-        let value = format!("w{worker_id}-{sequence}");
-        let roll = rand::rng().random_range(0..100);
-        if roll < 35 {
-            let token = history.invoke(worker_id, key.as_bytes(), Op::Get);
-            match client.get(&key).await {
-                Ok(found) => history.complete(token, Outcome::Value(found.map(|v| v.value.to_vec()))),
-                Err(_) => history.fail(token),
-            }
-        } else if roll < 70 {
-            let token = history.invoke(worker_id, key.as_bytes(), Op::Put(value.clone().into_bytes()));
-            match client.put(&key, &value).await {
-                Ok(_) => history.complete(token, Outcome::Ok),
-                Err(_) => history.fail(token),
-            }
-        } else if roll < 95 {
-            // Compare against what a read just saw, so many swaps succeed.
-            let expected = match client.get(&key).await {
-                Ok(found) => found.map(|v| v.value),
-                Err(_) => continue,
-            };
-            let op = Op::Cas {
-                expect: expected.as_ref().map(|v| v.to_vec()),
-                new: Some(value.clone().into_bytes()),
-            };
-            let expect = match &expected {
-                Some(v) => Expect::Value(v.clone()),
-                None => Expect::Absent,
-            };
-            let token = history.invoke(worker_id, key.as_bytes(), op);
-            match client
-                .compare_and_swap(&key, expect, Some(value.as_bytes()))
-                .await
-            {
-                Ok(outcome) => history.complete(token, Outcome::Succeeded(outcome.succeeded)),
-                Err(_) => history.fail(token),
-            }
-        } else {
-            let token = history.invoke(worker_id, key.as_bytes(), Op::Delete);
-            match client.delete(&key).await {
-                Ok(existed) => history.complete(token, Outcome::Succeeded(existed)),
-                Err(_) => history.fail(token),
-            }
-        }
-        let own_key = format!("ack-{worker_id}-{sequence}");
-        if client.put(&own_key, &value).await.is_ok() {
-            acknowledged.insert(own_key, value);
-        }
-    }
-    acknowledged
-}
 
 /// One key per shard, to probe that every shard takes writes.
 fn key_per_shard(map: &ringkv_proto::ShardMap) -> BTreeMap<u64, String> {
     let mut keys = BTreeMap::new();
     for i in 0.. {
         let key = format!("probe-{i}");
-        keys.entry(map.shard_for_key(key.as_bytes()).id).or_insert(key);
+        keys.entry(map.shard_for_key(key.as_bytes()).id.0).or_insert(key);
         if keys.len() == map.shards.len() || i > 100_000 {
             break;
         }
@@ -108,7 +43,8 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     let mut workers = tokio::task::JoinSet::new();
     for worker_id in 0..N_WORKERS {
         let client = cluster.client().await?;
-        workers.spawn(worker(worker_id, client, history.clone(), stop.clone()));
+        let (history, stop) = (history.clone(), stop.clone());
+        workers.spawn(async move { run_worker(worker_id, client, history, stop, "lin", N_KEYS, 7).await });
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -177,14 +113,22 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = BTreeMap::new();
+    let mut report = WorkerReport::default();
     while let Some(result) = workers.join_next().await {
-        acknowledged.extend(result?);
+        report.merge(result?);
     }
+
+    // Writes caught by the kill were retried with their request ids: no caller was left not
+    // knowing whether its write applied.
+    assert_eq!(
+        report.unknown, 0,
+        "callers saw writes with unknown outcome: {:?}",
+        report.error_samples
+    );
 
     // Every acknowledged write is present with its value.
     let reader = cluster.client().await?;
-    for (key, value) in &acknowledged {
+    for (key, value) in &report.acknowledged {
         let stored = reader.get(key).await?;
         assert_eq!(
             stored.map(|v| v.value),
@@ -194,12 +138,11 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     }
 
     let operations = history.operations();
-    let completed = operations.iter().filter(|op| op.outcome.is_some()).count();
     assert!(
-        completed > 100,
-        "the workload ran: {completed} completed operations"
+        report.completed > 100,
+        "the workload ran: {} completed operations",
+        report.completed
     );
-    let failed = operations.len() - completed;
     match linearizability::check(&operations, 50_000_000) {
         Verdict::Linearizable => {}
         other => {
@@ -212,16 +155,20 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
                 eprintln!("{operation:?}");
             }
             panic!(
-                "history of {} operations ({failed} with unknown outcome) is not shown linearizable: {other:?}",
+                "history of {} operations is not shown linearizable: {other:?}",
                 operations.len()
             );
         }
     }
+    assert_replicas_identical(&reader).await?;
     eprintln!(
         "failover: killed node {victim}; all shards took writes again after {resumed_after:?}; \
-         {} operations checked ({failed} with unknown outcome), {} acknowledged own-key writes verified",
+         {} operations checked ({} certainly not applied and left out, {} unknown), {} acknowledged \
+         own-key writes verified; replicas identical",
         operations.len(),
-        acknowledged.len()
+        report.not_applied,
+        report.unknown,
+        report.acknowledged.len()
     );
     Ok(())
 }

@@ -1,16 +1,18 @@
 //! Raft over the in-memory transport: the same nodes (real RocksDB, real Kv gRPC for clients) with
 //! peer traffic delivered by direct calls. Writes survive the loss of a shard's leader.
 
+mod commit_jump;
+mod identity;
+
 use std::time::Duration;
 
-use ringkv_server::transport::MemoryTransport;
-use ringkv_tests::LocalCluster;
+use ringkv_server::transport::MemoryNetwork;
 use ringkv_tests::local_cluster::TransportKind;
+use ringkv_tests::{LocalCluster, assert_replicas_identical};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> anyhow::Result<()> {
-    let mut cluster =
-        LocalCluster::start(3, 4, TransportKind::Memory(MemoryTransport::new()), |_| {}).await?;
+    let mut cluster = LocalCluster::start(3, 4, TransportKind::Memory(MemoryNetwork::new(1)), |_| {}).await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let client = cluster.client().await?;
     for i in 0..200 {
@@ -19,8 +21,12 @@ async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> 
 
     // Stop whichever node leads shard 1; the other two elect a new leader and keep serving.
     let map = client.shard_map().await;
-    let leader = map.shard(1).and_then(|s| s.leader).expect("shard 1 has a leader");
-    cluster.stop_node(leader).await;
+    let leader = map
+        .shard(ringkv_proto::ShardId(1))
+        .and_then(|s| s.leader)
+        .expect("shard 1 has a leader")
+        .0;
+    cluster.kill_node(leader).await;
     for i in 200..400 {
         client.put(format!("k{i}"), format!("v{i}")).await?;
     }
@@ -66,6 +72,7 @@ async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> 
             Some(format!("v{i}").into_bytes())
         );
     }
+    assert_replicas_identical(&client).await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use ringkv_tests::LocalCluster;
 use ringkv_tests::local_cluster::TransportKind;
+use ringkv_tests::{LocalCluster, assert_replicas_identical};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lagging_node_catches_up_by_snapshot_after_log_purge() -> anyhow::Result<()> {
@@ -98,6 +98,7 @@ async fn lagging_node_catches_up_by_snapshot_after_log_purge() -> anyhow::Result
             "key-{i} on node 3"
         );
     }
+    assert_replicas_identical(&client).await?;
     cluster.shutdown().await;
     Ok(())
 }

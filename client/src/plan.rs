@@ -1,0 +1,414 @@
+//! Request plans. A request is routed to its shard's leader, sent, and on a failed attempt the
+//! plan acts on what the failure means (`classify`): follow a leader hint at once, refresh the
+//! shard map, or back off with jitter, until success or the request's deadline. A batch across
+//! shards is split per shard, each part run as its own plan, and the parts' typed outcomes merged.
+//!
+//! Every wait inside a request fits in what remains of its deadline: each attempt (connection
+//! setup included), each map refresh, each backoff. An attempt tells the node its budget
+//! (`ringkv-budget-ms`) and waits a little longer than that (`ANSWER_GRACE`) for the node's own
+//! answer, so the client usually learns whether a write was proposed instead of timing out blind.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tracing::debug;
+
+use ringkv_proto::ShardId;
+use ringkv_proto::pb;
+
+use crate::backoff::Backoff;
+use crate::classify::{Attempt, Next, RequestKind, classify, final_error, next};
+use crate::client::Inner;
+use crate::error::{Error, ShardOutcome};
+use crate::pool::kv;
+use crate::types::{BatchOp, BatchOutcome};
+
+/// Longest time one attempt may take, so one stalled node cannot eat a whole deadline: after it,
+/// the request is retried (a write with the same request id, which the node attaches to the
+/// proposal already in flight).
+const MAX_ATTEMPT: Duration = Duration::from_secs(2);
+/// How much longer than the budget it gives the node the client waits for the node's answer; at
+/// most a quarter of what remains, so short deadlines keep most of their time for the node.
+const ANSWER_GRACE: Duration = Duration::from_millis(300);
+/// NotLeader hints followed in a row before backing off (hints can ping-pong during elections).
+const MAX_HINT_HOPS: u32 = 3;
+/// A write is retried for at most this long, whatever its deadline: half the time a shard keeps
+/// an idle client's request ids (the engine's `SESSION_TTL_MS`), so every retry finds them.
+pub(crate) const MAX_WRITE_RETRY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// The metadata entry that tells the node its budget.
+const BUDGET_HEADER: &str = "ringkv-budget-ms";
+
+/// What to route a request by.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Key(&'a [u8]),
+    Shard(ShardId),
+}
+
+/// The time one attempt has: the node is told `budget`; the client waits `wait` for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttemptTime {
+    pub budget: Duration,
+    pub wait: Duration,
+}
+
+impl AttemptTime {
+    /// Splits what remains of a deadline for one attempt (see `MAX_ATTEMPT`, `ANSWER_GRACE`).
+    pub(crate) fn within(remaining: Duration) -> AttemptTime {
+        let grace = ANSWER_GRACE.min(remaining / 4);
+        let budget = (remaining - grace).min(MAX_ATTEMPT);
+        AttemptTime {
+            budget,
+            wait: budget + grace,
+        }
+    }
+}
+
+/// Wraps an attempt's message: `grpc-timeout` is the client's wait (tonic enforces it on the
+/// client side too), the budget header the node's.
+pub(crate) fn request<T>(message: T, time: AttemptTime) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(time.wait);
+    if let Ok(value) = MetadataValue::try_from(time.budget.as_millis().to_string()) {
+        request.metadata_mut().insert(BUDGET_HEADER, value);
+    }
+    request
+}
+
+pub(crate) struct Plan<'a> {
+    pub inner: &'a Inner,
+    pub target: Target<'a>,
+    pub kind: RequestKind,
+    pub deadline: Instant,
+}
+
+impl Plan<'_> {
+    /// Runs `send` against the shard's leader until it succeeds, fails for good, or the deadline
+    /// passes (see the module header).
+    pub(crate) async fn run<T, F, Fut>(&self, send: F) -> Result<T, Error>
+    where
+        F: Fn(Channel, pb::RouteHeader, AttemptTime) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let inner = self.inner;
+        let mut backoff = Backoff::no_leader();
+        let mut attempts = 0u32;
+        let mut hint_hops = 0u32;
+        let mut maybe_applied = false;
+        let mut last_error = String::from("no attempt made");
+        loop {
+            // Re-resolved on every attempt: a refreshed map may move the key to another shard.
+            let (shard_id, route) = {
+                let routes = inner.routes.lock().expect("route cache lock");
+                let shard_id = match self.target {
+                    Target::Key(key) => routes.shard_for_key(key),
+                    Target::Shard(id) => id,
+                };
+                (shard_id, routes.route_shard(shard_id, attempts))
+            };
+            let now = Instant::now();
+            if now >= self.deadline {
+                let ended = Error::Unavailable {
+                    shard_id,
+                    attempts,
+                    last_error,
+                };
+                return Err(final_error(self.kind, shard_id, ended, maybe_applied));
+            }
+            attempts += 1;
+            let Some(route) = route else {
+                last_error = format!("shard {shard_id} is not in the cached shard map");
+                inner.refresh(false, self.deadline).await.ok();
+                self.pause(&mut backoff).await;
+                continue;
+            };
+            let time = AttemptTime::within(self.deadline - now);
+            let header = pb::RouteHeader {
+                shard_id: route.shard_id.0,
+                map_epoch: route.epoch,
+            };
+            let attempt = match inner.pool.channel(&route.addr) {
+                Err(error) => Attempt::Unreachable(error),
+                Ok(channel) => match tokio::time::timeout(time.wait, send(channel, header, time)).await {
+                    Ok(Ok(response)) => return Ok(response.into_inner()),
+                    Ok(Err(status)) => classify(&status),
+                    Err(_) => Attempt::Ambiguous(format!(
+                        "no answer from node {} within {} ms",
+                        route.node_id,
+                        time.wait.as_millis()
+                    )),
+                },
+            };
+            debug!(shard_id = %shard_id, node = %route.node_id, attempt = attempts, outcome = ?attempt, "request attempt failed");
+            maybe_applied |= attempt.may_have_applied();
+            match (next(&attempt), attempt) {
+                (Next::Fail, Attempt::Fatal(error)) => {
+                    return Err(final_error(self.kind, shard_id, error, maybe_applied));
+                }
+                (
+                    Next::FollowHint,
+                    Attempt::NotLeader {
+                        leader: Some((node, addr)),
+                    },
+                ) if hint_hops < MAX_HINT_HOPS => {
+                    hint_hops += 1;
+                    last_error = format!(
+                        "node {} is not the leader; it named node {node} at {addr}",
+                        route.node_id
+                    );
+                    let known = inner
+                        .routes
+                        .lock()
+                        .expect("route cache lock")
+                        .set_leader(shard_id, node);
+                    if !known {
+                        inner.refresh(true, self.deadline).await.ok();
+                    }
+                }
+                (Next::Refresh, _) => {
+                    last_error = "the cached shard map is stale".into();
+                    inner.refresh(true, self.deadline).await.ok();
+                }
+                (Next::BackOffBusy, Attempt::Busy(message)) => {
+                    last_error = message;
+                    let delay = Backoff::busy().next_delay().max(backoff.next_delay());
+                    self.sleep(delay).await;
+                }
+                (_, attempt) => {
+                    hint_hops = 0;
+                    last_error = format!("node {} at {}: {}", route.node_id, route.addr, describe(&attempt));
+                    inner
+                        .routes
+                        .lock()
+                        .expect("route cache lock")
+                        .clear_leader(shard_id, route.node_id);
+                    // Another node may know a leader: refresh the map, then back off.
+                    inner.refresh(false, self.deadline).await.ok();
+                    self.pause(&mut backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Backoff) {
+        self.sleep(backoff.next_delay()).await;
+    }
+
+    /// Sleeps `delay`, or until the deadline if that comes first.
+    async fn sleep(&self, delay: Duration) {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(delay.min(remaining)).await;
+    }
+}
+
+fn describe(attempt: &Attempt) -> String {
+    match attempt {
+        Attempt::Fatal(error) => error.to_string(),
+        Attempt::NotLeader { .. } => "not the leader, and knows none".into(),
+        Attempt::WrongShard => "the cached shard map is stale".into(),
+        Attempt::Busy(message)
+        | Attempt::NotApplied(message)
+        | Attempt::Unreachable(message)
+        | Attempt::Ambiguous(message) => message.clone(),
+    }
+}
+
+/// Applies `ops`, split by shard and sent concurrently, each part atomic within its shard and
+/// carrying its own request id. Returns every part's version, or the typed outcome of each part.
+pub(crate) async fn batch(
+    inner: &Inner,
+    ops: Vec<BatchOp>,
+    deadline: Instant,
+) -> Result<BatchOutcome, Error> {
+    let mut by_shard: BTreeMap<ShardId, Vec<BatchOp>> = BTreeMap::new();
+    {
+        let routes = inner.routes.lock().expect("route cache lock");
+        for op in ops {
+            by_shard
+                .entry(routes.shard_for_key(op.key()))
+                .or_default()
+                .push(op);
+        }
+    }
+    let results = join_all(by_shard.into_iter().map(|(shard_id, ops)| async move {
+        let wire: Vec<pb::BatchOp> = ops
+            .iter()
+            .map(|op| match op {
+                BatchOp::Put { key, value } => pb::BatchOp {
+                    key: key.clone(),
+                    op: Some(pb::batch_op::Op::Put(value.clone())),
+                },
+                BatchOp::Delete { key } => pb::BatchOp {
+                    key: key.clone(),
+                    op: Some(pb::batch_op::Op::Delete(true)),
+                },
+            })
+            .collect();
+        let ticket = inner.ids.begin();
+        let plan = Plan {
+            inner,
+            target: Target::Key(ops[0].key()),
+            kind: RequestKind::Write,
+            deadline,
+        };
+        let result = plan
+            .run(|channel, route, time| {
+                let message = pb::BatchRequest {
+                    route: Some(route),
+                    ops: wire.clone(),
+                    request_id: Some(inner.ids.wire(ticket.seq)),
+                };
+                async move { kv(channel).batch(request(message, time)).await }
+            })
+            .await;
+        (shard_id, result.map(|response| response.version))
+    }))
+    .await;
+    merge(results)
+}
+
+/// Merges the parts of a batch: every version when all applied; otherwise the part's own error
+/// when there was one part, or `Error::Batch` with each part's outcome, whose overall error is an
+/// unknown part's whenever any part's outcome is unknown.
+pub(crate) fn merge(results: Vec<(ShardId, Result<u64, Error>)>) -> Result<BatchOutcome, Error> {
+    if results.iter().all(|(_, result)| result.is_ok()) {
+        let versions = results
+            .into_iter()
+            .map(|(shard, result)| (shard, result.expect("all ok")))
+            .collect();
+        return Ok(BatchOutcome { versions });
+    }
+    if results.len() == 1 {
+        let (_, result) = results.into_iter().next().expect("one part");
+        return Err(result.expect_err("not all ok"));
+    }
+    let mut shards = BTreeMap::new();
+    for (shard, result) in results {
+        let outcome = match result {
+            Ok(version) => ShardOutcome::Applied { version },
+            Err(error) if error.may_have_applied() => ShardOutcome::Unknown(error),
+            Err(error) => ShardOutcome::NotApplied(error),
+        };
+        shards.insert(shard, outcome);
+    }
+    let unknown = shards.values().find_map(|outcome| match outcome {
+        ShardOutcome::Unknown(error) => Some(error.clone()),
+        _ => None,
+    });
+    let not_applied = || {
+        shards.values().find_map(|outcome| match outcome {
+            ShardOutcome::NotApplied(error) => Some(error.clone()),
+            _ => None,
+        })
+    };
+    let error = unknown.or_else(not_applied).expect("some part failed");
+    Err(Error::Batch {
+        error: Box::new(error),
+        shards,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(shard: u64) -> Error {
+        Error::OutcomeUnknown {
+            shard_id: ShardId(shard),
+            reason: "leader lost".into(),
+        }
+    }
+
+    fn not_applied(shard: u64) -> Error {
+        Error::Unavailable {
+            shard_id: ShardId(shard),
+            attempts: 3,
+            last_error: "no leader".into(),
+        }
+    }
+
+    /// A batch's parts as (shard, result), and what the batch must end as: `None` = applied,
+    /// `Some(true)` = unknown, `Some(false)` = not applied.
+    type Case = (Vec<(u64, Result<u64, Error>)>, Option<bool>);
+
+    #[test]
+    fn a_batch_is_unknown_whenever_any_part_is_unknown() {
+        let table: Vec<Case> = vec![
+            (vec![(1, Ok(10)), (2, Ok(20))], None),
+            (vec![(1, Err(not_applied(1)))], Some(false)),
+            (vec![(1, Err(unknown(1)))], Some(true)),
+            // The bug this guards against: a definite failure listed first hid an unknown part.
+            (vec![(1, Err(not_applied(1))), (2, Err(unknown(2)))], Some(true)),
+            (vec![(1, Err(unknown(1))), (2, Err(not_applied(2)))], Some(true)),
+            (vec![(1, Ok(10)), (2, Err(not_applied(2)))], Some(false)),
+            (
+                vec![(1, Ok(10)), (2, Err(unknown(2))), (3, Err(not_applied(3)))],
+                Some(true),
+            ),
+        ];
+        for (parts, expected) in table {
+            let described = format!("{parts:?}");
+            let parts: Vec<(ShardId, Result<u64, Error>)> = parts
+                .into_iter()
+                .map(|(shard, result)| (ShardId(shard), result))
+                .collect();
+            let n_parts = parts.len();
+            let applied: Vec<ShardId> = parts
+                .iter()
+                .filter(|(_, result)| result.is_ok())
+                .map(|(shard, _)| *shard)
+                .collect();
+            match (merge(parts), expected) {
+                (Ok(outcome), None) => assert_eq!(outcome.versions.len(), n_parts, "{described}"),
+                (Err(error), Some(unknown)) => {
+                    let overall = match &error {
+                        Error::Batch { error, shards } => {
+                            for shard in &applied {
+                                assert!(
+                                    matches!(shards[shard], ShardOutcome::Applied { .. }),
+                                    "{described}: shard {shard} applied"
+                                );
+                            }
+                            error.as_ref().clone()
+                        }
+                        other => other.clone(),
+                    };
+                    assert_eq!(
+                        matches!(overall, Error::OutcomeUnknown { .. }),
+                        unknown,
+                        "{described}: overall {overall:?}"
+                    );
+                    // Some part applied or may have: the batch may have applied.
+                    assert_eq!(
+                        error.may_have_applied(),
+                        unknown || !applied.is_empty(),
+                        "{described}"
+                    );
+                    assert!(!error.is_retryable() || !error.may_have_applied(), "{described}");
+                }
+                (result, expected) => panic!("{described}: got {result:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn attempts_fit_in_what_remains_of_the_deadline() {
+        for remaining_ms in [1, 10, 100, 500, 1_500, 3_000, 60_000] {
+            let remaining = Duration::from_millis(remaining_ms);
+            let time = AttemptTime::within(remaining);
+            assert!(time.wait <= remaining, "{remaining:?}: {time:?}");
+            assert!(
+                time.budget < time.wait || remaining_ms < 4,
+                "{remaining:?}: {time:?}"
+            );
+            assert!(time.budget <= MAX_ATTEMPT);
+        }
+        let time = AttemptTime::within(Duration::from_millis(1_500));
+        assert_eq!(time.budget, Duration::from_millis(1_200));
+        assert_eq!(time.wait, Duration::from_millis(1_500));
+    }
+}

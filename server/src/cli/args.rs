@@ -1,0 +1,129 @@
+//! The command line's arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringkv",
+    version,
+    about = "ringkv: a replicated, sharded key-value store"
+)]
+pub(super) struct Cli {
+    /// Nodes to contact (comma-separated HOST:PORT); any one that answers is enough.
+    #[arg(
+        long,
+        global = true,
+        env = "RINGKV_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7379"
+    )]
+    pub(super) endpoints: Vec<String>,
+    /// How long a client command may take, including retries, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub(super) timeout_ms: u64,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Run a node. With no flags: a single-node cluster on 127.0.0.1:7379 with data in ./ringkv-data.
+    Start(StartArgs),
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print KEY's value; exits 1 if the key does not exist.
+    Get {
+        key: String,
+        /// Also print the version (the log index that last wrote the key).
+        #[arg(long)]
+        version: bool,
+    },
+    /// Delete KEY; exits 1 if it did not exist.
+    Del { key: String },
+    /// Compare-and-swap: set KEY to NEW only if it currently holds the expected value.
+    Cas(CasArgs),
+    /// List keys (in hash order) with their values.
+    Scan {
+        /// Only keys starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue from the cursor a previous scan printed.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show nodes and shards: arcs, voters, leaders, applied indexes, failed replicas.
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Check that every shard's replicas hold identical data: each replica hashes its state at
+    /// the same log index. Prints every shard whose replicas differ; exits 1 if any does.
+    Check {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(super) struct StartArgs {
+    /// TOML config file (see ringkv.example.toml); flags override it.
+    #[arg(long)]
+    pub(super) config: Option<PathBuf>,
+    #[arg(long)]
+    pub(super) node_id: Option<u64>,
+    /// HOST:PORT to listen on.
+    #[arg(long)]
+    pub(super) listen: Option<String>,
+    /// HOST:PORT others use to reach this node, if not the listen address.
+    #[arg(long)]
+    pub(super) advertise: Option<String>,
+    #[arg(long)]
+    pub(super) data_dir: Option<PathBuf>,
+    /// Every node of the cluster, this one included: ID=HOST:PORT,ID=HOST:PORT,...
+    #[arg(long, value_delimiter = ',')]
+    pub(super) peers: Vec<String>,
+    /// Shards to create when the cluster is first started.
+    #[arg(long)]
+    pub(super) shards: Option<u32>,
+    /// Replicas per shard when the cluster is first started.
+    #[arg(long)]
+    pub(super) replication: Option<usize>,
+    /// Raft snapshot threshold: build a snapshot after this many log entries.
+    #[arg(long)]
+    pub(super) snapshot_after_logs: Option<u64>,
+    /// Log entries kept behind a snapshot.
+    #[arg(long)]
+    pub(super) logs_to_keep_after_snapshot: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("expectation").required(true).args(["expect", "expect_version", "expect_absent"])))]
+#[command(group(clap::ArgGroup::new("outcome").required(true).args(["new", "delete"])))]
+pub(super) struct CasArgs {
+    pub(super) key: String,
+    /// The new value.
+    pub(super) new: Option<String>,
+    /// The value KEY must currently hold.
+    #[arg(long)]
+    pub(super) expect: Option<String>,
+    /// The version KEY must currently have.
+    #[arg(long)]
+    pub(super) expect_version: Option<u64>,
+    /// KEY must not exist.
+    #[arg(long)]
+    pub(super) expect_absent: bool,
+    /// Delete KEY instead of writing a new value.
+    #[arg(long)]
+    pub(super) delete: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Output {
+    Table,
+    Json,
+}

@@ -1,0 +1,334 @@
+//! The `Node`: one engine, the shard map, and one openraft group per shard replica hosted here.
+//! Starting the groups, taking a faulty replica out of service, handing leaderships over before a
+//! graceful stop, and shutting down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{InitializeError, RaftError};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use ringkv_engine::{
+    CommandResult, Engine, HashRange, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId, ShardRaft,
+};
+use ringkv_proto::ShardMap;
+
+use super::balancer::spawn_leader_balancer;
+use crate::config::NodeConfig;
+use crate::error::ServiceError;
+use crate::identity::{BootstrapParams, LocalIdentity};
+use crate::transport::{RaftTransport, ShardNetworkFactory};
+
+/// One shard replica hosted on this node.
+pub struct ShardReplica {
+    pub shard_id: ShardId,
+    pub replica_id: ReplicaId,
+    pub range: HashRange,
+    pub raft: ShardRaft,
+    /// Why this node took the replica out of service, if it did. Never cleared: a failed replica
+    /// comes back only with a restart of the node (after its disk is checked).
+    failure: Mutex<Option<String>>,
+}
+
+impl ShardReplica {
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+}
+
+/// The outcome of a write in flight, shared by every attempt of the same request (see
+/// `Node::write`): `None` until the proposal finishes.
+pub(crate) type WriteOutcome = Option<Result<CommandResult, ServiceError>>;
+
+/// Writes in flight on this node, by shard and request id.
+pub(crate) type Inflight = HashMap<(ShardId, RequestId), watch::Receiver<WriteOutcome>>;
+
+pub struct Node {
+    pub(crate) identity: LocalIdentity,
+    pub(crate) addr: String,
+    pub(crate) engine: Engine,
+    pub(crate) request_timeout: Duration,
+    /// A snapshot transfer (either way) fails when nothing moves for this long.
+    pub(crate) snapshot_idle_timeout: Duration,
+    pub(crate) params: BootstrapParams,
+    /// The cluster's shard map. Arcs and replicas change only through Raft (not yet: see
+    /// ARCHITECTURE.md); leader hints are filled in from local Raft metrics when served.
+    /// A std lock: never held across an await.
+    pub(crate) map: RwLock<ShardMap>,
+    /// Raft groups of the replicas hosted here, by shard.
+    pub(crate) replicas: RwLock<HashMap<ShardId, Arc<ShardReplica>>>,
+    /// Writes proposed here and not finished, by request id: a retry of one waits for the same
+    /// proposal instead of proposing it again. A std lock: held only to look up or insert.
+    pub(crate) inflight: Arc<Mutex<Inflight>>,
+    /// Set when a graceful stop begins: the balancer stops moving leaderships here.
+    pub(crate) stopping: AtomicBool,
+    /// When each refused sender was last logged (see `check_raft_header`).
+    pub(crate) refusals_logged: Mutex<HashMap<NodeId, std::time::Instant>>,
+}
+
+impl Node {
+    /// Starts one Raft group per replica this node hosts in `map`, initializing new groups.
+    /// The caller has formed or joined the cluster (`bootstrap::join_or_form`).
+    pub async fn start(
+        config: &NodeConfig,
+        engine: Engine,
+        identity: LocalIdentity,
+        params: BootstrapParams,
+        map: ShardMap,
+        transport: Arc<dyn RaftTransport>,
+    ) -> anyhow::Result<Arc<Node>> {
+        let raft_config = Arc::new(config.openraft_config()?);
+        let node = Arc::new(Node {
+            identity,
+            addr: config.advertised_addr().to_owned(),
+            engine: engine.clone(),
+            request_timeout: config.request_timeout(),
+            snapshot_idle_timeout: config.snapshot_idle_timeout(),
+            params,
+            map: RwLock::new(map.clone()),
+            replicas: RwLock::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            stopping: AtomicBool::new(false),
+            refusals_logged: Mutex::new(HashMap::new()),
+        });
+        for shard in &map.shards {
+            let Some(local) = shard.replica_on(identity.node_id) else {
+                continue;
+            };
+            let range = HashRange {
+                start: shard.arc.start,
+                end: shard.arc.end,
+            };
+            let log_store = engine.log_store(shard.id);
+            let state_machine = engine.state_machine(shard.id, range)?;
+            let network = ShardNetworkFactory::new(
+                shard.id,
+                transport.clone(),
+                identity,
+                config.snapshot_idle_timeout(),
+            );
+            let raft = ShardRaft::new(
+                local.replica_id,
+                raft_config.clone(),
+                network,
+                log_store,
+                state_machine,
+            )
+            .await
+            .with_context(|| format!("cannot start the Raft group of shard {}", shard.id))?;
+            if !raft.is_initialized().await? {
+                let members: BTreeMap<ReplicaId, ReplicaNode> = shard
+                    .voters
+                    .iter()
+                    .map(|voter| {
+                        let info = map.nodes.get(&voter.node_id);
+                        let replica_node = ReplicaNode {
+                            node_id: voter.node_id,
+                            addr: info.map(|i| i.addr.clone()).unwrap_or_default(),
+                            incarnation: info.map_or(0, |i| i.incarnation),
+                        };
+                        (voter.replica_id, replica_node)
+                    })
+                    .collect();
+                match raft.initialize(members).await {
+                    Ok(()) => {}
+                    // A peer that started first may already have replicated the group's first
+                    // entries here: the group exists, which is all initialization is for.
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(error) => {
+                        return Err(error).with_context(|| {
+                            format!("cannot initialize the Raft group of shard {}", shard.id)
+                        });
+                    }
+                }
+                if shard.voters.first().map(|v| v.node_id) == Some(identity.node_id) {
+                    // Best effort: the preferred leader campaigns first. Losing is harmless.
+                    let _ = raft.trigger().elect(true).await;
+                }
+            }
+            let replica = Arc::new(ShardReplica {
+                shard_id: shard.id,
+                replica_id: local.replica_id,
+                range,
+                raft,
+                failure: Mutex::new(None),
+            });
+            spawn_failure_watch(Arc::downgrade(&node), replica.clone());
+            node.replicas
+                .write()
+                .expect("replicas lock")
+                .insert(shard.id, replica);
+        }
+        spawn_leader_balancer(Arc::downgrade(&node));
+        info!(
+            node_id = %identity.node_id,
+            cluster_id = format_args!("{:016x}", identity.cluster_id),
+            incarnation = format_args!("{:016x}", identity.incarnation),
+            addr = %node.addr,
+            data_dir = %config.data_dir.display(),
+            replicas = node.replicas.read().expect("replicas lock").len(),
+            "node started"
+        );
+        Ok(node)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id
+    }
+
+    pub fn identity(&self) -> LocalIdentity {
+        self.identity
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn params(&self) -> &BootstrapParams {
+        &self.params
+    }
+
+    pub fn snapshot_idle_timeout(&self) -> Duration {
+        self.snapshot_idle_timeout
+    }
+
+    pub fn replica(&self, shard_id: ShardId) -> Option<Arc<ShardReplica>> {
+        self.replicas
+            .read()
+            .expect("replicas lock")
+            .get(&shard_id)
+            .cloned()
+    }
+
+    pub(crate) fn all_replicas(&self) -> Vec<Arc<ShardReplica>> {
+        let mut replicas: Vec<_> = self
+            .replicas
+            .read()
+            .expect("replicas lock")
+            .values()
+            .cloned()
+            .collect();
+        replicas.sort_by_key(|replica| replica.shard_id);
+        replicas
+    }
+
+    /// Takes `replica` out of service after a storage fault: it stops voting, leading and
+    /// serving (its Raft group shuts down, so the other replicas elect a leader without it) until
+    /// the node restarts. Logs the reason once.
+    pub fn fail_replica(&self, replica: &Arc<ShardReplica>, reason: &str) {
+        {
+            let mut failure = replica.failure.lock().expect("failure lock");
+            if failure.is_some() {
+                return;
+            }
+            *failure = Some(reason.to_owned());
+        }
+        error!(
+            shard_id = %replica.shard_id,
+            replica_id = %replica.replica_id,
+            data_dir = %self.engine.data_dir().display(),
+            %reason,
+            "storage fault: shard replica taken out of service; its other replicas keep serving. \
+             Check this node's disk, then restart the node (or replace it)"
+        );
+        let replica = replica.clone();
+        tokio::spawn(async move {
+            let _ = replica.raft.shutdown().await;
+        });
+    }
+
+    /// Takes every replica out of service: the fault concerns the whole engine (a failed fsync,
+    /// a failed write).
+    pub fn fail_all_replicas(&self, reason: &str) {
+        for replica in self.all_replicas() {
+            self.fail_replica(&replica, reason);
+        }
+    }
+
+    /// Hands every shard this node leads to another caught-up voter, and waits (at most
+    /// `timeout`) until it leads none, so a graceful stop costs no election. Returns how many
+    /// shards it still led at the end.
+    pub async fn hand_over_leadership(&self, timeout: Duration) -> usize {
+        self.stopping.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut leading = 0;
+            for replica in self.all_replicas() {
+                let metrics = replica.raft.metrics().borrow_watched().clone();
+                if metrics.state != ServerState::Leader {
+                    continue;
+                }
+                leading += 1;
+                let caught_up = metrics
+                    .replication
+                    .as_ref()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(id, matched)| {
+                        **id != replica.replica_id
+                            && matched.as_ref().map(|m| m.index) == metrics.last_log_index
+                    })
+                    .map(|(id, _)| *id)
+                    .next();
+                if let Some(to) = caught_up {
+                    let _ = replica.raft.trigger().transfer_leader(to).await;
+                }
+            }
+            if leading == 0 || tokio::time::Instant::now() >= deadline {
+                if leading > 0 {
+                    warn!(
+                        leading,
+                        "stopping while still leading some shards: no caught-up replica took over in time"
+                    );
+                }
+                return leading;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every shard group. The engine closes when the last handle drops.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for replica in self.all_replicas() {
+            if let Err(error) = replica.raft.shutdown().await {
+                warn!(shard_id = %replica.shard_id, %error, "shard group did not shut down cleanly");
+            }
+        }
+        self.replicas.write().expect("replicas lock").clear();
+    }
+}
+
+/// Watches a replica's Raft group: openraft stops a group for good on a storage error (a
+/// corrupt log entry, a failed apply); when that happens the replica is marked failed with the
+/// reason, so status shows it and requests go elsewhere.
+fn spawn_failure_watch(node: std::sync::Weak<Node>, replica: Arc<ShardReplica>) {
+    let mut metrics = replica.raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let fatal = metrics.borrow_watched().running_state.clone().err();
+            if let Some(fatal) = fatal {
+                let Some(node) = node.upgrade() else { return };
+                if !node.stopping.load(Ordering::Acquire)
+                    && !matches!(fatal, openraft::errors::Fatal::Stopped)
+                {
+                    node.fail_replica(&replica, &format!("its Raft group stopped: {fatal}"));
+                }
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,18 @@
+//! A ringkv node: one engine, the shard map, and one openraft group per shard replica it hosts.
+//!
+//! - `bootstrap` — finding or forming the cluster when the data directory holds none;
+//! - `slot` — what the services serve while the node starts;
+//! - `host` — the `Node`: starting groups, failures, graceful stop;
+//! - `requests` — serving client requests; `raft_rpc` — serving peers' Raft messages;
+//! - `status` — what the node reports; `balancer` — keeping leaders spread.
+
+mod balancer;
+pub mod bootstrap;
+mod host;
+mod raft_rpc;
+mod requests;
+pub mod slot;
+mod status;
+
+pub use host::{Node, ShardReplica};
+pub use slot::NodeSlot;

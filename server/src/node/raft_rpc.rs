@@ -1,0 +1,191 @@
+//! Raft messages from peers, for any shard: each is checked against this node's identity and then
+//! handed to the local replica it names. Both transports (gRPC and the in-memory test network)
+//! come through here, so both get the same checks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use tracing::warn;
+
+use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};
+
+use super::host::{Node, ShardReplica};
+use crate::transport::RaftHeader;
+
+/// A refused sender is logged at most this often, so a misconfigured peer cannot flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// Checks who sent a Raft message and to whom: the same cluster, this very incarnation of this
+    /// node, and a sender whose incarnation is the one the shard map records. A node whose data
+    /// directory was lost and recreated has a new incarnation, so it can neither receive votes or
+    /// entries meant for the replicas it used to hold, nor send as them.
+    pub fn check_raft_header(&self, header: &RaftHeader) -> Result<(), String> {
+        let me = self.identity;
+        let refusal = if header.cluster_id != me.cluster_id {
+            Some(format!(
+                "node {} refused a Raft message from node {} of cluster {:016x}: it belongs to cluster {:016x}. \
+                 A node never takes part in another cluster's Raft groups; check --peers",
+                me.node_id, header.from_node, header.cluster_id, me.cluster_id
+            ))
+        } else if header.to_node != me.node_id {
+            Some(format!(
+                "node {} refused a Raft message meant for node {}: check that --peers gives every node its own address",
+                me.node_id, header.to_node
+            ))
+        } else if header.to_incarnation != me.incarnation {
+            Some(format!(
+                "node {} refused a Raft message from node {} addressed to its incarnation {:016x}: it is \
+                 incarnation {:016x}, a data directory created after the cluster placed replicas on this \
+                 node. It must not act for those replicas (it could vote with an empty log and erase \
+                 committed writes)",
+                me.node_id, header.from_node, header.to_incarnation, me.incarnation
+            ))
+        } else {
+            let known = self
+                .map
+                .read()
+                .expect("map lock")
+                .nodes
+                .get(&header.from_node)
+                .map(|info| info.incarnation);
+            match known {
+                None => Some(format!(
+                    "node {} refused a Raft message from node {}, which its shard map does not list",
+                    me.node_id, header.from_node
+                )),
+                Some(incarnation) if incarnation != header.from_incarnation => Some(format!(
+                    "node {} refused a Raft message from node {} incarnation {:016x}: the cluster knows node {} \
+                     as incarnation {incarnation:016x}. A node whose data directory was recreated must not \
+                     rejoin as the replicas it used to hold",
+                    me.node_id, header.from_node, header.from_incarnation, header.from_node
+                )),
+                Some(_) => None,
+            }
+        };
+        match refusal {
+            None => Ok(()),
+            Some(message) => {
+                self.log_refusal(header, &message);
+                Err(message)
+            }
+        }
+    }
+
+    fn log_refusal(&self, header: &RaftHeader, message: &str) {
+        let mut last = self.refusals_logged.lock().expect("refusal log lock");
+        let now = Instant::now();
+        let due = last
+            .get(&header.from_node)
+            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            last.insert(header.from_node, now);
+            warn!(from_node = %header.from_node, "{message}");
+        }
+    }
+
+    fn raft_target(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+    ) -> Result<Arc<ShardReplica>, String> {
+        self.check_raft_header(header)?;
+        let replica = match self.replica(shard_id) {
+            Some(replica) if replica.replica_id == replica_id => replica,
+            Some(replica) => {
+                return Err(format!(
+                    "node {} hosts replica {} of shard {shard_id}, not replica {replica_id}",
+                    self.node_id(),
+                    replica.replica_id
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "node {} hosts no replica of shard {shard_id}",
+                    self.node_id()
+                ));
+            }
+        };
+        if let Some(failure) = replica.failure() {
+            return Err(format!(
+                "replica {replica_id} of shard {shard_id} on node {} is out of service: {failure}",
+                self.node_id()
+            ));
+        }
+        Ok(replica)
+    }
+
+    pub async fn raft_append(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        replica.raft.append_entries(rpc).await.map_err(|e| e.to_string())
+    }
+
+    pub async fn raft_vote(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        rpc: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        replica.raft.vote(rpc).await.map_err(|e| e.to_string())
+    }
+
+    pub async fn raft_pre_vote(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        rpc: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        replica.raft.pre_vote(rpc).await.map_err(|e| e.to_string())
+    }
+
+    pub async fn raft_transfer_leader(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        rpc: TransferLeaderRequest<TypeConfig>,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        replica
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Installs a snapshot a leader streamed into `file` (a path from
+    /// `Engine::incoming_snapshot_path`).
+    pub async fn raft_install_snapshot(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        file: SnapshotFile,
+    ) -> Result<SnapshotResponse<TypeConfig>, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: file };
+        replica
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

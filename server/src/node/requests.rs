@@ -1,0 +1,308 @@
+//! Serving client requests on a node: which local replica serves a key, proposing writes, the
+//! linearizable read barrier, reads of the local engine, and what each failure means to a client
+//! (not applied, or outcome unknown).
+//!
+//! Every wait is bounded by the request's budget (the client's remaining deadline, sent as
+//! `ringkv-budget-ms`, capped by the node's `request_timeout`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ReadPolicy;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use tokio::sync::watch;
+use tracing::debug;
+
+use ringkv_engine::{
+    CommandResult, Error as EngineError, HashRange, LogIndex, NodeId, Proposal, ReplicaNode, ScanPage,
+    ShardId, Versioned,
+};
+use ringkv_proto::pb;
+
+use super::host::{Node, ShardReplica, WriteOutcome};
+use crate::error::ServiceError;
+
+/// How long a proposal may stay unanswered before the node stops waiting for it, whatever the
+/// budgets of the attempts that wait on it. Far above any request deadline: it only bounds the
+/// memory of proposals nobody waits for any more.
+const PROPOSAL_LIFETIME: Duration = Duration::from_secs(120);
+
+impl Node {
+    /// The budget of a request: what the client allows, capped by the node's own timeout.
+    pub fn budget(&self, client_budget: Option<Duration>) -> Duration {
+        client_budget.map_or(self.request_timeout, |budget| budget.min(self.request_timeout))
+    }
+
+    /// Finds the local replica that must serve a request for `key` routed by the client to
+    /// `route`, or says why this node cannot serve it.
+    pub fn route(
+        &self,
+        route: Option<&pb::RouteHeader>,
+        key: &[u8],
+    ) -> Result<Arc<ShardReplica>, ServiceError> {
+        ringkv_proto::check_key(key)?;
+        let (shard_id, epoch) = {
+            let map = self.map.read().expect("map lock");
+            (map.shard_for_key(key).id, map.epoch)
+        };
+        if let Some(route) = route
+            && (route.shard_id != shard_id.0 || (route.map_epoch != 0 && route.map_epoch != epoch))
+        {
+            return Err(ServiceError::WrongShard {
+                shard_id,
+                map_epoch: epoch,
+            });
+        }
+        self.serving_replica(shard_id)
+    }
+
+    /// Finds the local replica of a shard named by id (scans), or says why it cannot be served.
+    pub fn route_shard(&self, route: Option<&pb::RouteHeader>) -> Result<Arc<ShardReplica>, ServiceError> {
+        let route =
+            route.ok_or_else(|| ServiceError::InvalidArgument("request has no route header".into()))?;
+        let shard_id = ShardId(route.shard_id);
+        let (known, epoch) = {
+            let map = self.map.read().expect("map lock");
+            (map.shard(shard_id).is_some(), map.epoch)
+        };
+        if !known || (route.map_epoch != 0 && route.map_epoch != epoch) {
+            return Err(ServiceError::WrongShard {
+                shard_id,
+                map_epoch: epoch,
+            });
+        }
+        self.serving_replica(shard_id)
+    }
+
+    fn serving_replica(&self, shard_id: ShardId) -> Result<Arc<ShardReplica>, ServiceError> {
+        let replica = self.replica(shard_id).ok_or(ServiceError::NotLeader {
+            shard_id,
+            leader: None,
+        })?;
+        if let Some(failure) = replica.failure() {
+            return Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: false,
+                reason: format!(
+                    "its replica on node {} is out of service ({failure}); try its other replicas",
+                    self.node_id()
+                ),
+            });
+        }
+        Ok(replica)
+    }
+
+    /// Proposes `proposal` to the replica's group and waits (at most `budget`) for it to be
+    /// applied. A proposal carrying a request id that is already in flight here is not proposed
+    /// again: this attempt waits for the first one's outcome.
+    pub async fn write(
+        &self,
+        replica: &Arc<ShardReplica>,
+        proposal: Proposal,
+        budget: Duration,
+    ) -> Result<CommandResult, ServiceError> {
+        let shard_id = replica.shard_id;
+        let mut outcome = match proposal.request {
+            Some(request) => {
+                let key = (shard_id, request);
+                let existing = self.inflight.lock().expect("inflight lock").get(&key).cloned();
+                match existing {
+                    Some(outcome) => outcome,
+                    None => self.propose(replica, proposal, Some(key)),
+                }
+            }
+            None => self.propose(replica, proposal, None),
+        };
+        let waited = tokio::time::timeout(budget, outcome.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(done)) => match done.clone().expect("waited for Some") {
+                Ok(CommandResult::Refused { reason }) => Err(ServiceError::Unavailable {
+                    shard_id,
+                    outcome_unknown: true,
+                    reason,
+                }),
+                other => other,
+            },
+            Ok(Err(_)) => Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: true,
+                reason: "the node stopped waiting for the write; it may or may not apply".into(),
+            }),
+            Err(_) => Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: true,
+                reason: format!(
+                    "the write did not commit within {} ms (no quorum, or an overloaded shard); it may \
+                     still apply, and a retry with the same request id is safe",
+                    budget.as_millis()
+                ),
+            }),
+        }
+    }
+
+    /// Starts a proposal in a task of its own, so it runs to its end even when the attempt that
+    /// started it gives up; returns where its outcome will appear.
+    fn propose(
+        &self,
+        replica: &Arc<ShardReplica>,
+        proposal: Proposal,
+        key: Option<(ShardId, ringkv_engine::RequestId)>,
+    ) -> watch::Receiver<WriteOutcome> {
+        let (sender, receiver) = watch::channel(None);
+        if let Some(key) = key {
+            self.inflight
+                .lock()
+                .expect("inflight lock")
+                .insert(key, receiver.clone());
+        }
+        let replica = replica.clone();
+        // The task removes its own entry when done; the map lives as long as the node.
+        let inflight = Arc::downgrade(&self.inflight);
+        tokio::spawn(async move {
+            let shard_id = replica.shard_id;
+            let result =
+                match tokio::time::timeout(PROPOSAL_LIFETIME, replica.raft.client_write(proposal)).await {
+                    Ok(result) => write_outcome(shard_id, result),
+                    Err(_) => Err(ServiceError::Unavailable {
+                        shard_id,
+                        outcome_unknown: true,
+                        reason: "the write was not answered in time; it may or may not apply".into(),
+                    }),
+                };
+            if let Some(key) = key
+                && let Some(inflight) = inflight.upgrade()
+            {
+                inflight.lock().expect("inflight lock").remove(&key);
+            }
+            let _ = sender.send(Some(result));
+        });
+        receiver
+    }
+
+    /// Waits until a read of the replica's local state is linearizable (ReadIndex: the leader
+    /// confirms its leadership with a quorum and the state machine catches up to the read index).
+    pub async fn linearizable_barrier(
+        &self,
+        replica: &ShardReplica,
+        budget: Duration,
+    ) -> Result<(), ServiceError> {
+        let shard_id = replica.shard_id;
+        match tokio::time::timeout(budget, replica.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
+                Err(ServiceError::NotLeader {
+                    shard_id,
+                    leader: leader_of(forward.leader_node),
+                })
+            }
+            Ok(Err(error)) => Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: false,
+                reason: format!("cannot confirm leadership for a linearizable read: {error}"),
+            }),
+            Err(_) => Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: false,
+                reason: format!("leadership not confirmed within {} ms", budget.as_millis()),
+            }),
+        }
+    }
+
+    /// Reads `key` from the local engine (off the runtime threads). A storage fault takes the
+    /// replica, or the node, out of service.
+    pub async fn read_key(
+        &self,
+        replica: &Arc<ShardReplica>,
+        key: Vec<u8>,
+    ) -> Result<Option<Versioned>, ServiceError> {
+        let result = self.engine.run_blocking(move |engine| engine.get(&key)).await;
+        result.map_err(|error| self.storage_fault(replica, error))
+    }
+
+    /// A page of the replica's range (off the runtime threads).
+    pub async fn scan(
+        &self,
+        replica: &Arc<ShardReplica>,
+        cursor: Vec<u8>,
+        prefix: Vec<u8>,
+        limit: usize,
+    ) -> Result<ScanPage, ServiceError> {
+        let range: HashRange = replica.range;
+        let result = self
+            .engine
+            .run_blocking(move |engine| engine.scan(range, &cursor, &prefix, limit))
+            .await;
+        result.map_err(|error| self.storage_fault(replica, error))
+    }
+
+    /// Proposes a replica-check digest on the shard this node leads; returns the log index at
+    /// which every replica computes it.
+    pub async fn propose_digest(&self, shard_id: ShardId) -> Result<LogIndex, ServiceError> {
+        let replica = self.serving_replica(shard_id)?;
+        let proposal = Proposal::internal(ringkv_engine::Command::Digest);
+        match tokio::time::timeout(self.request_timeout, replica.raft.client_write(proposal)).await {
+            Ok(Ok(response)) => Ok(response.log_id.index),
+            Ok(Err(error)) => Err(write_outcome(shard_id, Err(error)).expect_err("an error")),
+            Err(_) => Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: true,
+                reason: "the digest command did not commit in time".into(),
+            }),
+        }
+    }
+
+    /// Turns an engine error met while serving `replica` into the client's answer, taking the
+    /// replica (corruption, a failed read) or the whole node (a failed write or fsync) out of
+    /// service first when the error is a local fault.
+    pub fn storage_fault(&self, replica: &Arc<ShardReplica>, error: EngineError) -> ServiceError {
+        if error.is_fatal() {
+            let reason = error.to_string();
+            match error {
+                EngineError::Poisoned(_) | EngineError::Write(_) => self.fail_all_replicas(&reason),
+                _ => self.fail_replica(replica, &reason),
+            }
+            debug!(shard_id = %replica.shard_id, "request failed on a storage fault");
+        }
+        ServiceError::Unavailable {
+            shard_id: replica.shard_id,
+            outcome_unknown: false,
+            reason: format!("storage fault on node {}: {error}", self.node_id()),
+        }
+    }
+}
+
+/// What `client_write`'s result means to the client.
+fn write_outcome(
+    shard_id: ShardId,
+    result: Result<
+        openraft::raft::ClientWriteResponse<ringkv_engine::TypeConfig>,
+        RaftError<ringkv_engine::TypeConfig, ClientWriteError<ringkv_engine::TypeConfig>>,
+    >,
+) -> Result<CommandResult, ServiceError> {
+    match result {
+        Ok(response) => Ok(response.data),
+        // Refused before its entry was appended: certainly not applied.
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ServiceError::NotLeader {
+                shard_id,
+                leader: leader_of(forward.leader_node),
+            })
+        }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(ServiceError::Unavailable {
+            shard_id,
+            outcome_unknown: true,
+            reason:
+                "the leader lost leadership before the write committed; it may or may not have been applied"
+                    .into(),
+        }),
+        Err(error) => Err(ServiceError::Unavailable {
+            shard_id,
+            outcome_unknown: true,
+            reason: format!("the shard's Raft group failed: {error}"),
+        }),
+    }
+}
+
+pub(crate) fn leader_of(node: Option<ReplicaNode>) -> Option<(NodeId, String)> {
+    node.map(|node| (node.node_id, node.addr))
+}

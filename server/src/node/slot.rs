@@ -1,0 +1,70 @@
+//! What the gRPC services serve while a node starts: from the moment it listens, who it is (so
+//! peers forming the cluster can ask), and once its Raft groups run, the node itself. Requests
+//! that need the node before then are refused as "starting", which clients retry elsewhere.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use ringkv_engine::ShardId;
+use ringkv_proto::{ShardMap, pb};
+
+use super::host::Node;
+use crate::error::ServiceError;
+use crate::identity::{BootstrapParams, NodeRecord};
+
+pub struct NodeSlot {
+    record: NodeRecord,
+    params: BootstrapParams,
+    /// The cluster's map once this node belongs to one (before its groups start).
+    map: RwLock<Option<ShardMap>>,
+    node: OnceLock<Arc<Node>>,
+}
+
+impl NodeSlot {
+    pub fn new(record: NodeRecord, params: BootstrapParams, map: Option<ShardMap>) -> Arc<NodeSlot> {
+        Arc::new(NodeSlot {
+            record,
+            params,
+            map: RwLock::new(map),
+            node: OnceLock::new(),
+        })
+    }
+
+    /// Records that this node now belongs to the cluster of `map` (it is stored durably first).
+    pub fn set_map(&self, map: ShardMap) {
+        *self.map.write().expect("slot map lock") = Some(map);
+    }
+
+    pub fn set_node(&self, node: Arc<Node>) {
+        let _ = self.node.set(node);
+    }
+
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.node.get()
+    }
+
+    /// The node, or the answer to give while it is starting.
+    pub fn require(&self) -> Result<&Arc<Node>, ServiceError> {
+        self.node.get().ok_or_else(|| ServiceError::Unavailable {
+            shard_id: ShardId(0),
+            outcome_unknown: false,
+            reason: format!(
+                "node {} is starting (its cluster is forming, or its shard groups are opening); try another node",
+                self.record.node_id
+            ),
+        })
+    }
+
+    /// This node's answer to a peer's Hello.
+    pub fn hello(&self) -> pb::HelloResponse {
+        let map = match self.node.get() {
+            Some(node) => Some(node.shard_map()),
+            None => self.map.read().expect("slot map lock").clone(),
+        };
+        pb::HelloResponse {
+            node_id: self.record.node_id.0,
+            incarnation: self.record.incarnation,
+            params: Some(self.params.to_proto()),
+            map: map.map(|map| map.to_proto()),
+        }
+    }
+}
