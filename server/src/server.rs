@@ -71,21 +71,28 @@ impl RunningNode {
         self.halt().await;
     }
 
-    /// Stops at once, as a crash would for the cluster: no leadership is handed over, peers find
-    /// out by timeouts. (Unlike a real crash, writes already made stay in the OS's buffers.)
+    /// Stops at once, as a crash would for the cluster: the shard groups stop first, so requests
+    /// in flight fail with their outcome unknown, no leadership is handed over, and peers find out
+    /// by timeouts. (Unlike a real crash, writes already made stay in the OS's buffers.)
     pub async fn kill(self) {
+        self.node.shutdown().await;
         self.halt().await;
     }
 
     async fn halt(self) {
         let _ = self.stop.send(());
         let _ = self.serving.await;
-        self.node.shutdown().await;
-        let engine = self.node.engine().clone();
-        drop(self.node);
-        if !engine.close(CLOSE_TIMEOUT).await {
-            tracing::warn!("storage still in use after stopping; it closes when the last task ends");
-        }
+        shut_down_groups(self.node).await;
+    }
+}
+
+/// Stops every shard group (if still running) and closes the engine.
+async fn shut_down_groups(node: Arc<Node>) {
+    node.shutdown().await;
+    let engine = node.engine().clone();
+    drop(node);
+    if !engine.close(CLOSE_TIMEOUT).await {
+        tracing::warn!("storage still in use after stopping; it closes when the last task ends");
     }
 }
 
