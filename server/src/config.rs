@@ -146,6 +146,14 @@ impl NodeConfig {
         Duration::from_millis(self.raft.snapshot_idle_timeout_ms)
     }
 
+    /// How long Raft messages may take (see `RaftTimeouts`).
+    pub fn raft_timeouts(&self) -> crate::transport::RaftTimeouts {
+        crate::transport::RaftTimeouts {
+            rpc_floor: Duration::from_millis(self.raft.election_timeout_max_ms),
+            snapshot_idle: self.snapshot_idle_timeout(),
+        }
+    }
+
     pub fn replication_factor(&self) -> Result<usize, ConfigError> {
         let n_nodes = self.bootstrap_nodes()?.len();
         Ok(self.replication.unwrap_or(n_nodes.min(3)))

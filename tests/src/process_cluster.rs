@@ -53,6 +53,7 @@ impl ProcessNode {
 pub struct ProcessCluster {
     pub nodes: Vec<ProcessNode>,
     peers: String,
+    shards: u32,
     extra_args: Vec<String>,
     _dir: TempDir,
 }
@@ -67,12 +68,11 @@ impl ProcessCluster {
             .enumerate()
             .map(|(i, port)| format!("{}=127.0.0.1:{port}", i + 1))
             .collect();
-        let mut extra: Vec<String> = vec!["--shards".into(), shards.to_string()];
-        extra.extend(extra_args.iter().map(|s| s.to_string()));
         let mut cluster = ProcessCluster {
             nodes: Vec::new(),
             peers: peers.join(","),
-            extra_args: extra,
+            shards,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
         for (index, port) in ports.iter().enumerate() {
@@ -127,13 +127,44 @@ impl ProcessCluster {
             ])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--peers", &self.peers])
+            .args(["--shards", &self.shards.to_string()])
             .args(&self.extra_args)
             .env(
                 "RINGKV_LOG",
                 std::env::var("RINGKV_NODE_LOG").unwrap_or_else(|_| "info".into()),
             );
+        if !self.extra_args.iter().any(|arg| arg == "--peers") {
+            command.args(["--peers", &self.peers]);
+        }
         command
+    }
+
+    /// The command line that starts `node_id` as the cluster was started but with `--shards`
+    /// and `--peers` replaced (`None`: as the cluster has them) and `extra` added.
+    pub fn start_command_with(
+        &self,
+        node_id: u64,
+        shards: Option<u32>,
+        peers: Option<&str>,
+        extra: &[&str],
+    ) -> Command {
+        let node = self.node(node_id);
+        let mut command = Command::new(ringkv_binary());
+        command
+            .arg("start")
+            .args(["--node-id", &node_id.to_string(), "--listen", &node.addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--shards", &shards.unwrap_or(self.shards).to_string()])
+            .args(["--peers", peers.unwrap_or(&self.peers)])
+            .args(extra)
+            .env("RINGKV_LOG", "warn");
+        command
+    }
+
+    /// The `--peers` value the cluster was started with.
+    pub fn peers(&self) -> &str {
+        &self.peers
     }
 
     /// Starts (or restarts) a node's process, appending to its log file.
@@ -206,18 +237,10 @@ impl ProcessCluster {
             .with_context(|| format!("cannot delete {}", node.data_dir.display()))
     }
 
-    /// Runs `ringkv start` for `node_id` with extra arguments in the foreground, waiting at most
-    /// `timeout` for it to exit (it is killed otherwise), and returns its output. For nodes that
-    /// must refuse to start.
-    pub fn run_to_exit(
-        &self,
-        node_id: u64,
-        extra_args: &[&str],
-        timeout: Duration,
-    ) -> anyhow::Result<std::process::Output> {
-        let mut command = self.start_command(node_id);
+    /// Runs `command` (a `ringkv start` that must refuse to start) in the foreground, waiting at
+    /// most `timeout` for it to exit (it is killed otherwise), and returns its output.
+    pub fn run_to_exit(mut command: Command, timeout: Duration) -> anyhow::Result<std::process::Output> {
         command
-            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -231,7 +254,7 @@ impl ProcessCluster {
                 let _ = child.kill();
                 let output = child.wait_with_output()?;
                 bail!(
-                    "node {node_id} did not exit within {timeout:?}; its output:\n{}",
+                    "the node did not exit within {timeout:?}; its output:\n{}",
                     String::from_utf8_lossy(&output.stderr)
                 );
             }
@@ -244,8 +267,12 @@ impl ProcessCluster {
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with_timeout(Duration::from_secs(10)).await
+    }
+
+    pub async fn client_with_timeout(&self, timeout: Duration) -> anyhow::Result<Client> {
         let mut config = ClientConfig::new(self.endpoints());
-        config.request_timeout = Duration::from_secs(10);
+        config.request_timeout = timeout;
         Ok(Client::with_config(config).await?)
     }
 

@@ -24,9 +24,11 @@ pub fn main() -> ExitCode {
         "warn,openraft=error"
     };
     let filter = EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colours only on a terminal: logs written to files stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = match tokio::runtime::Runtime::new() {

@@ -107,12 +107,8 @@ impl Node {
             };
             let log_store = engine.log_store(shard.id);
             let state_machine = engine.state_machine(shard.id, range)?;
-            let network = ShardNetworkFactory::new(
-                shard.id,
-                transport.clone(),
-                identity,
-                config.snapshot_idle_timeout(),
-            );
+            let network =
+                ShardNetworkFactory::new(shard.id, transport.clone(), identity, config.raft_timeouts());
             let raft = ShardRaft::new(
                 local.replica_id,
                 raft_config.clone(),

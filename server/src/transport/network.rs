@@ -18,13 +18,25 @@ use ringkv_engine::{ReplicaId, ReplicaNode, ShardId, SnapshotFile, TypeConfig};
 use super::{RaftHeader, RaftTransport, Target, TransportError};
 use crate::identity::LocalIdentity;
 
+/// How long a Raft message may take, with the snapshot idle timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTimeouts {
+    /// Least time any Raft RPC gets. openraft gives replication and heartbeat RPCs the heartbeat
+    /// interval (100 ms) as their timeout; on a machine starved of CPU a round trip (with the
+    /// follower's fsync) takes longer, and RPCs cut at 100 ms are resent over and over: commits
+    /// crawl and heartbeats stop renewing the leader's lease, with no fault at all. An answer is
+    /// useful until an election timeout has passed, so that is the floor.
+    pub rpc_floor: Duration,
+    pub snapshot_idle: Duration,
+}
+
 /// Creates one `ShardNetwork` per peer replica of a shard.
 #[derive(Clone)]
 pub struct ShardNetworkFactory {
     shard_id: ShardId,
     transport: Arc<dyn RaftTransport>,
     local: LocalIdentity,
-    snapshot_idle_timeout: Duration,
+    timeouts: RaftTimeouts,
 }
 
 impl ShardNetworkFactory {
@@ -32,13 +44,13 @@ impl ShardNetworkFactory {
         shard_id: ShardId,
         transport: Arc<dyn RaftTransport>,
         local: LocalIdentity,
-        snapshot_idle_timeout: Duration,
+        timeouts: RaftTimeouts,
     ) -> Self {
         ShardNetworkFactory {
             shard_id,
             transport,
             local,
-            snapshot_idle_timeout,
+            timeouts,
         }
     }
 }
@@ -63,7 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
                 },
             },
             transport: self.transport.clone(),
-            snapshot_idle_timeout: self.snapshot_idle_timeout,
+            timeouts: self.timeouts,
         }
     }
 }
@@ -72,7 +84,14 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
 pub struct ShardNetwork {
     target: Target,
     transport: Arc<dyn RaftTransport>,
-    snapshot_idle_timeout: Duration,
+    timeouts: RaftTimeouts,
+}
+
+impl ShardNetwork {
+    /// The time an RPC gets: openraft's, but never less than the floor.
+    fn timeout(&self, option: &RPCOption) -> Duration {
+        option.hard_ttl().max(self.timeouts.rpc_floor)
+    }
 }
 
 fn rpc_error(error: TransportError) -> RPCError<TypeConfig> {
@@ -93,7 +112,7 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.transport
-            .append_entries(&self.target, rpc, option.hard_ttl())
+            .append_entries(&self.target, rpc, self.timeout(&option))
             .await
             .map_err(rpc_error)
     }
@@ -104,7 +123,7 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.transport
-            .vote(&self.target, rpc, option.hard_ttl())
+            .vote(&self.target, rpc, self.timeout(&option))
             .await
             .map_err(rpc_error)
     }
@@ -115,7 +134,7 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.transport
-            .pre_vote(&self.target, rpc, option.hard_ttl())
+            .pre_vote(&self.target, rpc, self.timeout(&option))
             .await
             .map_err(rpc_error)
     }
@@ -126,7 +145,7 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.transport
-            .transfer_leader(&self.target, rpc, option.hard_ttl())
+            .transfer_leader(&self.target, rpc, self.timeout(&option))
             .await
             .map_err(rpc_error)
     }
@@ -142,7 +161,7 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         // instead (see `RaftTransport::install_snapshot`).
         let send = self
             .transport
-            .install_snapshot(&self.target, vote, snapshot, self.snapshot_idle_timeout);
+            .install_snapshot(&self.target, vote, snapshot, self.timeouts.snapshot_idle);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = send => result.map_err(|error| match error {
