@@ -85,9 +85,40 @@ impl Client {
         let shard_ids: Vec<ShardId> = self.shard_map().await.shards.iter().map(|s| s.id).collect();
         let mut shards = Vec::with_capacity(shard_ids.len());
         for shard_id in shard_ids {
-            shards.push(self.check_shard(shard_id, per_shard).await?);
+            // A shard that cannot be checked (no leader, say) is reported as such; the others
+            // are still checked.
+            let check = match self.check_shard(shard_id, per_shard).await {
+                Ok(check) => check,
+                Err(error) => self.unchecked(shard_id, &error).await,
+            };
+            shards.push(check);
         }
         Ok(CheckReport { shards })
+    }
+
+    /// A shard whose check could not start: every replica carries the reason.
+    async fn unchecked(&self, shard_id: ShardId, error: &Error) -> ShardCheck {
+        let map = self.shard_map().await;
+        let replicas = map
+            .shard(shard_id)
+            .map(|shard| {
+                shard
+                    .voters
+                    .iter()
+                    .chain(&shard.learners)
+                    .map(|replica| ReplicaDigest {
+                        node_id: replica.node_id,
+                        replica_id: replica.replica_id,
+                        digest: Err(format!("no digest command could be proposed: {error}")),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ShardCheck {
+            shard_id,
+            index: 0,
+            replicas,
+        }
     }
 
     /// Checks one shard's replicas, within `timeout`.

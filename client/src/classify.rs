@@ -123,9 +123,9 @@ fn classify_code(status: &tonic::Status, message: String) -> Attempt {
     use tonic::Code;
     match status.code() {
         Code::InvalidArgument => Attempt::Fatal(Error::InvalidArgument(message)),
-        // The request was refused before it was handled: its message did not decode, or names
-        // a service or method this node does not have.
-        Code::Unimplemented | Code::OutOfRange | Code::ResourceExhausted | Code::FailedPrecondition => {
+        // The request was refused before it was handled: it names a service or method this
+        // node does not have, or broke a precondition it does not describe.
+        Code::Unimplemented | Code::FailedPrecondition => {
             Attempt::Fatal(Error::Protocol(format!("{}: {message}", status.code())))
         }
         Code::PermissionDenied | Code::Unauthenticated => {
@@ -135,7 +135,8 @@ fn classify_code(status: &tonic::Status, message: String) -> Attempt {
         Code::Unavailable if is_connect_failure(status) => Attempt::Unreachable(message),
         // Everything else may have reached the node and been proposed: a node failure
         // (Internal), a broken connection (Unavailable, Unknown), a deadline (DeadlineExceeded,
-        // Cancelled), or anything unexpected.
+        // Cancelled), an answer too large to decode (OutOfRange, ResourceExhausted: the request
+        // may have run), or anything unexpected.
         code => Attempt::Ambiguous(format!("{code}: {message}")),
     }
 }

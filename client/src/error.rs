@@ -32,9 +32,9 @@ pub enum Error {
         attempts: u32,
         last_error: String,
     },
-    /// A write may or may not have applied: an attempt was proposed (or may have been) and no
-    /// answer came before the deadline. Retries carried the same request id, so it applied at
-    /// most once. Read the key to see whether it did.
+    /// A write may or may not have applied: an attempt was proposed (or may have been), and no
+    /// later attempt settled it before the deadline (or one failed for good). Retries carried the
+    /// same request id, so it applied at most once. Read the key to see whether it did.
     #[error(
         "outcome unknown for a write to shard {shard_id}: {reason}; it applied at most once; read the key to see whether it did"
     )]

@@ -8,7 +8,7 @@ use ringkv_proto::pb;
 use crate::classify::RequestKind;
 use crate::client::Client;
 use crate::error::Error;
-use crate::plan::{Target, request};
+use crate::plan::{Plan, Target, request};
 use crate::pool::kv;
 use crate::types::KeyValue;
 
@@ -70,11 +70,20 @@ impl Client {
     /// Up to `limit` keys (with values) starting with `prefix`, in hash order, from `cursor`.
     pub async fn scan(&self, options: ScanOptions) -> Result<ScanPage, Error> {
         let limit = if options.limit == 0 { 100 } else { options.limit };
+        ringkv_proto::check_scan(
+            &options.prefix,
+            options
+                .cursor
+                .as_ref()
+                .map_or(&[][..], |cursor| &cursor.shard_cursor[..]),
+        )?;
         let (mut ring_position, mut shard_cursor) = match options.cursor {
             Some(cursor) => (cursor.ring_position, cursor.shard_cursor),
             None => (0, Bytes::new()),
         };
         let mut entries = Vec::new();
+        // One deadline for the whole call, however many pages it reads.
+        let deadline = self.deadline(RequestKind::Read);
         for _ in 0..MAX_PAGES_PER_CALL {
             let (shard_id, arc_end) = {
                 let map = self.shard_map().await;
@@ -82,8 +91,13 @@ impl Client {
                 (shard.id, shard.arc.end)
             };
             let want = (limit - entries.len()) as u32;
-            let response = self
-                .plan(Target::Shard(shard_id), RequestKind::Read)
+            let plan = Plan {
+                inner: &self.inner,
+                target: Target::Shard(shard_id),
+                kind: RequestKind::Read,
+                deadline,
+            };
+            let response = plan
                 .run(|channel, route, time| {
                     let message = pb::ScanRequest {
                         route: Some(route),

@@ -8,4 +8,4 @@ pub mod limits;
 
 pub use hash::{hash_tag, key_hash};
 pub use ids::{LogIndex, NodeId, ReplicaId, ShardId};
-pub use limits::{LimitError, check_batch, check_key, check_value};
+pub use limits::{LimitError, check_batch, check_key, check_scan, check_value};

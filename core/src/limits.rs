@@ -31,6 +31,26 @@ pub enum LimitError {
         "batch holds {0} bytes of keys and values: batches may hold at most {MAX_BATCH_BYTES} bytes (8 MiB)"
     )]
     BatchTooLarge(usize),
+    #[error("scan prefix is {0} bytes: a prefix is part of a key, at most {MAX_KEY_BYTES} bytes")]
+    PrefixTooLong(usize),
+    #[error(
+        "scan cursor is {0} bytes: a cursor is a position ringkv returned, at most {MAX_CURSOR_BYTES} bytes"
+    )]
+    CursorTooLong(usize),
+}
+
+/// Longest scan cursor: a stored key (its 8-byte hash and the key).
+pub const MAX_CURSOR_BYTES: usize = 8 + MAX_KEY_BYTES;
+
+/// Checks a scan's prefix and cursor.
+pub fn check_scan(prefix: &[u8], cursor: &[u8]) -> Result<(), LimitError> {
+    if prefix.len() > MAX_KEY_BYTES {
+        return Err(LimitError::PrefixTooLong(prefix.len()));
+    }
+    if cursor.len() > MAX_CURSOR_BYTES {
+        return Err(LimitError::CursorTooLong(cursor.len()));
+    }
+    Ok(())
 }
 
 pub fn check_key(key: &[u8]) -> Result<(), LimitError> {
@@ -82,6 +102,15 @@ mod tests {
         assert!(check_batch(0, 0).is_err());
         assert!(check_batch(MAX_BATCH_OPS + 1, 10).is_err());
         assert!(check_batch(1, MAX_BATCH_BYTES + 1).is_err());
+        assert!(check_scan(&[b'p'; MAX_KEY_BYTES], &[0; MAX_CURSOR_BYTES]).is_ok());
+        assert_eq!(
+            check_scan(&[b'p'; MAX_KEY_BYTES + 1], b""),
+            Err(LimitError::PrefixTooLong(MAX_KEY_BYTES + 1))
+        );
+        assert_eq!(
+            check_scan(b"", &[0; MAX_CURSOR_BYTES + 1]),
+            Err(LimitError::CursorTooLong(MAX_CURSOR_BYTES + 1))
+        );
     }
 
     #[test]

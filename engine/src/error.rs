@@ -21,8 +21,12 @@ pub enum Error {
     Corruption { what: String, detail: String },
     #[error("storage write failed: {0}")]
     Write(String),
-    #[error("storage read failed: {0}")]
+    /// A read that failed for a passing reason (the store was busy); trying again may succeed.
+    #[error("storage read failed: {0}; it may succeed if tried again")]
     Read(String),
+    /// The disk failed a read.
+    #[error("storage read failed on the disk: {0}; check this node's disk")]
+    Io(String),
     #[error(
         "an fsync of the write-ahead log failed earlier ({0}), so this engine refuses every further write: \
          durability can no longer be promised; restart the node after checking the disk"
@@ -34,9 +38,10 @@ pub enum Error {
 
 impl Error {
     /// True for local faults after which this node must stop serving the shard (or the node):
-    /// storage failures and corruption. False for refusals that leave the engine healthy.
+    /// corruption, failed disk reads and writes, a failed fsync. False for refusals that leave the
+    /// engine healthy and for passing conditions.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Error::DataDirInUse { .. })
+        !matches!(self, Error::DataDirInUse { .. } | Error::Read(_))
     }
 }
 

@@ -38,6 +38,13 @@ pub enum SyncEvent {
     FsyncStarted { id: u64 },
     /// That fsync returned.
     FsyncFinished { id: u64 },
+    /// The syncer completed an append's durability callback after the fsync numbered
+    /// `fsync_id` (the fsync it ran for the batch of waiters this append was in).
+    AppendAcknowledged {
+        shard: ShardId,
+        last_index: LogIndex,
+        fsync_id: u64,
+    },
 }
 
 /// Called synchronously at each [`SyncEvent`], from whichever thread takes the step.

@@ -2,11 +2,13 @@
 //! (readable on return) and acknowledged through the node-wide syncer after the WAL fsync that
 //! covers them; vote, truncation and purge wait for durability before returning.
 //!
-//! Reads follow openraft's contract exactly: `try_get_log_entries` and `entries_stream` return the
-//! whole range asked for (the apply path reads committed entries through `entries_stream` and then
-//! records the range's end as applied, so a short read would silently skip applies); only
-//! `limited_get_log_entries`, which builds replication payloads, may stop early, at a byte budget.
-//! Large ranges are read from RocksDB in chunks so no single read holds much in memory.
+//! Reads follow openraft's contract exactly: `try_get_log_entries` and `entries_stream` return
+//! every entry of the range the log holds, however many (the apply path reads committed entries
+//! through `entries_stream` and then records the range's end as applied, so a capped read would
+//! silently skip applies); a hole, or a committed entry missing at the end, is reported as
+//! corruption. Only `limited_get_log_entries`, which builds replication payloads, may stop early,
+//! at a byte budget. Large ranges are read from RocksDB in chunks so no single read holds much in
+//! memory.
 
 use std::fmt::Debug;
 use std::io;
@@ -30,8 +32,10 @@ type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
 type Vote = VoteOf<TypeConfig>;
 
-/// Entries read from RocksDB per call when a range is read in pieces.
+/// Entries, and bytes, read from RocksDB per call when a range is read in pieces (at least one
+/// entry per call, whatever its size).
 const READ_CHUNK_ENTRIES: usize = 1024;
+const READ_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
 /// Byte budget of one replication payload (`limited_get_log_entries`): entries are added while
 /// their stored size stays within it, and the first entry always goes, so a payload is at most one
@@ -72,6 +76,12 @@ impl LogStore {
             .await
     }
 
+    /// The index of the last committed entry as last saved by openraft, if any.
+    async fn committed_index(&self) -> Result<Option<LogIndex>, Error> {
+        let committed: Option<Option<LogId>> = self.read_state(STATE_COMMITTED, "committed log id").await?;
+        Ok(committed.flatten().map(|id| id.index))
+    }
+
     /// Entries from `from` (inclusive) up to `to` (exclusive; `None`: the log's end), at most
     /// `limit` of them, verified for checksum, index and continuity. Runs RocksDB on the caller's
     /// thread: call through `run_blocking`.
@@ -84,12 +94,7 @@ impl LogStore {
     ) -> Result<Vec<Entry>, Error> {
         let (start, end) = keys::log_range(shard, from, to);
         let mut entries: Vec<Entry> = Vec::new();
-        let mut bytes = 0usize;
-        for (key, value) in engine.range_cf(Cf::Log, &start, &end, limit.entries)? {
-            if !entries.is_empty() && bytes + value.len() > limit.bytes {
-                break;
-            }
-            bytes += value.len();
+        for (key, value) in engine.range_cf(Cf::Log, &start, &end, limit.entries, limit.bytes)? {
             let index = keys::log_key_index(&key).unwrap_or_default();
             let entry: Entry = codec::decode_entry(&value, shard, index)?;
             if entry.log_id.index != index {
@@ -118,7 +123,7 @@ impl LogStore {
         let shard = self.shard;
         let limit = ReadLimit {
             entries: READ_CHUNK_ENTRIES,
-            bytes: usize::MAX,
+            bytes: READ_CHUNK_BYTES,
         };
         self.engine
             .run_blocking(move |engine| LogStore::read_entries(engine, shard, from, to, limit))
@@ -147,12 +152,10 @@ fn bounds(range: &impl RangeBounds<u64>) -> (LogIndex, Option<LogIndex>) {
     (from, to)
 }
 
-/// Continues a whole-range read after `done` entries: where the next chunk starts, or `None`
-/// when the range is complete. A chunk shorter than asked means the log ends there.
+/// Continues a whole-range read after a chunk: where the next chunk starts, or `None` when the
+/// range is complete or the log ends. (A chunk may stop early at its byte budget, so only an empty
+/// chunk says the log has ended.)
 fn next_chunk_start(chunk: &[Entry], to: Option<LogIndex>) -> Option<LogIndex> {
-    if chunk.len() < READ_CHUNK_ENTRIES {
-        return None;
-    }
     let next = chunk.last()?.log_id.index + 1;
     match to {
         Some(to) if next >= to => None,
@@ -221,8 +224,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
             store: LogStore,
             from: Option<LogIndex>,
             to: Option<LogIndex>,
-            /// Whether a chunk was read: later chunks must continue exactly where the last ended.
-            started: bool,
             remaining_cap: usize,
             buffered: std::vec::IntoIter<Entry>,
         }
@@ -232,9 +233,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             store: self.clone(),
             from: Some(from),
             to,
-            started: false,
             buffered: Vec::new().into_iter(),
         };
+        // The apply path reads committed entries through this stream and then records the whole
+        // range as applied, so a gap, or a committed entry missing at the end, is an error, never
+        // a shorter stream. (openraft saves the committed id before every apply. Past the
+        // committed id, as openraft's storage suite asks, the stream just ends with the log.)
         futures::stream::unfold(cursor, |mut cursor| async move {
             loop {
                 if cursor.remaining_cap == 0 {
@@ -247,18 +251,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 let from = cursor.from?;
                 match cursor.store.read_chunk(from, cursor.to).await {
                     Ok(chunk) => {
-                        let continues =
-                            !cursor.started || chunk.first().is_none_or(|e| e.log_id.index == from);
-                        cursor.started = true;
-                        if !continues {
+                        let first = chunk.first().map(|e| e.log_id.index);
+                        let missing = match first {
+                            Some(found) if found != from => {
+                                Some(format!("entry {from} is missing; the log continues at {found}"))
+                            }
+                            Some(_) => None,
+                            None if cursor.to.is_some_and(|to| from < to) => {
+                                match cursor.store.committed_index().await {
+                                    Ok(Some(committed)) if committed >= from => Some(format!(
+                                        "committed entry {from} is missing; the log ends before it (committed up to {committed})"
+                                    )),
+                                    Ok(_) => None,
+                                    Err(error) => {
+                                        cursor.from = None;
+                                        return Some((Err(error.into()), cursor));
+                                    }
+                                }
+                            }
+                            None => None,
+                        };
+                        if let Some(detail) = missing {
+                            cursor.from = None;
                             let error = Error::Corruption {
                                 what: format!("log of shard {}", cursor.store.shard),
-                                detail: format!(
-                                    "entry {from} is missing; the log continues at {}",
-                                    chunk[0].log_id.index
-                                ),
+                                detail,
                             };
-                            cursor.from = None;
                             return Some((Err(error.into()), cursor));
                         }
                         cursor.from = next_chunk_start(&chunk, cursor.to);
@@ -363,9 +381,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if self.engine.faults().enqueue_before_write.load(Ordering::Relaxed) {
             let counters = &self.engine.syncer().counters;
             let started_before = counters.fsyncs_started.load(Ordering::Acquire);
-            self.engine
-                .syncer()
-                .enqueue(Waiter::Append(callback.take().expect("callback")));
+            self.engine.syncer().enqueue(Waiter::Append {
+                callback: callback.take().expect("callback"),
+                shard,
+                last_index,
+            });
             for _ in 0..1000 {
                 if counters.fsyncs_started.load(Ordering::Acquire) > started_before {
                     break;
@@ -395,7 +415,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .appends
             .fetch_add(1, Ordering::AcqRel);
         if let Some(callback) = callback {
-            self.engine.syncer().enqueue(Waiter::Append(callback));
+            self.engine.syncer().enqueue(Waiter::Append {
+                callback,
+                shard,
+                last_index,
+            });
         }
         Ok(())
     }

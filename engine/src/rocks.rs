@@ -85,6 +85,9 @@ pub(crate) type RawPair = (Vec<u8>, Vec<u8>);
 /// Most keys one scan call examines, matching or not, so a selective prefix cannot make a page
 /// take unbounded time.
 const SCAN_EXAMINE_LIMIT: usize = 10_000;
+/// Most bytes of keys and values one scan page holds (the first entry always comes), so a page
+/// stays well under the 16 MiB message limit whatever the values' sizes.
+const SCAN_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A batch of writes to apply atomically.
 #[derive(Default)]
@@ -232,25 +235,30 @@ impl Engine {
             let db = db.clone();
             let faults = options.faults.clone();
             let observer = options.sync_observer.clone();
-            Syncer::start(move |id| {
-                if faults.skip_fsync.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                // The observer sees the real fsync, so a skipped one shows as missing.
-                if let Some(observe) = &observer {
-                    observe(SyncEvent::FsyncStarted { id });
-                }
-                let result = db.flush_wal(true).map_err(|e| e.into_string());
-                if let Some(observe) = &observer {
-                    observe(SyncEvent::FsyncFinished { id });
-                }
-                result
-            })
+            Syncer::start(
+                move |id| {
+                    if faults.skip_fsync.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    // The observer sees the real fsync, so a skipped one shows as missing.
+                    if let Some(observe) = &observer {
+                        observe(SyncEvent::FsyncStarted { id });
+                    }
+                    let result = db.flush_wal(true).map_err(|e| e.into_string());
+                    if let Some(observe) = &observer {
+                        observe(SyncEvent::FsyncFinished { id });
+                    }
+                    result
+                },
+                options.sync_observer.clone(),
+            )
         };
-        // Leftovers of transfers interrupted by a crash are useless: nothing refers to them.
-        if let Ok(entries) = std::fs::read_dir(snapshot_dir.join("incoming")) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
+        // Leftovers of transfers and builds interrupted by a crash are useless: nothing refers
+        // to them.
+        remove_files(&snapshot_dir.join("incoming"), |_| true);
+        if let Ok(shards) = std::fs::read_dir(&snapshot_dir) {
+            for shard in shards.flatten() {
+                remove_files(&shard.path(), |name| name.ends_with(".tmp"));
             }
         }
         Ok(Engine {
@@ -346,13 +354,15 @@ impl Engine {
                 .iterator_cf_opt(&cf, read_options, IteratorMode::From(&from, Direction::Forward));
         let mut entries = Vec::new();
         let mut examined = 0;
+        let mut bytes = 0usize;
         let mut last_key = Vec::new();
         for item in iterator {
             let (key, value) = item.map_err(read_error)?;
             if key.as_ref() == cursor {
                 continue;
             }
-            if entries.len() >= limit.max(1) || examined >= SCAN_EXAMINE_LIMIT {
+            let full = !entries.is_empty() && bytes + key.len() + value.len() > SCAN_PAGE_BYTES;
+            if entries.len() >= limit.max(1) || examined >= SCAN_EXAMINE_LIMIT || full {
                 // More keys remain: resume after the last one examined.
                 return Ok(ScanPage {
                     entries,
@@ -362,6 +372,7 @@ impl Engine {
             examined += 1;
             let user_key = keys::user_key(&key);
             if user_key.starts_with(prefix) {
+                bytes += key.len() + value.len();
                 entries.push((user_key.to_vec(), codec::decode_value(&value)?));
             }
             last_key = key.to_vec();
@@ -381,6 +392,25 @@ impl Engine {
                 .map_err(|e| Error::Write(e.into_string()))?;
         }
         Ok(())
+    }
+
+    /// The disk files (SSTs) holding user data, largest first. For tools and tests (a test damages
+    /// one to check how a node handles corruption).
+    pub fn data_files(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut files: Vec<_> = self
+            .inner
+            .db
+            .live_files()
+            .map_err(read_error)?
+            .into_iter()
+            .filter(|file| file.column_family_name == Cf::Data.name())
+            .collect();
+        files.sort_by_key(|file| std::cmp::Reverse(file.size));
+        let dir = self.inner.path.join("db");
+        Ok(files
+            .into_iter()
+            .map(|file| dir.join(file.name.trim_start_matches('/')))
+            .collect())
     }
 
     /// The replica-check digest of `shard` at log index `index`, if this engine computed one.
@@ -522,12 +552,16 @@ impl Engine {
     }
 
     /// Key-value pairs in `[from, to)`, in order, at most `limit`.
+    /// Key-value pairs in `[from, to)`, in order: at most `max_entries` of them, and no more once
+    /// their values reach `max_bytes` (the first pair always comes, whatever its size). Stops
+    /// iterating at the budget, so a read never holds more than it returns.
     pub(crate) fn range_cf(
         &self,
         cf: Cf,
         from: &[u8],
         to: &[u8],
-        limit: usize,
+        max_entries: usize,
+        max_bytes: usize,
     ) -> Result<Vec<RawPair>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(to.to_vec());
@@ -537,11 +571,40 @@ impl Engine {
             IteratorMode::From(from, Direction::Forward),
         );
         let mut out = Vec::new();
-        for item in iterator.take(limit) {
+        let mut bytes = 0usize;
+        for item in iterator {
+            if out.len() >= max_entries {
+                break;
+            }
             let (key, value) = item.map_err(read_error)?;
+            if !out.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
+                break;
+            }
+            bytes += value.len();
             out.push((key.to_vec(), value.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Calls `visit` with every key in `[from, to)`, in order, without copying values.
+    pub(crate) fn for_each_key(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        mut visit: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(to.to_vec());
+        let mut iterator = self.inner.db.raw_iterator_cf_opt(&self.cf(cf), read_options);
+        iterator.seek(from);
+        while iterator.valid() {
+            if let Some(key) = iterator.key() {
+                visit(key)?;
+            }
+            iterator.next();
+        }
+        iterator.status().map_err(read_error)
     }
 
     /// The last key-value pair in `[from, to)`.
@@ -611,13 +674,27 @@ impl View<'_> {
     }
 }
 
-/// A RocksDB read error: corruption (a checksum mismatch) is told apart from other failures.
+/// A RocksDB read error: corruption (a checksum mismatch) and a failed disk read are told apart
+/// from conditions that pass (busy, try again, incomplete).
 fn read_error(error: rocksdb::Error) -> Error {
     match error.kind() {
         ErrorKind::Corruption => Error::Corruption {
             what: "stored data".into(),
             detail: error.into_string(),
         },
+        ErrorKind::IOError => Error::Io(error.into_string()),
         _ => Error::Read(error.into_string()),
+    }
+}
+
+/// Removes the files in `dir` whose names `remove` picks; errors (a missing dir) are ignored.
+fn remove_files(dir: &Path, remove: impl Fn(&str) -> bool) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            if is_file && remove(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }

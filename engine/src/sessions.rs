@@ -81,20 +81,25 @@ impl Sessions {
     pub(crate) fn load(engine: &Engine, shard: ShardId) -> Result<Sessions, Error> {
         let (start, end) = keys::session_range(shard);
         let mut clients: HashMap<u64, ClientSession> = HashMap::new();
-        for (key, value) in engine.range_cf(Cf::Sessions, &start, &end, usize::MAX)? {
-            let (client, seq) = keys::session_key_parts(&key).ok_or_else(|| Error::Corruption {
+        // Keys only: the stored results stay on disk until a retry asks for one.
+        engine.for_each_key(Cf::Sessions, &start, &end, |key| {
+            let (client, seq) = keys::session_key_parts(key).ok_or_else(|| Error::Corruption {
                 what: format!("request-id table of shard {shard}"),
                 detail: format!("malformed key of {} bytes", key.len()),
             })?;
             let session = clients.entry(client).or_default();
             if seq == 0 {
-                let record: SessionRecord = codec::decode(&value, "client session record")?;
+                let bytes = engine
+                    .get_cf(Cf::Sessions, key)?
+                    .ok_or_else(|| Error::Read("a session record vanished while loading".into()))?;
+                let record: SessionRecord = codec::decode(&bytes, "client session record")?;
                 session.floor = record.floor;
                 session.last_active_ms = record.last_active_ms;
             } else {
                 session.results.insert(seq);
             }
-        }
+            Ok(())
+        })?;
         Ok(Sessions { clients })
     }
 

@@ -11,8 +11,9 @@
 //! Install process, in bounded memory whatever the shard's size:
 //! 1. Verify the whole file by streaming it once: framing, checksum, count, every key inside the
 //!    shard. A damaged file is refused before anything changes.
-//! 2. Move the file into the shard's snapshot directory and write, in one batch, an "install in
-//!    progress" marker naming it together with the deletion of the shard's data and table.
+//! 2. Move the file into the shard's snapshot directory (and fsync the directory), then write, in
+//!    one batch, an "install in progress" marker naming it together with the deletion of the
+//!    shard's data and table.
 //! 3. Stream the records into bounded batches.
 //! 4. Write, in one batch, the applied state and current-snapshot record and delete the marker.
 //!
@@ -241,6 +242,10 @@ fn move_into_place(
     std::fs::rename(file, &path)
         .or_else(|_| std::fs::copy(file, &path).map(|_| ()))
         .map_err(|e| snapshot_error(file, format!("cannot keep as {}: {e}", path.display())))?;
+    // The new name must survive a power loss before anything refers to it.
+    File::open(&dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| snapshot_error(&dir, format!("cannot sync the directory: {e}")))?;
     Ok((path, file_name))
 }
 
@@ -282,20 +287,28 @@ pub(crate) fn install(
 ) -> Result<AppliedState, Error> {
     // Held throughout, so a concurrent builder cannot delete the file being installed.
     let _guard = lock.lock().expect("snapshot lock");
-    let header = verify(path, shard, range)?;
+    let header = match verify(path, shard, range) {
+        Ok(header) => header,
+        Err(error) => {
+            // A refused file is of no use to anyone.
+            let _ = std::fs::remove_file(path);
+            return Err(error);
+        }
+    };
     let (kept_path, file_name) = move_into_place(engine, shard, path, meta)?;
     let marker = InstallMarker {
         meta: meta.clone(),
         file_name,
     };
-    let mut ops = WriteOps::default();
+    // The marker and the deletion of the old state in one batch.
+    let mut ops = clear_ops(shard, range);
     ops.put(
         Cf::Meta,
         keys::shard_meta_key(shard, META_INSTALLING),
         codec::encode(&marker),
     );
     engine.write_ops(ops, false)?;
-    install_from(engine, shard, range, &marker, &kept_path, header)
+    fill_and_finish(engine, shard, &marker, &kept_path, header)
 }
 
 /// Finishes an install a crash interrupted, if the shard has one (see the module header).
@@ -313,26 +326,30 @@ pub(crate) fn resume_install(
     let path = engine.snapshot_dir(shard).join(&marker.file_name);
     info!(shard_id = %shard, file = %path.display(), "finishing a snapshot install interrupted by a crash");
     let header = verify(&path, shard, range)?;
-    install_from(engine, shard, range, &marker, &path, header)?;
+    // Whatever part of the records the interrupted install wrote goes again.
+    engine.write_ops(clear_ops(shard, range), false)?;
+    fill_and_finish(engine, shard, &marker, &path, header)?;
     Ok(())
 }
 
-/// Steps 2 (the deletion) to 4 of an install whose marker is written.
-fn install_from(
-    engine: &Engine,
-    shard: ShardId,
-    range: HashRange,
-    marker: &InstallMarker,
-    path: &Path,
-    header: SnapshotHeader,
-) -> Result<AppliedState, Error> {
+/// The deletion of a shard's data and request-id rows.
+fn clear_ops(shard: ShardId, range: HashRange) -> WriteOps {
     let (data_start, data_end) = keys::data_range_bounded(range);
     let (session_start, session_end) = keys::session_range(shard);
     let mut ops = WriteOps::default();
     ops.delete_range(Cf::Data, data_start, data_end);
     ops.delete_range(Cf::Sessions, session_start.to_vec(), session_end.to_vec());
-    engine.write_ops(ops, false)?;
+    ops
+}
 
+/// Steps 3 and 4 of an install whose marker is written and old state deleted.
+fn fill_and_finish(
+    engine: &Engine,
+    shard: ShardId,
+    marker: &InstallMarker,
+    path: &Path,
+    header: SnapshotHeader,
+) -> Result<AppliedState, Error> {
     let mut ops = WriteOps::default();
     let mut batch_bytes = 0usize;
     read_records(path, |tag, key, value| {

@@ -227,11 +227,29 @@ fn apply_group(
     range: HashRange,
     state: &mut ApplyState,
     entries: Vec<Entry>,
+    next_index: &mut Option<LogIndex>,
 ) -> Result<Vec<CommandResult>, Error> {
     let mut overlay = Overlay::new(engine);
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         let index = entry.log_id.index;
+        // The entries of one apply call are a committed range, one after another: a gap means
+        // entries were skipped, which would leave this replica silently different from the
+        // others. Refuse, loudly. (Between calls openraft may move on, e.g. past an installed
+        // snapshot; its storage suite applies such ranges. A range cut short at its end is caught
+        // by the log store, which knows the committed index.)
+        if let Some(expected) = *next_index
+            && index != expected
+        {
+            return Err(Error::Corruption {
+                what: format!("apply of shard {shard}"),
+                detail: format!(
+                    "entry {index} came to be applied after entry {}; entries were skipped",
+                    expected - 1
+                ),
+            });
+        }
+        *next_index = Some(index + 1);
         let result = match entry.payload {
             EntryPayload::Blank => CommandResult::None,
             EntryPayload::Membership(membership) => {
@@ -322,10 +340,16 @@ fn start_digest(engine: &Engine, shard: ShardId, range: HashRange, index: LogInd
     });
 }
 
-/// xxh3 of every data record of the shard's range and every request-id record of the shard, in
-/// key order, each framed by its column family and lengths; and how many records there were.
+/// xxh3 of the shard's applied state (log id, membership, log clock), then every data record of
+/// the shard's range and every request-id record of the shard, in key order, each framed by its
+/// column family and lengths; and how many data and request-id records there were.
 pub(crate) fn shard_digest(view: &View<'_>, shard: ShardId, range: HashRange) -> Result<(u64, u64), Error> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let applied = view
+        .get(Cf::Meta, &keys::shard_meta_key(shard, META_APPLIED))?
+        .unwrap_or_default();
+    hasher.update(&(applied.len() as u32).to_le_bytes());
+    hasher.update(&applied);
     let mut records = 0u64;
     let mut hash_record = |tag: u8, key: &[u8], value: &[u8]| {
         hasher.update(&[tag]);
@@ -368,6 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut pending: Option<EntryResponder<TypeConfig>> = None;
         // A stream must not be polled again once it has ended.
         let mut ended = false;
+        let mut next_index: Option<LogIndex> = None;
         loop {
             // Take a bounded group from the stream (which reads the log in chunks as pulled).
             let mut group = Vec::new();
@@ -404,7 +429,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (shard, range) = (self.shard, self.range);
             // On an error the session index stays `None`, and the next apply reloads it from disk
             // (the in-memory copy may have run ahead of what was written).
-            let (state, results) = self
+            let (state, results, next) = self
                 .engine
                 .run_blocking(move |engine| -> Result<_, Error> {
                     let sessions = match sessions {
@@ -412,10 +437,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         None => Sessions::load(engine, shard)?,
                     };
                     let mut state = ApplyState { applied, sessions };
-                    let results = apply_group(engine, shard, range, &mut state, group)?;
-                    Ok((state, results))
+                    let results = apply_group(engine, shard, range, &mut state, group, &mut next_index)?;
+                    Ok((state, results, next_index))
                 })
                 .await?;
+            next_index = next;
             self.applied = state.applied;
             self.sessions = Some(state.sessions);
             // Answer only after the batch is written, so a read after the answer sees it.

@@ -15,12 +15,17 @@ use openraft::storage::IOFlushed;
 use tracing::error;
 
 use crate::error::Error;
-use crate::types::TypeConfig;
+use crate::faults::{SyncEvent, SyncObserver};
+use crate::types::{LogIndex, ShardId, TypeConfig};
 
 /// Something to complete once the WAL is durable.
 pub(crate) enum Waiter {
-    /// An openraft log append's callback.
-    Append(IOFlushed<TypeConfig>),
+    /// An openraft log append's callback, and which append it acknowledges.
+    Append {
+        callback: IOFlushed<TypeConfig>,
+        shard: ShardId,
+        last_index: LogIndex,
+    },
     /// An async caller awaiting durability (vote, truncate, purge, install).
     Notify(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
@@ -46,8 +51,12 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     /// Starts the syncer thread; `sync_wal(id)` makes every write made before the call durable
-    /// (`id` numbers the calls from 1).
-    pub(crate) fn start(sync_wal: impl Fn(u64) -> Result<(), String> + Send + 'static) -> Syncer {
+    /// (`id` numbers the calls from 1). `observer` (tests) hears which fsync acknowledged each
+    /// append.
+    pub(crate) fn start(
+        sync_wal: impl Fn(u64) -> Result<(), String> + Send + 'static,
+        observer: Option<SyncObserver>,
+    ) -> Syncer {
         let (sender, receiver) = mpsc::channel::<Waiter>();
         let counters = Arc::new(Counters::default());
         let poisoned = Arc::new(Mutex::new(None));
@@ -56,7 +65,7 @@ impl Syncer {
             let (counters, poisoned, is_poisoned) = (counters.clone(), poisoned.clone(), is_poisoned.clone());
             thread::Builder::new()
                 .name("ringkv-syncer".into())
-                .spawn(move || run(receiver, sync_wal, &counters, &poisoned, &is_poisoned))
+                .spawn(move || run(receiver, sync_wal, observer, &counters, &poisoned, &is_poisoned))
                 .expect("spawn the syncer thread")
         };
         Syncer {
@@ -125,7 +134,7 @@ impl Drop for Syncer {
 
 fn complete(waiter: Waiter, result: Result<(), String>) {
     match waiter {
-        Waiter::Append(callback) => {
+        Waiter::Append { callback, .. } => {
             callback.io_completed(result.map_err(|reason| std::io::Error::other(Error::Poisoned(reason))))
         }
         Waiter::Notify(sender) => {
@@ -137,6 +146,7 @@ fn complete(waiter: Waiter, result: Result<(), String>) {
 fn run(
     receiver: mpsc::Receiver<Waiter>,
     sync_wal: impl Fn(u64) -> Result<(), String>,
+    observer: Option<SyncObserver>,
     counters: &Counters,
     poisoned: &Mutex<Option<String>>,
     is_poisoned: &AtomicBool,
@@ -145,10 +155,12 @@ fn run(
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
+        let mut fsync_id = 0;
         let result = if let Some(reason) = poisoned.lock().expect("poison lock").clone() {
             Err(reason)
         } else {
             let id = counters.fsyncs_started.fetch_add(1, Ordering::AcqRel) + 1;
+            fsync_id = id;
             let result = sync_wal(id);
             counters.fsyncs.fetch_add(1, Ordering::AcqRel);
             if let Err(reason) = &result {
@@ -159,6 +171,20 @@ fn run(
             result
         };
         for waiter in batch {
+            if let (
+                Some(observe),
+                Waiter::Append {
+                    shard, last_index, ..
+                },
+                Ok(()),
+            ) = (&observer, &waiter, &result)
+            {
+                observe(SyncEvent::AppendAcknowledged {
+                    shard: *shard,
+                    last_index: *last_index,
+                    fsync_id,
+                });
+            }
             complete(waiter, result.clone());
         }
     }
@@ -173,13 +199,16 @@ mod tests {
         let fail = Arc::new(AtomicBool::new(false));
         let syncer = {
             let fail = fail.clone();
-            Syncer::start(move |_| {
-                if fail.load(Ordering::Acquire) {
-                    Err("disk gone".into())
-                } else {
-                    Ok(())
-                }
-            })
+            Syncer::start(
+                move |_| {
+                    if fail.load(Ordering::Acquire) {
+                        Err("disk gone".into())
+                    } else {
+                        Ok(())
+                    }
+                },
+                None,
+            )
         };
         syncer.sync().await.unwrap();
         syncer.check_healthy().unwrap();

@@ -164,7 +164,8 @@ async fn a_repeated_request_is_applied_once_and_answered_with_its_first_result()
     assert_eq!(write(&raft, proposal(request(alice, 2), 1, cas)).await, failed);
     assert_eq!(value_of(&engine, "c"), Some(b"x".to_vec()));
 
-    // Two copies in one apply batch (the second proposed before the first commits).
+    // Two copies proposed together (the second before the first commits; they may or may not
+    // land in one apply batch).
     let copies = futures::future::join(
         raft.client_write(proposal(request(alice, 3), 3, put("d", "once"))),
         raft.client_write(proposal(request(alice, 3), 3, put("d", "once"))),

@@ -11,7 +11,7 @@ pub mod pb {
 }
 
 pub use ringkv_core::{
-    LimitError, LogIndex, NodeId, ReplicaId, ShardId, check_batch, check_key, check_value, hash, hash_tag,
-    key_hash, limits,
+    LimitError, LogIndex, NodeId, ReplicaId, ShardId, check_batch, check_key, check_scan, check_value, hash,
+    hash_tag, key_hash, limits,
 };
 pub use shard_map::{Arc, MapError, NodeInfo, Replica, Shard, ShardMap};

@@ -68,6 +68,9 @@ impl RunningNode {
     pub async fn stop(self) {
         let still_leading = self.node.hand_over_leadership(HANDOVER_TIMEOUT).await;
         info!(still_leading, "leaderships handed over; stopping");
+        // The groups stop before the server does, so no leadership comes back in between;
+        // requests still in flight here end with their outcome unknown and are retried elsewhere.
+        self.node.shutdown().await;
         self.halt().await;
     }
 
@@ -105,11 +108,23 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let engine = Engine::open_with(&config.data_dir, options.engine)?;
+    // Opening replays the WAL, and the identity records are synced writes: RocksDB work, kept off
+    // the runtime's worker threads.
+    let engine = {
+        let (data_dir, engine_options) = (config.data_dir.clone(), options.engine);
+        tokio::task::spawn_blocking(move || Engine::open_with(&data_dir, engine_options)).await??
+    };
     let params = BootstrapParams::from_config(config)?;
     let data_dir = config.data_dir.display().to_string();
-    let (record, member) = match identity::load(&engine)? {
-        Stored::Fresh => (identity::create_node(&engine, config.id())?, None),
+    let stored = engine.run_blocking(identity::load).await?;
+    let (record, member) = match stored {
+        Stored::Fresh => {
+            let node_id = config.id();
+            let record = engine
+                .run_blocking(move |engine| identity::create_node(engine, node_id))
+                .await?;
+            (record, None)
+        }
         Stored::Waiting(record) => (record, None),
         Stored::Member {
             node,
@@ -157,7 +172,10 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
             Some(map) => map,
             None => {
                 let map = bootstrap::join_or_form(record, &params, &data_dir).await?;
-                identity::save_cluster(&engine, &params, &map)?;
+                let (saved_params, saved_map) = (params.clone(), map.clone());
+                engine
+                    .run_blocking(move |engine| identity::save_cluster(engine, &saved_params, &saved_map))
+                    .await?;
                 slot.set_map(map.clone());
                 map
             }

@@ -163,13 +163,20 @@ fn every_answer_is_classified_by_what_it_means_for_the_write() {
             Applied::No,
             Next::Fail,
         ),
+        // tonic answers these when a message is over a size limit; the client cannot tell
+        // whether it was the request (not run) or the answer (the request ran).
         (
-            "message too large",
+            "resource exhausted (message too large)",
             Status::resource_exhausted("too large"),
-            Applied::No,
-            Next::Fail,
+            Applied::Maybe,
+            Next::BackOff,
         ),
-        ("out of range", Status::out_of_range("?"), Applied::No, Next::Fail),
+        (
+            "out of range (decoded message too large)",
+            Status::out_of_range("decoded message length too large"),
+            Applied::Maybe,
+            Next::BackOff,
+        ),
         (
             "failed precondition without detail",
             Status::failed_precondition("?"),

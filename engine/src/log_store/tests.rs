@@ -150,3 +150,28 @@ async fn a_corrupted_log_entry_is_an_error_not_a_skip() {
     // Entry 1, before the damage, still reads.
     assert_eq!(store.try_get_log_entries(1..2).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_entry_missing_at_the_end_of_the_log_is_an_error_not_a_short_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut store = store_with(&engine, 5, 10).await;
+    let log_id = |index| openraft::testing::log_id::<TypeConfig>(1, ReplicaId(1), index);
+
+    // Past the committed index the stream ends with the log, as openraft's storage suite asks.
+    store.save_committed(Some(log_id(5))).await.unwrap();
+    let streamed: Vec<_> = store.entries_stream(1..9).await.collect().await;
+    assert_eq!(streamed.len(), 5, "{streamed:?}");
+    assert!(streamed.iter().all(Result::is_ok), "{streamed:?}");
+
+    // Entries 6..=8 committed but not in the log: the apply path must not take the range as whole.
+    store.save_committed(Some(log_id(8))).await.unwrap();
+    let streamed: Vec<_> = store.entries_stream(1..9).await.collect().await;
+    assert_eq!(streamed.len(), 6, "five entries, then the error: {streamed:?}");
+    let error = streamed.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    assert!(
+        error.to_string().contains("committed entry 6 is missing"),
+        "{error}"
+    );
+}

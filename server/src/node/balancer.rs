@@ -12,6 +12,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tracing::info;
 
 use super::host::Node;
+use super::leadership::{caught_up_voters, transfer_watched};
 
 /// How often the balancer looks for shards led away from their preferred node. Long enough that
 /// a transfer (an election round) settles before the next look.
@@ -41,18 +42,13 @@ pub(crate) fn spawn_leader_balancer(node: Weak<Node>) {
                 if preferred.replica_id == replica.replica_id {
                     continue;
                 }
-                let caught_up = metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|progress| progress.get(&preferred.replica_id).cloned().flatten())
-                    .is_some_and(|matched| Some(matched.index) == metrics.last_log_index);
-                if caught_up {
+                if caught_up_voters(&replica).contains(&preferred.replica_id) {
                     info!(
                         shard_id = %replica.shard_id,
                         to_node = %preferred.node_id,
                         "handing shard leadership back to its preferred node"
                     );
-                    let _ = replica.raft.trigger().transfer_leader(preferred.replica_id).await;
+                    transfer_watched(replica.clone(), preferred.replica_id);
                 }
             }
         }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
 use tokio::sync::watch;
@@ -106,7 +105,11 @@ impl Node {
                 end: shard.arc.end,
             };
             let log_store = engine.log_store(shard.id);
-            let state_machine = engine.state_machine(shard.id, range)?;
+            // Opening may finish an interrupted snapshot install: a long RocksDB job.
+            let shard_id = shard.id;
+            let state_machine = engine
+                .run_blocking(move |engine| engine.state_machine(shard_id, range))
+                .await?;
             let network =
                 ShardNetworkFactory::new(shard.id, transport.clone(), identity, config.raft_timeouts());
             let raft = ShardRaft::new(
@@ -248,48 +251,6 @@ impl Node {
     pub fn fail_all_replicas(&self, reason: &str) {
         for replica in self.all_replicas() {
             self.fail_replica(&replica, reason);
-        }
-    }
-
-    /// Hands every shard this node leads to another caught-up voter, and waits (at most
-    /// `timeout`) until it leads none, so a graceful stop costs no election. Returns how many
-    /// shards it still led at the end.
-    pub async fn hand_over_leadership(&self, timeout: Duration) -> usize {
-        self.stopping.store(true, Ordering::Release);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let mut leading = 0;
-            for replica in self.all_replicas() {
-                let metrics = replica.raft.metrics().borrow_watched().clone();
-                if metrics.state != ServerState::Leader {
-                    continue;
-                }
-                leading += 1;
-                let caught_up = metrics
-                    .replication
-                    .as_ref()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(id, matched)| {
-                        **id != replica.replica_id
-                            && matched.as_ref().map(|m| m.index) == metrics.last_log_index
-                    })
-                    .map(|(id, _)| *id)
-                    .next();
-                if let Some(to) = caught_up {
-                    let _ = replica.raft.trigger().transfer_leader(to).await;
-                }
-            }
-            if leading == 0 || tokio::time::Instant::now() >= deadline {
-                if leading > 0 {
-                    warn!(
-                        leading,
-                        "stopping while still leading some shards: no caught-up replica took over in time"
-                    );
-                }
-                return leading;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -2,13 +2,15 @@
 //!
 //! - `bootstrap` — finding or forming the cluster when the data directory holds none;
 //! - `slot` — what the services serve while the node starts;
-//! - `host` — the `Node`: starting groups, failures, graceful stop;
+//! - `host` — the `Node`: starting groups, failures, shutdown; `leadership` — handing leadership
+//!   over before a graceful stop, and watched transfers;
 //! - `requests` — serving client requests; `raft_rpc` — serving peers' Raft messages;
 //! - `status` — what the node reports; `balancer` — keeping leaders spread.
 
 mod balancer;
 pub mod bootstrap;
 mod host;
+mod leadership;
 mod raft_rpc;
 mod requests;
 pub mod slot;

@@ -162,6 +162,13 @@ impl Node {
         rpc: TransferLeaderRequest<TypeConfig>,
     ) -> Result<TransferLeaderResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            // The sender's transfer watchdog hands the shard to another replica instead.
+            return Err(format!(
+                "node {} is stopping and takes no leadership",
+                self.node_id()
+            ));
+        }
         replica
             .raft
             .handle_transfer_leader(rpc)

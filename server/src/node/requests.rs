@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ReadPolicy;
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use tokio::sync::watch;
 use tracing::debug;
@@ -107,7 +108,12 @@ impl Node {
                 let key = (shard_id, request);
                 let existing = self.inflight.lock().expect("inflight lock").get(&key).cloned();
                 match existing {
-                    Some(outcome) => outcome,
+                    // Joined only while this node still leads: a proposal left on a deposed
+                    // leader may wait long, and this attempt is better off at the new leader.
+                    Some(outcome) => match self.not_leading(replica) {
+                        Some(not_leader) => return Err(not_leader),
+                        None => outcome,
+                    },
                     None => self.propose(replica, proposal, Some(key)),
                 }
             }
@@ -138,6 +144,23 @@ impl Node {
                 ),
             }),
         }
+    }
+
+    /// `NotLeader` (with the leader this node knows, if any) when the replica does not lead now.
+    fn not_leading(&self, replica: &ShardReplica) -> Option<ServiceError> {
+        let metrics = replica.raft.metrics().borrow_watched().clone();
+        if metrics.state == openraft::ServerState::Leader {
+            return None;
+        }
+        let leader = metrics.current_leader.and_then(|leader| {
+            let map = self.map.read().expect("map lock");
+            let node = map.replica_node(replica.shard_id, leader)?;
+            Some((node, map.node_addr(node)?.to_owned()))
+        });
+        Some(ServiceError::NotLeader {
+            shard_id: replica.shard_id,
+            leader,
+        })
     }
 
     /// Starts a proposal in a task of its own, so it runs to its end even when the attempt that

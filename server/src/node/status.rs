@@ -14,7 +14,11 @@ impl Node {
     pub fn shard_map(&self) -> ShardMap {
         let mut map = self.map.read().expect("map lock").clone();
         for replica in self.all_replicas() {
-            let leader_replica = replica.raft.metrics().borrow_watched().current_leader;
+            let metrics = replica.raft.metrics().borrow_watched().clone();
+            // A replica out of service keeps its last view, which may name itself: name no leader
+            // rather than send clients to it.
+            let in_service = replica.failure().is_none() && metrics.state != ServerState::Shutdown;
+            let leader_replica = metrics.current_leader.filter(|_| in_service);
             let leader_node = leader_replica.and_then(|leader| map.replica_node(replica.shard_id, leader));
             if let Some(shard) = map.shard_mut(replica.shard_id) {
                 shard.leader = leader_node;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use ringkv_engine::{BatchOp, Command, CommandResult, Expect, Proposal, RequestId, Versioned, now_ms};
 use ringkv_proto::pb::{self, kv_server::Kv};
-use ringkv_proto::{check_batch, check_key, check_value};
+use ringkv_proto::{check_batch, check_key, check_scan, check_value};
 
 use crate::error::ServiceError;
 use crate::node::{Node, NodeSlot};
@@ -248,6 +248,7 @@ impl KvService {
         let node = self.node()?;
         let budget = node.budget(client_budget(&request)?);
         let request = request.into_inner();
+        check_scan(&request.prefix, &request.cursor)?;
         let replica = node.route_shard(request.route.as_ref())?;
         let limit = match request.limit as usize {
             0 => DEFAULT_SCAN_LIMIT,

@@ -181,15 +181,47 @@ async fn receive_and_install(
     vote: VoteOf<TypeConfig>,
     meta: SnapshotMetaOf<TypeConfig>,
     first_data: Vec<u8>,
-    mut chunks: Streaming<pb::SnapshotChunk>,
+    chunks: Streaming<pb::SnapshotChunk>,
     progress: &mpsc::Sender<Result<pb::SnapshotProgress, Status>>,
 ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
-    let idle_timeout = node.snapshot_idle_timeout();
     let path = node
         .engine()
         .incoming_snapshot_path(shard_id)
         .map_err(|e| e.to_string())?;
-    let mut file = tokio::fs::File::create(&path)
+    let result = receive_into(
+        node,
+        header,
+        (shard_id, replica_id),
+        vote,
+        meta,
+        first_data,
+        chunks,
+        progress,
+        &path,
+    )
+    .await;
+    if result.is_err() {
+        // An install that did not happen leaves nothing behind (a file the install took is gone
+        // from here already).
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_into(
+    node: &Arc<Node>,
+    header: &RaftHeader,
+    (shard_id, replica_id): (ShardId, ReplicaId),
+    vote: VoteOf<TypeConfig>,
+    meta: SnapshotMetaOf<TypeConfig>,
+    first_data: Vec<u8>,
+    mut chunks: Streaming<pb::SnapshotChunk>,
+    progress: &mpsc::Sender<Result<pb::SnapshotProgress, Status>>,
+    path: &std::path::Path,
+) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
+    let idle_timeout = node.snapshot_idle_timeout();
+    let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
@@ -213,7 +245,9 @@ async fn receive_and_install(
     }
     file.sync_all().await.map_err(write_error)?;
     drop(file);
-    let snapshot = SnapshotFile { path: path.clone() };
+    let snapshot = SnapshotFile {
+        path: path.to_owned(),
+    };
     let install = node.raft_install_snapshot(header, shard_id, replica_id, vote, meta, snapshot);
     tokio::pin!(install);
     let mut keepalive = tokio::time::interval(INSTALL_KEEPALIVE);

@@ -5,12 +5,16 @@
 //! [`MemoryEndpoint`], so the network knows the sender of every message. Faults, all off at first:
 //! - a link `from → to` can be cut (messages fail at once as unreachable), one way or both;
 //! - a node's outgoing messages can be held: they wait, in flight, until released;
+//! - as over gRPC, the sender gives up on a message (held, delayed or slow to answer) after the
+//!   timeout openraft gave it, while the target may still act on it;
 //! - messages can be lost (a request that never arrives, or a reply that never returns: the sender
 //!   cannot tell which) with a probability, and delayed by a random time, which reorders them.
 //!
 //! Random choices come from one generator seeded by the test, so a failing seed replays the same
 //! fault decisions (the threads' interleaving still varies from run to run). A node that stopped
-//! is unreachable.
+//! is unreachable. A node is "killed" by stopping its Raft groups and dropping it, which is not a
+//! SIGKILL: whatever its engine had written but not synced is still in RocksDB's memtable and files
+//! (the process tests cover real kills).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -159,8 +163,33 @@ impl MemoryNetwork {
     }
 
     /// Delivers one message `from → target` through the faults in force: `call` runs on the
-    /// target node when (and if) the request arrives.
-    async fn deliver<T, F, Fut>(&self, from: NodeId, target: &Target, call: F) -> Result<T, TransportError>
+    /// target node when (and if) the request arrives. Like the gRPC transport, the sender gives
+    /// up after `timeout` (the request may still take effect on the target).
+    async fn deliver<T, F, Fut>(
+        &self,
+        from: NodeId,
+        target: &Target,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, TransportError>
+    where
+        F: FnOnce(Arc<Node>) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        tokio::time::timeout(timeout, self.deliver_untimed(from, target, call))
+            .await
+            .map_err(|_| TransportError::Network {
+                addr: target.addr.clone(),
+                message: format!("no reply within {} ms", timeout.as_millis()),
+            })?
+    }
+
+    async fn deliver_untimed<T, F, Fut>(
+        &self,
+        from: NodeId,
+        target: &Target,
+        call: F,
+    ) -> Result<T, TransportError>
     where
         F: FnOnce(Arc<Node>) -> Fut,
         Fut: Future<Output = Result<T, String>>,
@@ -224,12 +253,12 @@ impl RaftTransport for MemoryEndpoint {
         &self,
         target: &Target,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<TypeConfig>, TransportError>> {
         let (network, from, target) = (self.network.clone(), self.from, target.clone());
         Box::pin(async move {
             network
-                .deliver(from, &target, |node| async move {
+                .deliver(from, &target, timeout, |node| async move {
                     node.raft_append(&target.header, target.shard_id, target.replica_id, rpc)
                         .await
                 })
@@ -241,12 +270,12 @@ impl RaftTransport for MemoryEndpoint {
         &self,
         target: &Target,
         rpc: VoteRequest<TypeConfig>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
         let (network, from, target) = (self.network.clone(), self.from, target.clone());
         Box::pin(async move {
             network
-                .deliver(from, &target, |node| async move {
+                .deliver(from, &target, timeout, |node| async move {
                     node.raft_vote(&target.header, target.shard_id, target.replica_id, rpc)
                         .await
                 })
@@ -258,12 +287,12 @@ impl RaftTransport for MemoryEndpoint {
         &self,
         target: &Target,
         rpc: VoteRequest<TypeConfig>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
         let (network, from, target) = (self.network.clone(), self.from, target.clone());
         Box::pin(async move {
             network
-                .deliver(from, &target, |node| async move {
+                .deliver(from, &target, timeout, |node| async move {
                     node.raft_pre_vote(&target.header, target.shard_id, target.replica_id, rpc)
                         .await
                 })
@@ -275,12 +304,12 @@ impl RaftTransport for MemoryEndpoint {
         &self,
         target: &Target,
         rpc: TransferLeaderRequest<TypeConfig>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> BoxFuture<'static, Result<TransferLeaderResponse<TypeConfig>, TransportError>> {
         let (network, from, target) = (self.network.clone(), self.from, target.clone());
         Box::pin(async move {
             network
-                .deliver(from, &target, |node| async move {
+                .deliver(from, &target, timeout, |node| async move {
                     node.raft_transfer_leader(&target.header, target.shard_id, target.replica_id, rpc)
                         .await
                 })
@@ -293,12 +322,12 @@ impl RaftTransport for MemoryEndpoint {
         target: &Target,
         vote: VoteOf<TypeConfig>,
         snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
-        _idle_timeout: Duration,
+        idle_timeout: Duration,
     ) -> BoxFuture<'static, Result<SnapshotResponse<TypeConfig>, TransportError>> {
         let (network, from, target) = (self.network.clone(), self.from, target.clone());
         Box::pin(async move {
             network
-                .deliver(from, &target, |node| async move {
+                .deliver(from, &target, idle_timeout, |node| async move {
                     // Each node has its own data dir: copy the file as the gRPC transport would
                     // stream it.
                     let path = node

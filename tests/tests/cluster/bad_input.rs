@@ -142,6 +142,31 @@ async fn limits_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
         .await,
         "1 MiB",
     );
+    // A scan's prefix and cursor are user byte fields too.
+    assert_invalid(
+        raw.scan(pb::ScanRequest {
+            route: Some(pb::RouteHeader {
+                shard_id: 1,
+                map_epoch: 0,
+            }),
+            prefix: Bytes::from(vec![b'p'; 4097]),
+            ..Default::default()
+        })
+        .await,
+        "4096",
+    );
+    assert_invalid(
+        raw.scan(pb::ScanRequest {
+            route: Some(pb::RouteHeader {
+                shard_id: 1,
+                map_epoch: 0,
+            }),
+            cursor: Bytes::from(vec![0u8; 8 + 4097]),
+            ..Default::default()
+        })
+        .await,
+        "cursor",
+    );
     // A malformed request id is refused too.
     assert_invalid(
         raw.put(pb::PutRequest {

@@ -98,6 +98,19 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
         assert!(out.status.success());
         assert!(stdout(&out).contains("SHARD"), "table output: {}", stdout(&out));
 
+        let out = ringkv(&endpoint, &["check"]);
+        assert!(out.status.success(), "check: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("16 shards checked: 16 consistent"),
+            "check: {}",
+            stdout(&out)
+        );
+        let out = ringkv(&endpoint, &["check", "--output", "json"]);
+        assert!(out.status.success(), "check: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check json");
+        assert_eq!(report["consistent"], serde_json::Value::Bool(true), "{report}");
+        assert_eq!(report["shards"].as_array().map(Vec::len), Some(16));
+
         let out = ringkv("127.0.0.1:1", &["--timeout-ms", "2000", "get", "x"]);
         assert_eq!(out.status.code(), Some(2), "an unreachable cluster is an error");
         let message = stderr(&out);

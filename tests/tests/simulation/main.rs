@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use openraft::EntryPayload;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::storage::RaftLogReader;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringkv_engine::{Command, EngineOptions, NodeId, Proposal, ShardId};
@@ -155,9 +157,13 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
     let mut faults = Vec::new();
     let mut down: BTreeSet<u64> = BTreeSet::new();
     let burst_step = burst.then(|| rng.random_range(0..STEPS));
+    // The burst's keys, once the burst is known committed: every replica must end up holding them.
+    let mut burst_keys: Vec<Vec<u8>> = Vec::new();
     for step in 0..STEPS {
         if Some(step) == burst_step {
-            faults.push(isolated_burst(&mut cluster, &network, &mut down).await?);
+            let (summary, committed) = isolated_burst(&mut cluster, &network, &mut down).await?;
+            faults.push(summary);
+            burst_keys = committed;
             continue;
         }
         let fault = random_fault(&mut rng, &mut cluster, &network, &mut down).await?;
@@ -207,6 +213,19 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
         ),
     }
     assert_replicas_identical(&client).await?;
+    for node in 1..=NODES {
+        let engine = cluster.running(node).node.engine().clone();
+        let missing = burst_keys
+            .iter()
+            .filter(|key| engine.get(key).ok().flatten().is_none())
+            .count();
+        if missing > 0 {
+            bail!(
+                "node {node} misses {missing} of the {} committed burst keys",
+                burst_keys.len()
+            );
+        }
+    }
     let summary = format!(
         "{} operations ({} unknown, {} not applied), {} own writes verified, replicas identical; faults: {}",
         operations.len(),
@@ -269,12 +288,13 @@ async fn random_fault(
 /// The commit-jump scenario (see `tests/memory/commit_jump.rs`) inside a seed: the leader of
 /// shard 1, cut off from everyone, appends `BURST` entries; it crashes; it comes back connected to
 /// both others while they stay cut from each other, so it wins a new term and commits the burst in
-/// one step.
+/// one step. Returns what happened and, when the burst committed, the keys it wrote (read back from
+/// the isolated leader's log, since client writes reaching that leader are in its log too).
 async fn isolated_burst(
     cluster: &mut LocalCluster,
     network: &MemoryNetwork,
     down: &mut BTreeSet<u64>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Vec<Vec<u8>>)> {
     network.heal();
     for node in std::mem::take(down) {
         cluster.start_node(node).await?;
@@ -288,7 +308,7 @@ async fn isolated_burst(
             .replica(shard)
             .is_some_and(|r| r.raft.metrics().borrow_watched().state == openraft::ServerState::Leader)
     }) else {
-        return Ok("burst skipped (no leader)".into());
+        return Ok(("burst skipped (no leader)".into(), Vec::new()));
     };
     let all: Vec<NodeId> = (1..=NODES).map(NodeId).collect();
     for &a in &all {
@@ -334,6 +354,26 @@ async fn isolated_burst(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     drop(replica);
+    // What the leader appended, as its log holds it; a clean stop keeps all of it.
+    let last = committed + appended;
+    let appended_entries = cluster
+        .running(leader)
+        .node
+        .engine()
+        .log_store(shard)
+        .try_get_log_entries(committed + 1..=last)
+        .await
+        .context("read the burst back from the leader's log")?;
+    let keys: Vec<Vec<u8>> = appended_entries
+        .iter()
+        .filter_map(|entry| match &entry.payload {
+            EntryPayload::Normal(Proposal {
+                command: Command::Put { key, .. },
+                ..
+            }) if key.starts_with(b"burst-") => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
     cluster.kill_node(leader).await;
     proposals.shutdown().await;
     for &other in all.iter().filter(|n| n.0 != leader) {
@@ -343,13 +383,29 @@ async fn isolated_burst(
     // Give it the election it is the only one able to win, then heal.
     let deadline = Instant::now() + Duration::from_secs(30);
     let replica = cluster.running(leader).node.replica(shard).context("restarted")?;
+    let mut burst_committed = false;
     while Instant::now() < deadline {
         let metrics = replica.raft.metrics().borrow_watched().clone();
-        if metrics.local_committed.map_or(0, |id| id.index) >= committed + appended {
+        if metrics.local_committed.map_or(0, |id| id.index) >= last {
+            burst_committed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     network.heal();
-    Ok(format!("burst of {appended} on isolated leader {leader}"))
+    let outcome = if burst_committed {
+        "committed"
+    } else {
+        "not known committed"
+    };
+    let summary = format!(
+        "burst of {appended} entries ({} burst keys{}) on isolated leader {leader}, {outcome}",
+        keys.len(),
+        if appended > 4096 {
+            ", past the old 4096 cap"
+        } else {
+            ""
+        }
+    );
+    Ok((summary, if burst_committed { keys } else { Vec::new() }))
 }
