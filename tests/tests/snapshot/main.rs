@@ -261,14 +261,26 @@ async fn a_follower_installs_a_1_gib_snapshot_in_bounded_memory() -> anyhow::Res
         started.elapsed()
     );
 
-    // The leaders snapshotted and purged: node 3 can only catch up by snapshot.
+    // openraft purges in batches of 256 entries, and 150 batches are fewer: small writes take the
+    // log past that. Then wait for the leader to snapshot (1 GiB takes a while) and purge: node 3
+    // can only catch up by snapshot.
+    for i in 0..300 {
+        client.put(format!("{{big}}-tail-{i}"), "tail").await?;
+    }
     let leader = cluster.busiest_leader().await?;
-    let status = client.node_status(&cluster.node(leader).addr).await?;
-    let (committed, purged) = (
-        status.replicas[0].committed_index,
-        status.replicas[0].purged_index,
-    );
-    assert!(purged > 0, "the leader purged its log (purged up to {purged})");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let committed = loop {
+        let status = client.node_status(&cluster.node(leader).addr).await?;
+        let replica = &status.replicas[0];
+        if replica.purged_index > 0 {
+            break replica.committed_index;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader did not purge its log within 300 s: {replica:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
 
     cluster.start_node(3)?;
     let pid = cluster.node(3).pid().expect("node 3 runs");
