@@ -4,7 +4,8 @@
 //!
 //! RocksDB calls block, sometimes for long (a write stall behind a flush, a slow disk). The async
 //! parts of the engine therefore run them through [`Engine::run_blocking`], on tokio's blocking
-//! pool, never on the runtime's worker threads that drive Raft timers and gRPC.
+//! pool, never on the runtime's worker threads that drive Raft timers and gRPC. The one exception
+//! is [`Engine::get_if_cached`], a point read that gives up rather than touch a file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, ErrorKind, IteratorMode,
-    MultiThreaded, Options, ReadOptions, WriteBatch, WriteOptions,
+    MultiThreaded, Options, ReadOptions, ReadTier, WriteBatch, WriteOptions,
 };
 
 use crate::codec;
@@ -326,6 +327,23 @@ impl Engine {
         self.get_cf(Cf::Data, &keys::data_key(key))?
             .map(|bytes| codec::decode_value(&bytes))
             .transpose()
+    }
+
+    /// Reads `key` only if that needs no file read: from the memtables and the block cache.
+    /// `Ok(None)` means the answer is on disk (call [`Engine::get`] off the runtime threads);
+    /// otherwise this never waits on I/O, so it may run on a runtime thread.
+    pub fn get_if_cached(&self, key: &[u8]) -> Result<Option<Option<Versioned>>, Error> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_read_tier(ReadTier::BlockCache);
+        match self
+            .inner
+            .db
+            .get_cf_opt(&self.cf(Cf::Data), keys::data_key(key), &read_options)
+        {
+            Ok(bytes) => Ok(Some(bytes.map(|bytes| codec::decode_value(&bytes)).transpose()?)),
+            Err(error) if error.kind() == ErrorKind::Incomplete => Ok(None),
+            Err(error) => Err(read_error(error)),
+        }
     }
 
     /// A page of the keys of `range` in data-key order strictly after `cursor` (empty: from the

@@ -460,3 +460,35 @@ async fn a_checksum_error_in_data_is_reported_as_corruption_when_read() {
         assert!(error.is_fatal());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_read_never_touches_a_file_and_agrees_with_a_full_read() {
+    // Nodes answer reads on their runtime threads only when the answer needs no file read; a
+    // read that would wait on the disk must say so and go to the blocking pool instead.
+    let dir = tempfile::tempdir().unwrap();
+    write_flushed(dir.path(), 2_000).await;
+    let engine = Engine::open(dir.path()).unwrap();
+    let key = b"key-1000";
+    assert_eq!(
+        engine.get_if_cached(key).unwrap(),
+        None,
+        "a key only in an SST file, after a fresh open (empty block cache), needs a file read"
+    );
+    let full = engine.get(key).unwrap().expect("key-1000 was written");
+    assert_eq!(
+        engine.get_if_cached(key).unwrap(),
+        Some(Some(full)),
+        "once its block is cached, the cached read answers, with the same value"
+    );
+
+    // Keys in the memtable (written since the flush) and keys that do not exist in a cached
+    // block are answered too.
+    let mut sm = engine.state_machine(ShardId(1), WHOLE_RING).unwrap();
+    apply(&mut sm, vec![normal(2_001, put("fresh", "in the memtable"))]).await;
+    let fresh = engine.get_if_cached(b"fresh").unwrap();
+    assert_eq!(
+        fresh.flatten().map(|v| v.value),
+        Some(b"in the memtable".to_vec())
+    );
+    assert_eq!(engine.get_if_cached(b"never-written").unwrap().flatten(), None);
+}
