@@ -8,16 +8,12 @@
 //! silently skip applies); a hole, or a committed entry missing at the end, is reported as
 //! corruption. Only `limited_get_log_entries`, which builds replication payloads, may stop early,
 //! at a byte budget. Large ranges are read from RocksDB in chunks so no single read holds much in
-//! memory. The newest entries are also kept in memory ([`cache`]), so the reads that follow an
-//! append (the replication payload, the apply) usually touch neither RocksDB nor another thread.
-
-mod cache;
+//! memory.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -31,7 +27,6 @@ use crate::keys::{self, STATE_COMMITTED, STATE_PURGED, STATE_VOTE};
 use crate::rocks::{Cf, Engine, WriteOps};
 use crate::syncer::Waiter;
 use crate::types::{LogIndex, ShardId, TypeConfig};
-use cache::EntryCache;
 
 type Entry = EntryOf<TypeConfig>;
 type LogId = LogIdOf<TypeConfig>;
@@ -52,8 +47,6 @@ pub const REPLICATION_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 pub struct LogStore {
     engine: Engine,
     shard: ShardId,
-    /// Shared by the clones openraft makes (log readers), and only by them.
-    cache: Arc<Mutex<EntryCache>>,
 }
 
 /// How many entries one read may return.
@@ -65,11 +58,7 @@ struct ReadLimit {
 
 impl LogStore {
     pub(crate) fn new(engine: Engine, shard: ShardId) -> Self {
-        LogStore {
-            engine,
-            shard,
-            cache: Arc::default(),
-        }
+        LogStore { engine, shard }
     }
 
     async fn read_state<T>(&self, tag: u8, what: &'static str) -> Result<Option<T>, Error>
@@ -129,30 +118,16 @@ impl LogStore {
         Ok(entries)
     }
 
-    /// Entries of `[from, to)` within `limit`: from the cache if it holds `from`, else from
-    /// RocksDB, off the runtime threads.
-    async fn read_limited(
-        &self,
-        from: LogIndex,
-        to: Option<LogIndex>,
-        limit: ReadLimit,
-    ) -> Result<Vec<Entry>, Error> {
-        if let Some(entries) = self.cache.lock().expect("entry cache lock").read(from, to, limit) {
-            return Ok(entries);
-        }
-        let shard = self.shard;
-        self.engine
-            .run_blocking(move |engine| LogStore::read_entries(engine, shard, from, to, limit))
-            .await
-    }
-
-    /// One chunk of a whole-range read.
+    /// One chunk of a whole-range read, off the runtime threads.
     async fn read_chunk(&self, from: LogIndex, to: Option<LogIndex>) -> Result<Vec<Entry>, Error> {
+        let shard = self.shard;
         let limit = ReadLimit {
             entries: READ_CHUNK_ENTRIES,
             bytes: READ_CHUNK_BYTES,
         };
-        self.read_limited(from, to, limit).await
+        self.engine
+            .run_blocking(move |engine| LogStore::read_entries(engine, shard, from, to, limit))
+            .await
     }
 
     /// The number of entries a whole-range read may return: all of them, unless a test has
@@ -228,11 +203,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let (engine, shard) = (self.engine.clone(), self.shard);
         let limit = ReadLimit {
             entries: (end.saturating_sub(start) as usize).min(self.whole_range_cap()),
             bytes: REPLICATION_PAYLOAD_BYTES,
         };
-        Ok(self.read_limited(start, Some(end), limit).await?)
+        let entries = engine
+            .run_blocking(move |engine| LogStore::read_entries(engine, shard, start, Some(end), limit))
+            .await?;
+        Ok(entries)
     }
 
     async fn entries_stream<RB>(&mut self, range: RB) -> impl Stream<Item = Result<Entry, io::Error>> + Send
@@ -415,24 +394,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         // Written now (readable when this returns); acknowledged only after the fsync.
-        let mut ops = WriteOps::default();
-        let mut sizes = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let bytes = codec::encode_entry(entry);
-            sizes.push(bytes.len());
-            ops.put(Cf::Log, keys::log_key(shard, entry.log_id.index), bytes);
-        }
         self.engine
             .run_blocking(move |engine| {
+                let mut ops = WriteOps::default();
+                for entry in &entries {
+                    ops.put(
+                        Cf::Log,
+                        keys::log_key(shard, entry.log_id.index),
+                        codec::encode_entry(entry),
+                    );
+                }
                 engine.write_ops(ops, false)?;
                 engine.observe(SyncEvent::AppendWritten { shard, last_index });
                 Ok::<(), Error>(())
             })
             .await?;
-        self.cache
-            .lock()
-            .expect("entry cache lock")
-            .append(entries.into_iter().zip(sizes));
         self.engine
             .syncer()
             .counters
@@ -450,7 +426,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        self.cache.lock().expect("entry cache lock").truncate_from(from);
         let (start, end) = keys::log_range(self.shard, from, None);
         let mut ops = WriteOps::default();
         ops.delete_range(Cf::Log, start, end);
@@ -462,10 +437,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.cache
-            .lock()
-            .expect("entry cache lock")
-            .purge_upto(log_id.index);
         let (start, end) = keys::log_range(self.shard, 0, Some(log_id.index + 1));
         let mut ops = WriteOps::default();
         // The purge point and the deletion are one atomic batch: never a log that starts after an

@@ -122,14 +122,14 @@ async fn replication_payloads_stop_at_the_byte_budget_but_are_never_empty() {
 async fn a_corrupted_log_entry_is_an_error_not_a_skip() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path()).unwrap();
-    let mut writer = engine.log_store(ShardId(1));
+    let mut store = engine.log_store(ShardId(1));
     let entries: Vec<EntryOf<TypeConfig>> = (1..=3)
         .map(|index| Entry {
             log_id: openraft::testing::log_id::<TypeConfig>(1, ReplicaId(1), index),
             payload: EntryPayload::Normal(Proposal::internal(Command::Delete { key: b"k".to_vec() })),
         })
         .collect();
-    append(&mut writer, entries).await;
+    append(&mut store, entries).await;
 
     // Flip one bit of entry 2 as stored.
     let key = keys::log_key(ShardId(1), 2);
@@ -140,8 +140,6 @@ async fn a_corrupted_log_entry_is_an_error_not_a_skip() {
     ops.put(Cf::Log, key, bytes);
     engine.write_ops(ops, true).unwrap();
 
-    // Read as a restarted node does: the entry cache is empty, the damaged bytes are all there is.
-    let mut store = engine.log_store(ShardId(1));
     let error = store.try_get_log_entries(1..=3).await.unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     assert!(error.to_string().contains("log entry 2 of shard 1"), "{error}");
@@ -175,112 +173,5 @@ async fn a_committed_entry_missing_at_the_end_of_the_log_is_an_error_not_a_short
     assert!(
         error.to_string().contains("committed entry 6 is missing"),
         "{error}"
-    );
-}
-
-fn entry_in_term(term: u64, index: u64) -> EntryOf<TypeConfig> {
-    Entry {
-        log_id: openraft::testing::log_id::<TypeConfig>(term, ReplicaId(1), index),
-        payload: EntryPayload::Normal(Proposal::internal(Command::Put {
-            key: format!("k{index}").into_bytes(),
-            value: format!("term {term}").into_bytes(),
-        })),
-    }
-}
-
-/// What a store answers for `[from, to)`, through all three read paths, as (index, term) pairs.
-async fn read_all_ways(store: &mut LogStore, from: u64, to: u64) -> Vec<Vec<(u64, u64)>> {
-    let ids = |entries: Vec<EntryOf<TypeConfig>>| -> Vec<(u64, u64)> {
-        entries
-            .iter()
-            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
-            .collect()
-    };
-    let whole = store.try_get_log_entries(from..to).await.unwrap();
-    let limited = store.limited_get_log_entries(from, to).await.unwrap();
-    let streamed: Vec<_> = store
-        .entries_stream(from..to)
-        .await
-        .map(Result::unwrap)
-        .collect()
-        .await;
-    vec![ids(whole), ids(limited), ids(streamed)]
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_from_the_entry_cache_agree_with_the_log_on_disk_through_truncation_and_purge() {
-    // The store that appended answers from its cache; a fresh store (a restarted node) reads
-    // RocksDB. After every change to the log both must answer the same, entry for entry.
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path()).unwrap();
-    let mut store = engine.log_store(ShardId(1));
-    append(&mut store, (1..=50).map(|i| entry_in_term(1, i)).collect()).await;
-    let cached = read_all_ways(&mut store, 1, 60).await;
-    assert_eq!(cached[0].len(), 50);
-    assert_eq!(
-        cached,
-        read_all_ways(&mut engine.log_store(ShardId(1)), 1, 60).await
-    );
-
-    // A new leader overwrites entries 31..=50 with its own term-2 entries 31..=40.
-    store
-        .truncate_after(Some(openraft::testing::log_id::<TypeConfig>(1, ReplicaId(1), 30)))
-        .await
-        .unwrap();
-    let cached = read_all_ways(&mut store, 25, 60).await;
-    assert!(
-        cached.iter().all(|ids| ids.last() == Some(&(30, 1))),
-        "{cached:?}"
-    );
-    assert_eq!(
-        cached,
-        read_all_ways(&mut engine.log_store(ShardId(1)), 25, 60).await
-    );
-    append(&mut store, (31..=40).map(|i| entry_in_term(2, i)).collect()).await;
-    let cached = read_all_ways(&mut store, 25, 60).await;
-    assert_eq!(cached[0].len(), 16);
-    assert!(
-        cached.iter().all(|ids| ids.last() == Some(&(40, 2))),
-        "{cached:?}"
-    );
-    assert_eq!(
-        cached,
-        read_all_ways(&mut engine.log_store(ShardId(1)), 25, 60).await
-    );
-
-    // Purged entries are gone from every path.
-    store
-        .purge(openraft::testing::log_id::<TypeConfig>(1, ReplicaId(1), 20))
-        .await
-        .unwrap();
-    let first_entry = |entries: Vec<EntryOf<TypeConfig>>| entries.first().map(|e| e.log_id.index);
-    let fresh = &mut engine.log_store(ShardId(1));
-    assert_eq!(
-        first_entry(store.try_get_log_entries(1..60).await.unwrap()),
-        Some(21)
-    );
-    assert_eq!(
-        first_entry(fresh.try_get_log_entries(1..60).await.unwrap()),
-        Some(21)
-    );
-    let cached = read_all_ways(&mut store, 21, 60).await;
-    assert_eq!(cached, read_all_ways(fresh, 21, 60).await);
-    assert!(
-        cached.iter().all(|ids| ids.first() == Some(&(21, 1))),
-        "{cached:?}"
-    );
-
-    // More entries than the cache holds: the old ones come from RocksDB, the run stays whole.
-    append(&mut store, (41..=3_000).map(|i| entry(i, 200)).collect()).await;
-    let cached = read_all_ways(&mut store, 21, 3_001).await;
-    assert_consecutive(
-        "a read spanning disk and cache",
-        &cached[0].iter().map(|id| id.0).collect::<Vec<_>>(),
-        21,
-        3_000,
-    );
-    assert_eq!(
-        cached,
-        read_all_ways(&mut engine.log_store(ShardId(1)), 21, 3_001).await
     );
 }
