@@ -1,5 +1,7 @@
-//! The workload: `concurrency` tasks, each issuing one request at a time until the deadline, each
+//! The load: `concurrency` tasks, each issuing one request at a time until the deadline, each
 //! recording latencies into its own histograms (merged at the end, so recording takes no lock).
+//! Closed loop by default; with `--rate` an open loop, where latency counts from each operation's
+//! intended start, so time spent queued behind a slow cluster is not hidden.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -7,11 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::Rng;
-use ringkv_client::{Client, ClientConfig};
+use ringkv_client::{Client, ClientConfig, ScanCursor, ScanOptions};
+use ringkv_proto::key_hash;
 
-use crate::{Args, Workload};
+use crate::Args;
+use crate::workload::{self, Chooser, Op};
 
 /// Latencies are recorded in microseconds, from 1 µs to 60 s, with 3 significant digits.
 fn histogram() -> Histogram<u64> {
@@ -20,18 +25,23 @@ fn histogram() -> Histogram<u64> {
 
 pub struct LoadResult {
     pub elapsed: Duration,
-    pub reads: Histogram<u64>,
-    pub writes: Histogram<u64>,
+    /// Latencies per operation kind, indexed by `Op::index`.
+    pub latencies: Vec<Histogram<u64>>,
     pub errors: u64,
     /// The first few distinct error messages.
     pub error_samples: Vec<String>,
     pub preloaded: u64,
+    /// Open loop only: operations that started more than 1 ms after their intended time because
+    /// every worker was busy (the cluster fell behind the rate; their latency includes the wait).
+    pub late_starts: u64,
 }
 
 impl LoadResult {
     pub fn all(&self) -> Histogram<u64> {
-        let mut all = self.reads.clone();
-        all.add(&self.writes).expect("same bounds");
+        let mut all = histogram();
+        for histogram in &self.latencies {
+            all.add(histogram).expect("same bounds");
+        }
         all
     }
 }
@@ -39,10 +49,19 @@ impl LoadResult {
 struct Progress {
     ops: AtomicU64,
     errors: AtomicU64,
+    late_starts: AtomicU64,
 }
 
 fn key(n: u64) -> String {
     format!("bench:{n}")
+}
+
+/// When each operation starts: as soon as the worker is free (closed loop), or on a fixed
+/// schedule of `rate` per second (open loop).
+#[derive(Clone, Copy)]
+enum Pace {
+    Closed,
+    Open { started: Instant, rate: u64 },
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
@@ -51,20 +70,35 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
     let client = Client::with_config(config)
         .await
         .with_context(|| format!("cannot reach the cluster at {}", args.endpoints.join(",")))?;
-    let value: Arc<Vec<u8>> = Arc::new((0..args.value_size).map(|i| b'a' + (i % 26) as u8).collect());
+    let value = Bytes::from(
+        (0..args.value_size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mix = workload::mix(args.workload, args.read_ratio);
+    let distribution = args
+        .distribution
+        .unwrap_or_else(|| workload::default_distribution(args.workload));
+    let needs_preload = mix.iter().any(|(op, _)| *op != Op::Update && *op != Op::Insert);
 
-    let preloaded = if args.preload && args.workload != Workload::Write {
+    let preloaded = if args.preload && needs_preload {
         preload(args, &client, &value).await?
     } else {
         0
     };
+    let chooser = Arc::new(Chooser::new(mix, distribution, args.keys));
 
     let progress = Arc::new(Progress {
         ops: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        late_starts: AtomicU64::new(0),
     });
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
+    let pace = match args.rate {
+        Some(rate) => Pace::Open { started, rate },
+        None => Pace::Closed,
+    };
     let reporter = (args.progress_interval > 0).then(|| {
         let progress = progress.clone();
         let interval = Duration::from_secs(args.progress_interval);
@@ -85,53 +119,79 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
         })
     });
 
+    // Open loop: the schedule's next operation, shared so whichever worker is free takes it.
+    let next_op = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
-        let (client, value, progress, args) = (client.clone(), value.clone(), progress.clone(), args.clone());
+        let worker = Worker {
+            client: client.clone(),
+            value: value.clone(),
+            chooser: chooser.clone(),
+            progress: progress.clone(),
+        };
+        let next_op = next_op.clone();
         workers.spawn(async move {
-            let (mut reads, mut writes) = (histogram(), histogram());
+            let mut latencies: Vec<Histogram<u64>> = Op::ALL.iter().map(|_| histogram()).collect();
             let mut errors = BTreeSet::new();
             // Bounded by the deadline; each request is bounded by the client's timeout.
-            while Instant::now() < deadline {
-                let (n, is_read) = {
-                    let mut rng = rand::rng();
-                    let is_read = match args.workload {
-                        Workload::Read => true,
-                        Workload::Write => false,
-                        Workload::Mixed => rng.random_bool(args.read_ratio),
-                    };
-                    (rng.random_range(0..args.keys), is_read)
+            loop {
+                let begun = match pace {
+                    Pace::Closed => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        now
+                    }
+                    Pace::Open { started, rate } => {
+                        let n = next_op.fetch_add(1, Ordering::Relaxed);
+                        let intended = started + Duration::from_secs_f64(n as f64 / rate as f64);
+                        if intended >= deadline {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if intended > now {
+                            // Ahead of schedule: the worker was idle. Time from when it woke, so
+                            // the timer's millisecond granularity is not counted as latency.
+                            tokio::time::sleep_until(intended.into()).await;
+                            Instant::now()
+                        } else {
+                            // Behind schedule: the wait since the intended start is queueing the
+                            // cluster caused, and is part of the latency.
+                            if now - intended > Duration::from_millis(1) {
+                                worker.progress.late_starts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            intended
+                        }
+                    }
                 };
-                let begun = Instant::now();
-                let result = if is_read {
-                    client.get(key(n)).await.map(|_| ())
-                } else {
-                    client.put(key(n), value.as_slice()).await.map(|_| ())
-                };
-                let micros = begun.elapsed().as_micros().max(1) as u64;
-                match result {
+                // Open loop: an operation scheduled before the deadline runs even if its worker
+                // woke after it, so the run starts exactly `rate × duration` operations.
+                let op = worker.chooser.op(&mut rand::rng());
+                match worker.run(op).await {
                     Ok(()) => {
-                        let histogram = if is_read { &mut reads } else { &mut writes };
-                        histogram.saturating_record(micros);
-                        progress.ops.fetch_add(1, Ordering::Relaxed);
+                        let micros = begun.elapsed().as_micros().max(1) as u64;
+                        latencies[op.index()].saturating_record(micros);
+                        worker.progress.ops.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
-                        progress.errors.fetch_add(1, Ordering::Relaxed);
+                        worker.progress.errors.fetch_add(1, Ordering::Relaxed);
                         if errors.len() < 5 {
-                            errors.insert(error.to_string());
+                            errors.insert(format!("{}: {error}", op.name()));
                         }
                     }
                 }
             }
-            (reads, writes, errors)
+            (latencies, errors)
         });
     }
-    let (mut reads, mut writes) = (histogram(), histogram());
+    let mut latencies: Vec<Histogram<u64>> = Op::ALL.iter().map(|_| histogram()).collect();
     let mut error_samples = BTreeSet::new();
     while let Some(result) = workers.join_next().await {
-        let (worker_reads, worker_writes, worker_errors) = result.context("a load worker panicked")?;
-        reads.add(&worker_reads).expect("same bounds");
-        writes.add(&worker_writes).expect("same bounds");
+        let (worker_latencies, worker_errors) = result.context("a load worker panicked")?;
+        for (total, worker) in latencies.iter_mut().zip(&worker_latencies) {
+            total.add(worker).expect("same bounds");
+        }
         error_samples.extend(worker_errors);
     }
     let elapsed = started.elapsed();
@@ -140,16 +200,55 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
     }
     Ok(LoadResult {
         elapsed,
-        reads,
-        writes,
+        latencies,
         errors: progress.errors.load(Ordering::Relaxed),
         error_samples: error_samples.into_iter().take(5).collect(),
         preloaded,
+        late_starts: progress.late_starts.load(Ordering::Relaxed),
     })
 }
 
+/// What one load task needs to run operations.
+struct Worker {
+    client: Client,
+    value: Bytes,
+    chooser: Arc<Chooser>,
+    progress: Arc<Progress>,
+}
+
+impl Worker {
+    async fn run(&self, op: Op) -> Result<(), ringkv_client::Error> {
+        // Every random choice first: the thread-local generator cannot be held across an await.
+        let (n, scan_length) = {
+            let mut rng = rand::rng();
+            let n = match op {
+                Op::Insert => self.chooser.new_key(),
+                _ => self.chooser.existing_key(&mut rng),
+            };
+            (n, rng.random_range(1..=workload::MAX_SCAN_LENGTH))
+        };
+        let key = key(n);
+        match op {
+            Op::Read => self.client.get(&key).await.map(drop),
+            Op::Update | Op::Insert => self.client.put(&key, &self.value).await.map(drop),
+            Op::Scan => {
+                let options = ScanOptions {
+                    limit: scan_length,
+                    cursor: Some(ScanCursor::at_ring_position(key_hash(key.as_bytes()))),
+                    ..ScanOptions::default()
+                };
+                self.client.scan(options).await.map(drop)
+            }
+            Op::ReadModifyWrite => {
+                self.client.get(&key).await?;
+                self.client.put(&key, &self.value).await.map(drop)
+            }
+        }
+    }
+}
+
 /// Writes every key once, `concurrency` at a time.
-async fn preload(args: &Args, client: &Client, value: &Arc<Vec<u8>>) -> anyhow::Result<u64> {
+async fn preload(args: &Args, client: &Client, value: &Bytes) -> anyhow::Result<u64> {
     eprintln!("preloading {} keys...", args.keys);
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -162,7 +261,7 @@ async fn preload(args: &Args, client: &Client, value: &Arc<Vec<u8>>) -> anyhow::
                     return anyhow::Ok(());
                 }
                 client
-                    .put(key(n), value.as_slice())
+                    .put(key(n), &value)
                     .await
                     .with_context(|| format!("preloading {}", key(n)))?;
             }

@@ -1,9 +1,11 @@
 //! `ringkv-bench`: the load generator. Drives a running cluster through ringkv-client with a
-//! write, read or mixed workload for a fixed time, printing progress each interval and a final
-//! report of throughput and latency percentiles (HDR histograms), as text or JSON.
+//! write, read, mixed or YCSB (A–F) workload for a fixed time, closed or open loop, printing
+//! progress each interval and a final report of throughput and latency percentiles (HDR
+//! histograms), as text or JSON.
 
 mod load;
 mod report;
+mod workload;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,14 +18,26 @@ pub struct Args {
     /// Nodes to contact (comma-separated HOST:PORT).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7379")]
     pub endpoints: Vec<String>,
+    /// write, read, mixed (`--read-ratio`), or a YCSB core workload: ycsb-a (50% reads, 50%
+    /// updates), ycsb-b (95/5), ycsb-c (reads), ycsb-d (95% reads of the newest keys, 5% inserts),
+    /// ycsb-e (95% short scans, 5% inserts), ycsb-f (50% reads, 50% read-modify-writes).
     #[arg(long, value_enum, default_value_t = Workload::Mixed)]
     pub workload: Workload,
     /// Fraction of reads in the mixed workload.
     #[arg(long, default_value_t = 0.5)]
     pub read_ratio: f64,
-    /// Number of distinct keys (`bench:0` .. `bench:N-1`), chosen uniformly at random.
+    /// Number of distinct keys (`bench:0` .. `bench:N-1`), written by the preload.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// How keys are chosen. Default: zipfian for YCSB (latest for ycsb-d), uniform otherwise.
+    #[arg(long, value_enum)]
+    pub distribution: Option<Distribution>,
+    /// Open loop: start this many operations per second on a fixed schedule, whatever the
+    /// cluster's speed (at most `--concurrency` in flight), and count latency from each
+    /// operation's intended start. Without it, a closed loop: each worker starts its next
+    /// operation when the previous one finishes.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -48,6 +62,23 @@ pub enum Workload {
     Write,
     Read,
     Mixed,
+    YcsbA,
+    YcsbB,
+    YcsbC,
+    YcsbD,
+    YcsbE,
+    YcsbF,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    /// Every key equally likely.
+    Uniform,
+    /// YCSB's zipfian (constant 0.99): key `bench:0` most popular, then `bench:1`, … Keys are
+    /// placed by hash, so the popular ones spread over shards.
+    Zipfian,
+    /// Zipfian over recency: the most recently inserted keys most popular.
+    Latest,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,17 +4,48 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::load::LoadResult;
+use crate::workload::{Op, default_distribution};
 use crate::{Args, Workload, seconds};
 
+fn workload_name(args: &Args) -> String {
+    use clap::ValueEnum;
+    args.workload
+        .to_possible_value()
+        .expect("no workload is skipped")
+        .get_name()
+        .to_string()
+}
+
+fn distribution_name(args: &Args) -> String {
+    use clap::ValueEnum;
+    let distribution = args
+        .distribution
+        .unwrap_or_else(|| default_distribution(args.workload));
+    distribution
+        .to_possible_value()
+        .expect("no distribution is skipped")
+        .get_name()
+        .to_string()
+}
+
 fn describe(args: &Args) -> String {
-    let workload = match args.workload {
-        Workload::Write => "write".to_string(),
-        Workload::Read => "read".to_string(),
-        Workload::Mixed => format!("mixed ({:.0}% reads)", args.read_ratio * 100.0),
+    let mut workload = workload_name(args);
+    if args.workload == Workload::Mixed {
+        workload = format!("mixed ({:.0}% reads)", args.read_ratio * 100.0);
+    }
+    let pace = match args.rate {
+        Some(rate) => format!(
+            "open loop at {rate} ops/s, at most {} in flight",
+            args.concurrency
+        ),
+        None => format!("closed loop, concurrency {}", args.concurrency),
     };
     format!(
-        "workload {workload}, {} keys, {}-byte values, concurrency {}, {} s",
-        args.keys, args.value_size, args.concurrency, args.duration
+        "workload {workload}, {} keys ({}), {}-byte values, {pace}, {} s",
+        args.keys,
+        distribution_name(args),
+        args.value_size,
+        args.duration
     )
 }
 
@@ -37,7 +68,10 @@ pub fn text(args: &Args, result: &LoadResult) -> String {
         "{:<6} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}   (latency in ms)\n",
         "op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max"
     ));
-    for (name, histogram) in [("read", &result.reads), ("write", &result.writes), ("all", &all)] {
+    let per_op = Op::ALL
+        .iter()
+        .map(|op| (op.name(), &result.latencies[op.index()]));
+    for (name, histogram) in per_op.chain([("all", &all)]) {
         if histogram.is_empty() {
             continue;
         }
@@ -51,6 +85,13 @@ pub fn text(args: &Args, result: &LoadResult) -> String {
             millis(histogram.value_at_quantile(0.99)),
             millis(histogram.value_at_quantile(0.999)),
             millis(histogram.max()),
+        ));
+    }
+    if let Some(rate) = args.rate {
+        out.push_str(&format!(
+            "open loop: {} of the {rate} ops/s scheduled started more than 1 ms late (all workers busy); \
+             their latency counts from the intended start\n",
+            result.late_starts
         ));
     }
     for sample in &result.error_samples {
@@ -74,9 +115,20 @@ fn latency(histogram: &Histogram<u64>, elapsed: f64) -> serde_json::Value {
 pub fn json(args: &Args, result: &LoadResult) -> String {
     let elapsed = seconds(result.elapsed);
     let all = result.all();
+    let mut per_op = serde_json::Map::new();
+    per_op.insert("all".to_string(), latency(&all, elapsed));
+    for op in Op::ALL {
+        per_op.insert(
+            op.name().to_string(),
+            latency(&result.latencies[op.index()], elapsed),
+        );
+    }
     json!({
-        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "workload": workload_name(args),
         "read_ratio": args.read_ratio,
+        "distribution": distribution_name(args),
+        "rate": args.rate,
+        "late_starts": result.late_starts,
         "keys": args.keys,
         "value_size": args.value_size,
         "concurrency": args.concurrency,
@@ -86,11 +138,7 @@ pub fn json(args: &Args, result: &LoadResult) -> String {
         "ops_per_sec": all.len() as f64 / elapsed,
         "errors": result.errors,
         "error_samples": result.error_samples,
-        "latency": {
-            "all": latency(&all, elapsed),
-            "read": latency(&result.reads, elapsed),
-            "write": latency(&result.writes, elapsed),
-        },
+        "latency": per_op,
     })
     .to_string()
 }

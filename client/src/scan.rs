@@ -42,6 +42,16 @@ pub struct ScanCursor {
 }
 
 impl ScanCursor {
+    /// A scan that starts at a point of the hash ring: from the first key of the shard owning
+    /// `ring_position` (a key's point is `ringkv_proto::key_hash(key)`). Shards hold keys in hash
+    /// ranges, so this is the nearest thing to "scan from key K" that a hash-sharded store has.
+    pub fn at_ring_position(ring_position: u64) -> ScanCursor {
+        ScanCursor {
+            ring_position,
+            shard_cursor: Bytes::new(),
+        }
+    }
+
     /// Text form, for command lines: `RING_POSITION_HEX:SHARD_CURSOR_HEX`.
     pub fn encode(&self) -> String {
         let hex: String = self.shard_cursor.iter().map(|b| format!("{b:02x}")).collect();

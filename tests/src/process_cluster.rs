@@ -18,15 +18,20 @@ pub fn ringkv_binary() -> PathBuf {
     if let Ok(path) = std::env::var("RINGKV_BIN") {
         return PathBuf::from(path);
     }
+    workspace_binary("ringkv")
+}
+
+/// A binary of the workspace (`ringkv`, `ringkv-bench`) in the test executable's profile dir.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>");
-    let binary = profile_dir.join("ringkv");
+    let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
-        "ringkv binary not found at {}: run `cargo build --bins` first (or set RINGKV_BIN)",
+        "{name} binary not found at {}: run `cargo build --bins` first",
         binary.display()
     );
     binary

@@ -1,0 +1,81 @@
+//! `ringkv-bench` against a running cluster of real processes: every workload runs without an
+//! error and does the operations its mix names, and the open loop starts exactly the scheduled
+//! number of operations.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ringkv_tests::ProcessCluster;
+use ringkv_tests::process_cluster::workspace_binary;
+use serde_json::Value;
+
+/// Runs `ringkv-bench` to completion and returns its JSON report.
+fn bench(endpoints: &str, args: &[&str]) -> Value {
+    let mut command = Command::new(workspace_binary("ringkv-bench"));
+    command
+        .args([
+            "--endpoints",
+            endpoints,
+            "--output",
+            "json",
+            "--progress-interval",
+            "0",
+        ])
+        .args(["--keys", "200", "--value-size", "16", "--duration", "1"])
+        .args(args);
+    // The run is 1 s plus a 200-key preload; a starved machine gets a generous bound.
+    let output = ProcessCluster::run_to_exit(command, Duration::from_secs(120)).expect("ringkv-bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ringkv-bench {args:?} failed: {stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: JSON report: {e}: {stderr}"))
+}
+
+fn count(report: &Value, op: &str) -> u64 {
+    report["latency"][op]["count"]
+        .as_u64()
+        .expect("a count per operation")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_runs_its_mix_without_errors() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start(3, 16, &[])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let endpoints = cluster.endpoints().join(",");
+
+    tokio::task::spawn_blocking(move || {
+        // Each workload with the operations it must do; every other operation must not appear.
+        let expected: [(&str, &[&str]); 9] = [
+            ("write", &["write"]),
+            ("read", &["read"]),
+            ("mixed", &["read", "write"]),
+            ("ycsb-a", &["read", "write"]),
+            ("ycsb-b", &["read", "write"]),
+            ("ycsb-c", &["read"]),
+            ("ycsb-d", &["read", "insert"]),
+            ("ycsb-e", &["scan", "insert"]),
+            ("ycsb-f", &["read", "rmw"]),
+        ];
+        for (workload, ops) in expected {
+            let report = bench(&endpoints, &["--workload", workload, "--concurrency", "8"]);
+            assert_eq!(report["errors"], 0, "{workload}: {report}");
+            for op in ["read", "write", "insert", "scan", "rmw"] {
+                if ops.contains(&op) {
+                    assert!(count(&report, op) > 0, "{workload} did no {op}: {report}");
+                } else {
+                    assert_eq!(count(&report, op), 0, "{workload} did a {op}: {report}");
+                }
+            }
+        }
+
+        // Open loop: 200 ops/s for 1 s is 200 operations started, however fast the cluster.
+        let report = bench(
+            &endpoints,
+            &["--workload", "ycsb-b", "--rate", "200", "--concurrency", "16"],
+        );
+        assert_eq!(report["errors"], 0, "{report}");
+        assert_eq!(report["ops"], 200, "open loop: {report}");
+        assert_eq!(report["rate"], 200);
+    })
+    .await?;
+    Ok(())
+}
