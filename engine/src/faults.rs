@@ -18,6 +18,9 @@ pub struct TestFaults {
     pub enqueue_before_write: AtomicBool,
     /// Acknowledge waiters without calling fsync at all.
     pub skip_fsync: AtomicBool,
+    /// Not a bug: run every storage call on the blocking pool, as if each attempt to run it on
+    /// the caller's thread would have had to wait on I/O, so tests cover that path too.
+    pub force_blocking_pool: AtomicBool,
 }
 
 impl TestFaults {

@@ -24,7 +24,7 @@ use crate::codec;
 use crate::error::Error;
 use crate::faults::SyncEvent;
 use crate::keys::{self, STATE_COMMITTED, STATE_PURGED, STATE_VOTE};
-use crate::rocks::{Cf, Engine, WriteOps};
+use crate::rocks::{Cf, Engine, RawPair, WriteOps};
 use crate::syncer::Waiter;
 use crate::types::{LogIndex, ShardId, TypeConfig};
 
@@ -36,6 +36,9 @@ type Vote = VoteOf<TypeConfig>;
 /// entry per call, whatever its size).
 const READ_CHUNK_ENTRIES: usize = 1024;
 const READ_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+/// Byte budget of a log read done on a runtime thread (from memory): small enough to decode in
+/// well under a millisecond, large enough for a busy shard's newest entries.
+const INLINE_READ_BYTES: usize = 1024 * 1024;
 
 /// Byte budget of one replication payload (`limited_get_log_entries`): entries are added while
 /// their stored size stays within it, and the first entry always goes, so a payload is at most one
@@ -93,8 +96,13 @@ impl LogStore {
         limit: ReadLimit,
     ) -> Result<Vec<Entry>, Error> {
         let (start, end) = keys::log_range(shard, from, to);
-        let mut entries: Vec<Entry> = Vec::new();
-        for (key, value) in engine.range_cf(Cf::Log, &start, &end, limit.entries, limit.bytes)? {
+        let pairs = engine.range_cf(Cf::Log, &start, &end, limit.entries, limit.bytes)?;
+        LogStore::decode_entries(pairs, shard, from)
+    }
+
+    fn decode_entries(pairs: Vec<RawPair>, shard: ShardId, from: LogIndex) -> Result<Vec<Entry>, Error> {
+        let mut entries: Vec<Entry> = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
             let index = keys::log_key_index(&key).unwrap_or_default();
             let entry: Entry = codec::decode_entry(&value, shard, index)?;
             if entry.log_id.index != index {
@@ -118,16 +126,38 @@ impl LogStore {
         Ok(entries)
     }
 
-    /// One chunk of a whole-range read, off the runtime threads.
-    async fn read_chunk(&self, from: LogIndex, to: Option<LogIndex>) -> Result<Vec<Entry>, Error> {
+    /// [`LogStore::read_entries`] without blocking a runtime thread: on the caller's thread when
+    /// the entries are all in memory (the newest ones are, in the memtable: those replication
+    /// and apply read), else on the blocking pool. Read on the caller's thread, a range stops at
+    /// `INLINE_READ_BYTES`; callers accept a shorter answer (never an empty one while entries
+    /// remain), so a runtime thread never decodes megabytes in one go.
+    async fn read_entries_async(
+        &self,
+        from: LogIndex,
+        to: Option<LogIndex>,
+        limit: ReadLimit,
+    ) -> Result<Vec<Entry>, Error> {
         let shard = self.shard;
+        let (start, end) = keys::log_range(shard, from, to);
+        let inline_bytes = limit.bytes.min(INLINE_READ_BYTES);
+        if let Some(pairs) =
+            self.engine
+                .range_cf_if_cached(Cf::Log, &start, &end, limit.entries, inline_bytes)?
+        {
+            return LogStore::decode_entries(pairs, shard, from);
+        }
+        self.engine
+            .run_blocking(move |engine| LogStore::read_entries(engine, shard, from, to, limit))
+            .await
+    }
+
+    /// One chunk of a whole-range read.
+    async fn read_chunk(&self, from: LogIndex, to: Option<LogIndex>) -> Result<Vec<Entry>, Error> {
         let limit = ReadLimit {
             entries: READ_CHUNK_ENTRIES,
             bytes: READ_CHUNK_BYTES,
         };
-        self.engine
-            .run_blocking(move |engine| LogStore::read_entries(engine, shard, from, to, limit))
-            .await
+        self.read_entries_async(from, to, limit).await
     }
 
     /// The number of entries a whole-range read may return: all of them, unless a test has
@@ -203,15 +233,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
-        let (engine, shard) = (self.engine.clone(), self.shard);
         let limit = ReadLimit {
             entries: (end.saturating_sub(start) as usize).min(self.whole_range_cap()),
             bytes: REPLICATION_PAYLOAD_BYTES,
         };
-        let entries = engine
-            .run_blocking(move |engine| LogStore::read_entries(engine, shard, start, Some(end), limit))
-            .await?;
-        Ok(entries)
+        Ok(self.read_entries_async(start, Some(end), limit).await?)
     }
 
     async fn entries_stream<RB>(&mut self, range: RB) -> impl Stream<Item = Result<Entry, io::Error>> + Send
@@ -350,9 +376,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::state_key(self.shard, STATE_COMMITTED),
             codec::encode(&committed),
         );
-        self.engine
-            .run_blocking(move |engine| engine.write_ops(ops, false))
-            .await?;
+        self.engine.write_unsynced(ops).await?;
         Ok(())
     }
 
@@ -394,21 +418,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         // Written now (readable when this returns); acknowledged only after the fsync.
+        let mut ops = WriteOps::default();
+        for entry in &entries {
+            ops.put(
+                Cf::Log,
+                keys::log_key(shard, entry.log_id.index),
+                codec::encode_entry(entry),
+            );
+        }
+        self.engine.write_unsynced(ops).await?;
         self.engine
-            .run_blocking(move |engine| {
-                let mut ops = WriteOps::default();
-                for entry in &entries {
-                    ops.put(
-                        Cf::Log,
-                        keys::log_key(shard, entry.log_id.index),
-                        codec::encode_entry(entry),
-                    );
-                }
-                engine.write_ops(ops, false)?;
-                engine.observe(SyncEvent::AppendWritten { shard, last_index });
-                Ok::<(), Error>(())
-            })
-            .await?;
+            .observe(SyncEvent::AppendWritten { shard, last_index });
         self.engine
             .syncer()
             .counters

@@ -93,7 +93,6 @@ const SCAN_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// A batch of writes to apply atomically.
 #[derive(Default)]
 pub(crate) struct WriteOps {
-    batch: WriteBatch,
     cfs: Vec<(Cf, Op)>,
 }
 
@@ -525,21 +524,48 @@ impl Engine {
     /// readable at once and durable after the syncer's next fsync.
     pub(crate) fn write_ops(&self, ops: WriteOps, sync: bool) -> Result<(), Error> {
         self.inner.syncer.check_healthy()?;
-        let WriteOps { mut batch, cfs } = ops;
-        for (cf, op) in cfs {
-            let handle = self.cf(cf);
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.inner
+            .db
+            .write_opt(self.batch(&ops), &options)
+            .map_err(|e| Error::Write(e.into_string()))
+    }
+
+    fn batch(&self, ops: &WriteOps) -> WriteBatch {
+        let mut batch = WriteBatch::default();
+        for (cf, op) in &ops.cfs {
+            let handle = self.cf(*cf);
             match op {
                 Op::Put(key, value) => batch.put_cf(&handle, key, value),
                 Op::Delete(key) => batch.delete_cf(&handle, key),
                 Op::DeleteRange(from, to) => batch.delete_range_cf(&handle, from, to),
             }
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(sync);
-        self.inner
-            .db
-            .write_opt(batch, &options)
-            .map_err(|e| Error::Write(e.into_string()))
+        batch
+    }
+
+    /// Writes `ops` (not synced: durable after the syncer's next fsync), on the calling thread
+    /// when RocksDB can take them without waiting, else on the blocking pool. Returns once they
+    /// are readable.
+    ///
+    /// "Without waiting": the write carries `no_slowdown`, so instead of sleeping in a write
+    /// stall or slowdown (a flush or compaction behind) RocksDB refuses it and it goes to the
+    /// blocking pool. What stays on the caller's thread is the memtable insert and a buffered
+    /// WAL `write()`: microseconds, where a trip to the blocking pool costs two thread wake-ups.
+    pub(crate) async fn write_unsynced(&self, ops: WriteOps) -> Result<(), Error> {
+        if !self.inner.faults.force_blocking_pool.load(Ordering::Relaxed) {
+            self.inner.syncer.check_healthy()?;
+            let mut options = WriteOptions::default();
+            options.set_no_slowdown(true);
+            match self.inner.db.write_opt(self.batch(&ops), &options) {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Incomplete => {}
+                Err(error) => return Err(Error::Write(error.into_string())),
+            }
+        }
+        self.run_blocking(move |engine| engine.write_ops(ops, false))
+            .await
     }
 
     /// Runs `read` against a point-in-time view of the database taken on another thread, once
@@ -581,8 +607,39 @@ impl Engine {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<RawPair>, Error> {
+        self.range_cf_tier(cf, from, to, max_entries, max_bytes, ReadTier::All)?
+            .ok_or_else(|| Error::Read("RocksDB reported a full read incomplete".to_string()))
+    }
+
+    /// [`Engine::range_cf`] only if that needs no file read (memtables and block cache):
+    /// `Ok(None)` means some of it is on disk, so read it off the runtime threads instead.
+    /// Never waits on I/O, so it may run on a runtime thread.
+    pub(crate) fn range_cf_if_cached(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<RawPair>>, Error> {
+        if self.inner.faults.force_blocking_pool.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.range_cf_tier(cf, from, to, max_entries, max_bytes, ReadTier::BlockCache)
+    }
+
+    fn range_cf_tier(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        max_entries: usize,
+        max_bytes: usize,
+        tier: ReadTier,
+    ) -> Result<Option<Vec<RawPair>>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(to.to_vec());
+        read_options.set_read_tier(tier);
         let iterator = self.inner.db.iterator_cf_opt(
             &self.cf(cf),
             read_options,
@@ -594,14 +651,20 @@ impl Engine {
             if out.len() >= max_entries {
                 break;
             }
-            let (key, value) = item.map_err(read_error)?;
+            // The iterator ends with an error, never silently, when the read tier forbids the
+            // file read it needs: a cut-short range would look like a short log.
+            let (key, value) = match item {
+                Ok(pair) => pair,
+                Err(error) if error.kind() == ErrorKind::Incomplete => return Ok(None),
+                Err(error) => return Err(read_error(error)),
+            };
             if !out.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
                 break;
             }
             bytes += value.len();
-            out.push((key.to_vec(), value.to_vec()));
+            out.push((key.into_vec(), value.into_vec()));
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Calls `visit` with every key in `[from, to)`, in order, without copying values.

@@ -175,3 +175,73 @@ async fn a_committed_entry_missing_at_the_end_of_the_log_is_an_error_not_a_short
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_on_disk_are_read_whole_through_the_blocking_pool_after_an_inline_miss() {
+    // Replication and apply read the log on the runtime thread when the entries are in memory.
+    // Entries only in SST files, after a fresh open (empty block cache), must not come back as a
+    // short or empty range: the inline read reports the miss and the blocking read answers.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path()).unwrap();
+        store_with(&engine, 3_000, 100).await;
+        engine.flush().unwrap();
+    }
+    let engine = Engine::open(dir.path()).unwrap();
+    let (start, end) = keys::log_range(ShardId(1), 1, Some(3_001));
+    assert_eq!(
+        engine
+            .range_cf_if_cached(Cf::Log, &start, &end, 3_000, usize::MAX)
+            .unwrap(),
+        None,
+        "entries only on disk need a file read"
+    );
+    let mut store = engine.log_store(ShardId(1));
+    let payload: Vec<u64> = store
+        .limited_get_log_entries(1, 1_001)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_consecutive("limited_get_log_entries(1, 1001) from disk", &payload, 1, 1_000);
+    let streamed: Vec<u64> = store
+        .entries_stream(1..3_001)
+        .await
+        .map(|entry| entry.unwrap().log_id.index)
+        .collect()
+        .await;
+    assert_consecutive("entries_stream(1..3001) from disk", &streamed, 1, 3_000);
+
+    // Newly appended entries are in the memtable: the inline read answers them whole.
+    append(&mut store, (3_001..=3_100).map(|i| entry(i, 100)).collect()).await;
+    let (start, end) = keys::log_range(ShardId(1), 3_001, Some(3_101));
+    let pairs = engine
+        .range_cf_if_cached(Cf::Log, &start, &end, 1_000, usize::MAX)
+        .unwrap()
+        .expect("the memtable answers without a file read");
+    assert_eq!(pairs.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_reads_stop_at_their_byte_budget_and_the_rest_still_comes() {
+    // 64 KiB entries: an inline read (1 MiB budget) holds 16 of them; a whole-range read keeps
+    // going until it has them all.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut store = store_with(&engine, 100, 64 * 1024).await;
+    let payload = store.limited_get_log_entries(1, 101).await.unwrap();
+    assert!(
+        (1..=17).contains(&payload.len()),
+        "{} entries in one payload",
+        payload.len()
+    );
+    let all: Vec<u64> = store
+        .try_get_log_entries(1..=100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect();
+    assert_consecutive("try_get_log_entries(1..=100)", &all, 1, 100);
+}
