@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ringkv_client::{Client, ClientConfig};
-use ringkv_engine::{EngineOptions, NodeId};
+use ringkv_engine::{EngineOptions, NodeId, ShardId};
 use ringkv_server::transport::{GrpcTransport, MemoryNetwork, RaftTransport};
 use ringkv_server::{NodeConfig, RunningNode, StartOptions};
 use tempfile::TempDir;
@@ -136,6 +136,17 @@ impl LocalCluster {
         if let Some(Some(running)) = self.nodes.insert(node_id, None) {
             running.kill().await;
         }
+    }
+
+    /// `count` keys `{prefix}{i}` that shard `shard` owns, by the shard map of node `node_id`:
+    /// for tests that propose on a shard's Raft group directly, bypassing the node's routing.
+    pub fn keys_of_shard(&self, node_id: u64, shard: ShardId, prefix: &str, count: usize) -> Vec<Vec<u8>> {
+        let map = self.running(node_id).node.shard_map();
+        (0..)
+            .map(|i| format!("{prefix}{i}").into_bytes())
+            .filter(|key| map.shard_for_key(key).id == shard)
+            .take(count)
+            .collect()
     }
 
     pub fn running(&self, node_id: u64) -> &RunningNode {

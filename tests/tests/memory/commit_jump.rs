@@ -73,13 +73,16 @@ async fn commit_jump(engine_options: EngineOptions) -> anyhow::Result<()> {
         .borrow_watched()
         .local_committed
         .map_or(0, |id| id.index);
+    // Keys the shard owns (proposed on its group directly, a key of another shard would land in
+    // that shard's range; see `LocalCluster::keys_of_shard`).
+    let burst_keys = cluster.keys_of_shard(leader, SHARD, "jump-", BURST as usize);
     let mut proposals = tokio::task::JoinSet::new();
-    for i in 0..BURST {
+    for key in burst_keys.clone() {
         let raft = replica.raft.clone();
         proposals.spawn(async move {
             let command = Command::Put {
-                key: format!("jump-{i}").into_bytes(),
-                value: format!("value-{i}").into_bytes(),
+                key,
+                value: b"value".to_vec(),
             };
             let _ = raft.client_write(Proposal::internal(command)).await;
         });
@@ -153,18 +156,14 @@ async fn commit_jump(engine_options: EngineOptions) -> anyhow::Result<()> {
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
     for node in [1, 2, 3] {
         let engine = cluster.running(node).node.engine().clone();
-        let missing: Vec<u64> = (0..BURST)
-            .filter(|i| {
-                engine
-                    .get(format!("jump-{i}").as_bytes())
-                    .ok()
-                    .flatten()
-                    .is_none()
-            })
+        let missing: Vec<String> = burst_keys
+            .iter()
+            .filter(|key| engine.get(key).ok().flatten().is_none())
+            .map(|key| String::from_utf8_lossy(key).into_owned())
             .collect();
         if !missing.is_empty() {
             bail!(
-                "node {node} misses {} committed burst keys, the first jump-{} and the last jump-{}",
+                "node {node} misses {} committed burst keys, the first {} and the last {}",
                 missing.len(),
                 missing[0],
                 missing[missing.len() - 1]

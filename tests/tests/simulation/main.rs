@@ -329,12 +329,16 @@ async fn isolated_burst(
         .borrow_watched()
         .local_committed
         .map_or(0, |id| id.index);
+    // Keys the shard owns: proposed on its Raft group directly, bypassing the node's routing,
+    // a key of another shard would be written into that shard's range by this shard's applies,
+    // and the replica check of the other shard would see them half applied on one replica.
+    let burst_keys = cluster.keys_of_shard(leader, shard, "burst-", BURST as usize);
     let mut proposals = tokio::task::JoinSet::new();
-    for i in 0..BURST {
+    for key in burst_keys {
         let raft = replica.raft.clone();
         proposals.spawn(async move {
             let command = Command::Put {
-                key: format!("burst-{i}").into_bytes(),
+                key,
                 value: b"b".to_vec(),
             };
             let _ = raft.client_write(Proposal::internal(command)).await;
