@@ -146,6 +146,12 @@ impl NodeConfig {
         Duration::from_millis(self.raft.snapshot_idle_timeout_ms)
     }
 
+    /// How long a leader may serve reads on the strength of its followers' last acknowledgements:
+    /// openraft's leader lease is the longest election timeout.
+    pub fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.raft.election_timeout_max_ms)
+    }
+
     /// How long Raft messages may take (see `RaftTimeouts`).
     pub fn raft_timeouts(&self) -> crate::transport::RaftTimeouts {
         crate::transport::RaftTimeouts {

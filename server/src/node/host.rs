@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
+use openraft::storage::RaftLogReader;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -30,6 +31,12 @@ pub struct ShardReplica {
     pub replica_id: ReplicaId,
     pub range: HashRange,
     pub raft: ShardRaft,
+    /// Until then the replica grants no vote or pre-vote, except in a leadership transfer. Set when
+    /// it restarts holding a committed vote: before the restart it may have acknowledged a
+    /// leader, which counts on that acknowledgement for its lease (serving reads without asking
+    /// anyone) for up to `election_timeout_max`. openraft forgets that lease at a restart, so a
+    /// replica voting at once could elect a second leader while the first still reads locally.
+    pub(crate) votes_from: Option<Instant>,
     /// Why this node took the replica out of service, if it did. Never cleared: a failed replica
     /// comes back only with a restart of the node (after its disk is checked).
     failure: Mutex<Option<String>>,
@@ -104,7 +111,13 @@ impl Node {
                 start: shard.arc.start,
                 end: shard.arc.end,
             };
-            let log_store = engine.log_store(shard.id);
+            let mut log_store = engine.log_store(shard.id);
+            let had_committed_vote = log_store
+                .read_vote()
+                .await
+                .with_context(|| format!("cannot read the vote of shard {}", shard.id))?
+                .is_some_and(|vote| vote.is_committed());
+            let votes_from = had_committed_vote.then(|| Instant::now() + config.leader_lease());
             // Opening may finish an interrupted snapshot install: a long RocksDB job.
             let shard_id = shard.id;
             let state_machine = engine
@@ -156,6 +169,7 @@ impl Node {
                 replica_id: local.replica_id,
                 range,
                 raft,
+                votes_from,
                 failure: Mutex::new(None),
             });
             spawn_failure_watch(Arc::downgrade(&node), replica.clone());

@@ -140,6 +140,9 @@ impl Node {
         rpc: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        if !rpc.leadership_transfer {
+            refuse_votes_after_restart(&replica)?;
+        }
         replica.raft.vote(rpc).await.map_err(|e| e.to_string())
     }
 
@@ -151,6 +154,7 @@ impl Node {
         rpc: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        refuse_votes_after_restart(&replica)?;
         replica.raft.pre_vote(rpc).await.map_err(|e| e.to_string())
     }
 
@@ -194,5 +198,20 @@ impl Node {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Refuses a vote while a replica that restarted with a committed vote may still be counted in a
+/// leader's lease (see `ShardReplica::votes_from`).
+fn refuse_votes_after_restart(replica: &ShardReplica) -> Result<(), String> {
+    match replica.votes_from {
+        Some(from) if Instant::now() < from => Err(format!(
+            "replica {} of shard {} restarted less than a leader lease ago holding a committed vote; \
+             it votes again in {} ms, once any lease it granted before the restart has run out",
+            replica.replica_id,
+            replica.shard_id,
+            from.saturating_duration_since(Instant::now()).as_millis()
+        )),
+        _ => Ok(()),
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ReadPolicy;
+use openraft::LinearizerOption;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use tokio::sync::watch;
@@ -202,15 +202,29 @@ impl Node {
         receiver
     }
 
-    /// Waits until a read of the replica's local state is linearizable (ReadIndex: the leader
-    /// confirms its leadership with a quorum and the state machine catches up to the read index).
+    /// Waits until a read of the replica's local state is linearizable: the leader knows it still
+    /// leads, and its state machine has caught up to the read index.
+    ///
+    /// It knows it leads without asking anyone while its lease holds (a quorum acknowledged one of
+    /// its messages sent less than `leader_lease` ago: until then those followers refuse to vote
+    /// for anyone else); otherwise it asks (ReadIndex: a heartbeat round to a quorum). The lease
+    /// assumes the nodes' monotonic clocks run at the same rate (not that they agree), as
+    /// openraft's does; a follower restarting inside a lease is held to it by
+    /// `ShardReplica::votes_from`.
     pub async fn linearizable_barrier(
         &self,
         replica: &ShardReplica,
         budget: Duration,
     ) -> Result<(), ServiceError> {
         let shard_id = replica.shard_id;
-        match tokio::time::timeout(budget, replica.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+        match tokio::time::timeout(
+            budget,
+            replica
+                .raft
+                .ensure_linearizable(LinearizerOption::new(None, true)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                 Err(ServiceError::NotLeader {

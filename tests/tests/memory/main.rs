@@ -3,6 +3,7 @@
 
 mod commit_jump;
 mod identity;
+mod lease;
 
 use std::time::Duration;
 
