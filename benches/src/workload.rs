@@ -107,8 +107,9 @@ impl Chooser {
             Distribution::Uniform => rng.random_range(0..self.zipfian.n_items),
             Distribution::Zipfian => self.zipfian.next(rng),
             Distribution::Latest => {
-                // Most recent first: rank 0 is the newest key. Ranks stay below the preloaded
-                // count, so the key exists however few inserts have finished.
+                // Most recent first: rank 0 is the newest key number handed out. Ranks stay below
+                // the preloaded count, so the key is never past the keyspace, but the newest ones
+                // may still be in flight: such a read finds nothing (as in YCSB).
                 let newest = self.next_insert.load(Ordering::Relaxed) - 1;
                 newest - self.zipfian.next(rng)
             }

@@ -130,7 +130,7 @@ impl LogStore {
     /// the entries are all in memory (the newest ones are, in the memtable: those replication
     /// and apply read), else on the blocking pool. Read on the caller's thread, a range stops at
     /// `INLINE_READ_BYTES`; callers accept a shorter answer (never an empty one while entries
-    /// remain), so a runtime thread never decodes megabytes in one go.
+    /// remain), so a runtime thread decodes at most about a megabyte, or one entry larger than that.
     async fn read_entries_async(
         &self,
         from: LogIndex,

@@ -31,7 +31,8 @@ pub struct ShardReplica {
     pub replica_id: ReplicaId,
     pub range: HashRange,
     pub raft: ShardRaft,
-    /// Until then the replica grants no vote or pre-vote, except in a leadership transfer. Set when
+    /// Until then the replica grants no vote or pre-vote, except in a leadership transfer, and
+    /// does not stand for election on its own timer (openraft's `elect(false)`). Set when
     /// it restarts holding a committed vote: before the restart it may have acknowledged a
     /// leader, which counts on that acknowledgement for its lease (serving reads without asking
     /// anyone) for up to `election_timeout_max`. openraft forgets that lease at a restart, so a
@@ -163,6 +164,15 @@ impl Node {
                     // Best effort: the preferred leader campaigns first. Losing is harmless.
                     let _ = raft.trigger().elect(true).await;
                 }
+            }
+            if let Some(from) = votes_from {
+                // Its own candidacy is a vote too: no election timer of its own until then.
+                raft.runtime_config().elect(false);
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(from.into()).await;
+                    raft.runtime_config().elect(true);
+                });
             }
             let replica = Arc::new(ShardReplica {
                 shard_id: shard.id,

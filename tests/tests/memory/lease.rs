@@ -9,6 +9,10 @@
 //! 3. C campaigns; the restarted F, remembering no lease, votes for it. C leads and commits a
 //!    write of the key with F.
 //! 4. L, inside its lease, reads the key locally and answers the old value: a stale read.
+//!
+//! The second test is the same hazard with F itself as the candidate: its election timer, which
+//! openraft restarts without the lease, fires before L's lease has run out, and C (whose own view
+//! of L's lease has long expired) votes for it.
 
 use std::time::{Duration, Instant};
 
@@ -121,6 +125,83 @@ async fn a_follower_restarted_inside_a_lease_cannot_help_elect_a_leader_behind_a
         "node {candidate} was elected while node {leader}'s lease held, with the vote of node \
          {follower} restarted inside that lease"
     );
+
+    // Healed, the shard elects a leader and every replica converges.
+    network.heal();
+    cluster.wait_for_leaders(Duration::from_secs(60), false).await?;
+    client.put(&key, "after").await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    assert_replicas_identical(&client).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_restarted_inside_a_lease_does_not_stand_for_election_until_it_ends() -> anyhow::Result<()>
+{
+    let network = MemoryNetwork::new(12);
+    let mut cluster = LocalCluster::start_with(
+        3,
+        1,
+        TransportKind::Memory(network.clone()),
+        EngineOptions::default(),
+        |config| {
+            // A 6 s lease, and election timers from 1 s: without the rule, the restarted follower
+            // campaigns 1–6 s after its start, mostly inside the lease.
+            config.raft.heartbeat_interval_ms = 200;
+            config.raft.election_timeout_min_ms = 1_000;
+            config.raft.election_timeout_max_ms = 6_000;
+        },
+    )
+    .await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let leader = cluster
+        .running(1)
+        .node
+        .shard_map()
+        .shard(SHARD)
+        .and_then(|s| s.leader)
+        .context("the shard has a leader")?
+        .0;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    let (follower, other) = (others[0], others[1]);
+    let key = cluster
+        .keys_of_shard(leader, SHARD, "lease-", 1)
+        .pop()
+        .context("a key of the shard")?;
+    let client = cluster.client().await?;
+    client.put(&key, "old").await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+
+    // 1. Cut L from C for longer than a lease, so C no longer honours L's; F keeps L's lease fresh
+    //    and refuses C's campaigns.
+    network.cut(NodeId(leader), NodeId(other));
+    network.cut(NodeId(other), NodeId(leader));
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    // 2. F restarts, cut from L: L's lease rests on F's last acknowledgement, for 6 s.
+    network.cut(NodeId(leader), NodeId(follower));
+    network.cut(NodeId(follower), NodeId(leader));
+    cluster.kill_node(follower).await;
+    let killed = Instant::now();
+    cluster.start_node(follower).await?;
+
+    // 3. Until L's lease ends, F must not lead (it would need its own vote, given inside the lease).
+    let follower_replica = cluster
+        .running(follower)
+        .node
+        .replica(SHARD)
+        .context("F hosts the shard")?;
+    while killed.elapsed() < Duration::from_millis(5_500) {
+        let state = follower_replica.raft.metrics().borrow_watched().state;
+        assert_ne!(
+            state,
+            ServerState::Leader,
+            "node {follower} was elected {} ms after it was killed, inside the 6 s lease its last \
+             acknowledgement gave leader {leader}",
+            killed.elapsed().as_millis()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Healed, the shard elects a leader and every replica converges.
     network.heal();
