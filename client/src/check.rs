@@ -14,7 +14,7 @@ use ringkv_proto::{NodeId, ReplicaId, ShardId};
 use crate::classify::RequestKind;
 use crate::client::Client;
 use crate::error::Error;
-use crate::plan::{Plan, Target, request};
+use crate::plan::{Plan, Target, request, unary};
 use crate::pool::cluster;
 
 /// Digest commands proposed per shard before a replica without a digest is reported as such.
@@ -151,9 +151,9 @@ impl Client {
             deadline,
         };
         let response = plan
-            .run(|channel, _route, time| {
+            .run(|node, _route, time| {
                 let message = pb::CheckShardRequest { shard_id: shard_id.0 };
-                async move { cluster(channel).check_shard(request(message, time)).await }
+                async move { unary(cluster(node.channel).check_shard(request(message, time))).await }
             })
             .await?;
         Ok(response.index)

@@ -9,13 +9,13 @@ use futures::future::{join_all, select_ok};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
-use ringkv_proto::pb;
+use ringkv_proto::pb::{self, kv_command::Request as Command, kv_reply::Reply};
 use ringkv_proto::{ShardMap, check_batch, check_key, check_value};
 
 use crate::classify::RequestKind;
 use crate::error::Error;
-use crate::plan::{self, MAX_WRITE_RETRY_WINDOW, Plan, Target, request};
-use crate::pool::{Pool, kv};
+use crate::plan::{self, MAX_WRITE_RETRY_WINDOW, Plan, Target, unexpected_reply};
+use crate::pool::Pool;
 use crate::request_ids::RequestIds;
 use crate::route::RouteCache;
 use crate::types::{BatchOp, BatchOutcome, CasOutcome, Expect, Versioned, versioned};
@@ -146,13 +146,18 @@ impl Client {
         check_key(&key)?;
         let response = self
             .plan(Target::Key(&key), RequestKind::Read)
-            .run(|channel, route, time| {
+            .run(|node, route, time| {
                 let message = pb::GetRequest {
                     route: Some(route),
                     key: key.clone(),
                     consistency: 0,
                 };
-                async move { kv(channel).get(request(message, time)).await }
+                async move {
+                    match node.commands.call(Command::Get(message), time).await? {
+                        Reply::Get(response) => Ok(response),
+                        other => Err(unexpected_reply("get", &other)),
+                    }
+                }
             })
             .await?;
         Ok(response.value.map(versioned))
@@ -168,14 +173,19 @@ impl Client {
         let ticket = self.inner.ids.begin();
         let response = self
             .plan(Target::Key(&key), RequestKind::Write)
-            .run(|channel, route, time| {
+            .run(|node, route, time| {
                 let message = pb::PutRequest {
                     route: Some(route),
                     key: key.clone(),
                     value: value.clone(),
                     request_id: Some(self.inner.ids.wire(ticket.seq)),
                 };
-                async move { kv(channel).put(request(message, time)).await }
+                async move {
+                    match node.commands.call(Command::Put(message), time).await? {
+                        Reply::Put(response) => Ok(response),
+                        other => Err(unexpected_reply("put", &other)),
+                    }
+                }
             })
             .await?;
         Ok(response.version)
@@ -188,13 +198,18 @@ impl Client {
         let ticket = self.inner.ids.begin();
         let response = self
             .plan(Target::Key(&key), RequestKind::Write)
-            .run(|channel, route, time| {
+            .run(|node, route, time| {
                 let message = pb::DeleteRequest {
                     route: Some(route),
                     key: key.clone(),
                     request_id: Some(self.inner.ids.wire(ticket.seq)),
                 };
-                async move { kv(channel).delete(request(message, time)).await }
+                async move {
+                    match node.commands.call(Command::Delete(message), time).await? {
+                        Reply::Delete(response) => Ok(response),
+                        other => Err(unexpected_reply("delete", &other)),
+                    }
+                }
             })
             .await?;
         Ok(response.existed)
@@ -225,7 +240,7 @@ impl Client {
         let ticket = self.inner.ids.begin();
         let response = self
             .plan(Target::Key(&key), RequestKind::Write)
-            .run(|channel, route, time| {
+            .run(|node, route, time| {
                 let message = pb::CasRequest {
                     route: Some(route),
                     key: key.clone(),
@@ -234,7 +249,12 @@ impl Client {
                     delete: new_value.is_none(),
                     request_id: Some(self.inner.ids.wire(ticket.seq)),
                 };
-                async move { kv(channel).compare_and_swap(request(message, time)).await }
+                async move {
+                    match node.commands.call(Command::Cas(message), time).await? {
+                        Reply::Cas(response) => Ok(response),
+                        other => Err(unexpected_reply("compare-and-swap", &other)),
+                    }
+                }
             })
             .await?;
         Ok(CasOutcome {

@@ -12,13 +12,14 @@
 //! ```
 //!
 //! Layout: `client` (the API), `plan` (route, send, retry, merge), `classify` (what a failure
-//! means), `pool` (connections), `route` (the shard-map cache), `request_ids`, `scan`, `check`
+//! means), `pool` (connections), `commands` (the per-node request stream), `route` (the shard-map cache), `request_ids`, `scan`, `check`
 //! (the replica check), `backoff`, `error`, `types`.
 
 mod backoff;
 mod check;
 mod classify;
 mod client;
+mod commands;
 mod error;
 mod plan;
 mod pool;

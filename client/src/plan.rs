@@ -4,9 +4,10 @@
 //! shards is split per shard, each part run as its own plan, and the parts' typed outcomes merged.
 //!
 //! Every wait inside a request fits in what remains of its deadline: each attempt (connection
-//! setup included), each map refresh, each backoff. An attempt tells the node its budget
-//! (`ringkv-budget-ms`) and waits a little longer than that (`ANSWER_GRACE`) for the node's own
-//! answer, so the client usually learns whether a write was proposed instead of timing out blind.
+//! setup included), each map refresh, each backoff. An attempt tells the node its budget (the
+//! command's `budget_ms`, or `ringkv-budget-ms` on a unary call) and waits a little longer than
+//! that (`ANSWER_GRACE`) for the node's own answer, so the client usually learns whether a write
+//! was proposed instead of timing out blind.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,17 +15,16 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tracing::debug;
 
 use ringkv_proto::ShardId;
-use ringkv_proto::pb;
+use ringkv_proto::pb::{self, kv_command::Request as Command, kv_reply::Reply};
 
 use crate::backoff::Backoff;
 use crate::classify::{Attempt, Next, RequestKind, classify, final_error, next};
 use crate::client::Inner;
 use crate::error::{Error, ShardOutcome};
-use crate::pool::kv;
+use crate::pool::NodeConnection;
 use crate::types::{BatchOp, BatchOutcome};
 
 /// Longest time one attempt may take, so one stalled node cannot eat a whole deadline: after it,
@@ -79,6 +79,30 @@ pub(crate) fn request<T>(message: T, time: AttemptTime) -> tonic::Request<T> {
     request
 }
 
+/// The result of a unary call, as an attempt's.
+pub(crate) async fn unary<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Attempt> {
+    call.await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| classify(&status))
+}
+
+/// A node's answer of the wrong kind for the request (a broken or mismatched node).
+pub(crate) fn unexpected_reply(request: &str, reply: &Reply) -> Attempt {
+    let kind = match reply {
+        Reply::Get(_) => "get",
+        Reply::Put(_) => "put",
+        Reply::Delete(_) => "delete",
+        Reply::Cas(_) => "compare-and-swap",
+        Reply::Batch(_) => "batch",
+        Reply::Error(_) => "error",
+    };
+    Attempt::Fatal(Error::Protocol(format!(
+        "the node answered a {request} request with a {kind} reply"
+    )))
+}
+
 pub(crate) struct Plan<'a> {
     pub inner: &'a Inner,
     pub target: Target<'a>,
@@ -91,8 +115,8 @@ impl Plan<'_> {
     /// passes (see the module header).
     pub(crate) async fn run<T, F, Fut>(&self, send: F) -> Result<T, Error>
     where
-        F: Fn(Channel, pb::RouteHeader, AttemptTime) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: Fn(NodeConnection, pb::RouteHeader, AttemptTime) -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
     {
         let inner = self.inner;
         let mut backoff = Backoff::no_leader();
@@ -131,11 +155,11 @@ impl Plan<'_> {
                 shard_id: route.shard_id.0,
                 map_epoch: route.epoch,
             };
-            let attempt = match inner.pool.channel(&route.addr) {
+            let attempt = match inner.pool.node(&route.addr) {
                 Err(error) => Attempt::Unreachable(error),
-                Ok(channel) => match tokio::time::timeout(time.wait, send(channel, header, time)).await {
-                    Ok(Ok(response)) => return Ok(response.into_inner()),
-                    Ok(Err(status)) => classify(&status),
+                Ok(node) => match tokio::time::timeout(time.wait, send(node, header, time)).await {
+                    Ok(Ok(response)) => return Ok(response),
+                    Ok(Err(attempt)) => attempt,
                     Err(_) => Attempt::Ambiguous(format!(
                         "no answer from node {} within {} ms",
                         route.node_id,
@@ -256,13 +280,19 @@ pub(crate) async fn batch(
             deadline,
         };
         let result = plan
-            .run(|channel, route, time| {
+            .run(|node, route, time| {
                 let message = pb::BatchRequest {
                     route: Some(route),
                     ops: wire.clone(),
                     request_id: Some(inner.ids.wire(ticket.seq)),
                 };
-                async move { kv(channel).batch(request(message, time)).await }
+                async move {
+                    let reply = node.commands.call(Command::Batch(message), time).await?;
+                    match reply {
+                        Reply::Batch(response) => Ok(response),
+                        other => Err(unexpected_reply("batch", &other)),
+                    }
+                }
             })
             .await;
         (shard_id, result.map(|response| response.version))

@@ -1,5 +1,6 @@
 //! Connections to nodes: one lazily connected channel per node address, shared by every request to
-//! that node (HTTP/2 multiplexes them), and the few node calls that are not Kv requests.
+//! that node (HTTP/2 multiplexes them), with the node's Kv command stream on it; and the few node
+//! calls that are not Kv requests.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,29 +9,45 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use ringkv_proto::ShardMap;
+
+use crate::commands::CommandStream;
 use ringkv_proto::limits::MAX_MESSAGE_BYTES;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient, kv_client::KvClient};
 
 pub(crate) struct Pool {
     connect_timeout: Duration,
-    /// A std lock: held only to clone or insert a channel, never across an await.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// A std lock: held only to clone or insert a connection, never across an await.
+    nodes: Mutex<HashMap<String, NodeConnection>>,
+}
+
+/// What the client holds for one node.
+#[derive(Clone)]
+pub(crate) struct NodeConnection {
+    pub channel: Channel,
+    /// Carries the node's gets, puts, deletes, compare-and-swaps and batches.
+    pub commands: CommandStream,
 }
 
 impl Pool {
     pub(crate) fn new(connect_timeout: Duration) -> Pool {
         Pool {
             connect_timeout,
-            channels: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
         }
     }
 
     /// The channel to `addr`, created lazily and kept. Creating one does not connect: the first
     /// request does, within that request's own time limit.
     pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().expect("channel map lock");
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+        Ok(self.node(addr)?.channel)
+    }
+
+    /// The connection to `addr` (see `channel`); its command stream starts on first use. Must be
+    /// called inside a tokio runtime.
+    pub(crate) fn node(&self, addr: &str) -> Result<NodeConnection, String> {
+        let mut nodes = self.nodes.lock().expect("node connection map lock");
+        if let Some(node) = nodes.get(addr) {
+            return Ok(node.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("{addr} is not a valid HOST:PORT: {e}"))?
@@ -39,8 +56,12 @@ impl Pool {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        let node = NodeConnection {
+            commands: CommandStream::new(channel.clone(), addr.to_owned()),
+            channel,
+        };
+        nodes.insert(addr.to_owned(), node.clone());
+        Ok(node)
     }
 
     pub(crate) fn cluster(&self, addr: &str) -> Result<ClusterClient<Channel>, String> {

@@ -8,7 +8,7 @@ use ringkv_proto::pb;
 use crate::classify::RequestKind;
 use crate::client::Client;
 use crate::error::Error;
-use crate::plan::{Plan, Target, request};
+use crate::plan::{Plan, Target, request, unary};
 use crate::pool::kv;
 use crate::types::KeyValue;
 
@@ -108,7 +108,7 @@ impl Client {
                 deadline,
             };
             let response = plan
-                .run(|channel, route, time| {
+                .run(|node, route, time| {
                     let message = pb::ScanRequest {
                         route: Some(route),
                         cursor: shard_cursor.clone(),
@@ -116,7 +116,7 @@ impl Client {
                         limit: want,
                         consistency: 0,
                     };
-                    async move { kv(channel).scan(request(message, time)).await }
+                    async move { unary(kv(node.channel).scan(request(message, time))).await }
                 })
                 .await?;
             entries.extend(response.entries.into_iter().map(|e| KeyValue {

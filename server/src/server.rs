@@ -11,14 +11,13 @@
 //!    and record it durably.
 //! 5. Start the shard groups; from now on the node serves requests.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -36,6 +35,8 @@ use crate::transport::{GrpcTransport, MAX_RAFT_MESSAGE_BYTES, RaftTransport};
 
 /// How long a graceful stop waits for the node's shard leaderships to move elsewhere.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping waits for clients to close their connections.
+const SERVE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long stopping waits for storage work still running to let go of the engine.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,7 +59,8 @@ impl Default for StartOptions {
 pub struct RunningNode {
     pub node: Arc<Node>,
     pub local_addr: SocketAddr,
-    stop: oneshot::Sender<()>,
+    /// Set to true to stop serving (it also ends the Kv command streams).
+    stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -83,9 +85,27 @@ impl RunningNode {
     }
 
     async fn halt(self) {
-        let _ = self.stop.send(());
-        let _ = self.serving.await;
+        let _ = self.stop.send(true);
+        stop_serving(self.serving).await;
         shut_down_groups(self.node).await;
+    }
+}
+
+/// Waits for the server to close its connections, which it does once each client has answered
+/// the HTTP/2 shutdown ping and its requests in flight have ended; stops waiting after
+/// `SERVE_STOP_TIMEOUT`, so a client that stopped answering (frozen, or cut off) cannot hold the
+/// node up. Call after signalling the stop.
+async fn stop_serving(mut serving: JoinHandle<Result<(), tonic::transport::Error>>) {
+    if tokio::time::timeout(SERVE_STOP_TIMEOUT, &mut serving)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = SERVE_STOP_TIMEOUT.as_millis() as u64,
+            "some clients did not close their connections in time (they stopped answering); \
+             stopping without them"
+        );
+        serving.abort();
     }
 }
 
@@ -161,10 +181,8 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
     })?;
     let local_addr = listener.local_addr()?;
     let slot = NodeSlot::new(record, params.clone(), member.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(serve(slot.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let (stop, stopping) = watch::channel(false);
+    let serving = tokio::spawn(serve(slot.clone(), listener, stopping));
     info!(%local_addr, node_id = %record.node_id, "serving Kv, Cluster and Raft");
 
     let started = async {
@@ -198,8 +216,8 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
             })
         }
         Err(error) => {
-            let _ = stop.send(());
-            let _ = serving.await;
+            let _ = stop.send(true);
+            stop_serving(serving).await;
             Err(error)
         }
     }
@@ -208,12 +226,16 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
 async fn serve(
     slot: Arc<NodeSlot>,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
+    let mut stopped = stopping.clone();
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stopping| *stopping).await;
+    };
     Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            KvServer::new(KvService::new(slot.clone()))
+            KvServer::new(KvService::new(slot.clone(), stopping))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -33,6 +33,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
                     "node_id": node_id, "addr": addr, "state": "up",
                     "replicas": status.replicas.len(), "leaders": leaders,
                     "log_appends": status.log_appends, "log_fsyncs": status.log_fsyncs,
+                    "kv_commands": status.kv_commands, "kv_command_messages": status.kv_command_messages,
                 }));
             }
             Ok(Err(error)) => nodes.push(serde_json::json!({
@@ -80,12 +81,12 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
     }
     println!("cluster {:016x}, shard map epoch {}", map.cluster_id, map.epoch);
     println!(
-        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10}",
-        "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS", "LOG_APPENDS", "FSYNCS"
+        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10}",
+        "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS", "LOG_APPENDS", "FSYNCS", "KV_REQUESTS", "KV_MSGS"
     );
     for node in &nodes {
         println!(
-            "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10}",
+            "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10}",
             node["node_id"].to_string(),
             node["addr"].as_str().unwrap_or(""),
             node["state"].as_str().unwrap_or(""),
@@ -93,6 +94,9 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             node.get("leaders").map_or("-".into(), |v| v.to_string()),
             node.get("log_appends").map_or("-".into(), |v| v.to_string()),
             node.get("log_fsyncs").map_or("-".into(), |v| v.to_string()),
+            node.get("kv_commands").map_or("-".into(), |v| v.to_string()),
+            node.get("kv_command_messages")
+                .map_or("-".into(), |v| v.to_string()),
         );
     }
     println!();

@@ -2,6 +2,7 @@
 //! peers forming the cluster can ask), and once its Raft groups run, the node itself. Requests
 //! that need the node before then are refused as "starting", which clients retry elsewhere.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use ringkv_engine::ShardId;
@@ -17,6 +18,9 @@ pub struct NodeSlot {
     /// The cluster's map once this node belongs to one (before its groups start).
     map: RwLock<Option<ShardMap>>,
     node: OnceLock<Arc<Node>>,
+    /// Kv command stream traffic since start (see `count_commands`).
+    kv_commands: AtomicU64,
+    kv_command_messages: AtomicU64,
 }
 
 impl NodeSlot {
@@ -26,7 +30,23 @@ impl NodeSlot {
             params,
             map: RwLock::new(map),
             node: OnceLock::new(),
+            kv_commands: AtomicU64::new(0),
+            kv_command_messages: AtomicU64::new(0),
         })
+    }
+
+    /// Counts one message of a Kv command stream carrying `commands` requests.
+    pub fn count_commands(&self, commands: usize) {
+        self.kv_commands.fetch_add(commands as u64, Ordering::Relaxed);
+        self.kv_command_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The node's status, with the Kv command stream counters.
+    pub fn status(&self) -> Result<pb::StatusResponse, ServiceError> {
+        let mut status = self.require()?.status();
+        status.kv_commands = self.kv_commands.load(Ordering::Relaxed);
+        status.kv_command_messages = self.kv_command_messages.load(Ordering::Relaxed);
+        Ok(status)
     }
 
     /// Records that this node now belongs to the cluster of `map` (it is stored durably first).

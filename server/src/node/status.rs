@@ -71,6 +71,9 @@ impl Node {
             replicas,
             log_appends: stats.appends,
             log_fsyncs: stats.fsyncs,
+            // Counted by the Kv service; `NodeSlot::status` fills them in.
+            kv_commands: 0,
+            kv_command_messages: 0,
         }
     }
 

@@ -31,7 +31,7 @@ impl Cluster for ClusterService {
     }
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(self.slot.require()?.status()))
+        Ok(Response::new(self.slot.status()?))
     }
 
     async fn hello(&self, _: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {

@@ -1,17 +1,20 @@
 //! The Kv service: validates each request, routes it to the local replica of the key's shard, and
 //! either proposes a command (writes, with the client's request id so retries apply once) or
 //! waits for a linearizable read barrier and reads the engine. Every wait is bounded by the
-//! request's budget (`ringkv-budget-ms`).
+//! request's budget (`ringkv-budget-ms` on a unary call, `budget_ms` on a command of the
+//! `Commands` stream, served in `kv_commands`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
 
 use ringkv_engine::{BatchOp, Command, CommandResult, Expect, Proposal, RequestId, Versioned, now_ms};
 use ringkv_proto::pb::{self, kv_server::Kv};
 use ringkv_proto::{check_batch, check_key, check_scan, check_value};
 
+use super::kv_commands::ReplyStream;
 use crate::error::ServiceError;
 use crate::node::{Node, NodeSlot};
 
@@ -22,13 +25,17 @@ const DEFAULT_SCAN_LIMIT: usize = 100;
 /// The metadata entry carrying how long the node may work on a request, in milliseconds.
 pub const BUDGET_HEADER: &str = "ringkv-budget-ms";
 
+#[derive(Clone)]
 pub struct KvService {
-    slot: Arc<NodeSlot>,
+    pub(super) slot: Arc<NodeSlot>,
+    /// Becomes true when the node stops serving: long-lived `Commands` streams end then, so the
+    /// server's graceful shutdown does not wait on them.
+    pub(super) stopping: watch::Receiver<bool>,
 }
 
 impl KvService {
-    pub fn new(slot: Arc<NodeSlot>) -> Self {
-        KvService { slot }
+    pub fn new(slot: Arc<NodeSlot>, stopping: watch::Receiver<bool>) -> Self {
+        KvService { slot, stopping }
     }
 }
 
@@ -92,10 +99,13 @@ impl KvService {
         self.slot.require()
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<pb::GetResponse, ServiceError> {
+    pub(super) async fn get(
+        &self,
+        budget: Option<Duration>,
+        request: pb::GetRequest,
+    ) -> Result<pb::GetResponse, ServiceError> {
         let node = self.node()?;
-        let budget = node.budget(client_budget(&request)?);
-        let request = request.into_inner();
+        let budget = node.budget(budget);
         let replica = node.route(request.route.as_ref(), &request.key)?;
         node.linearizable_barrier(&replica, budget).await?;
         let value = node.read_key(&replica, request.key.to_vec()).await?;
@@ -104,10 +114,13 @@ impl KvService {
         })
     }
 
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<pb::PutResponse, ServiceError> {
+    pub(super) async fn put(
+        &self,
+        budget: Option<Duration>,
+        request: pb::PutRequest,
+    ) -> Result<pb::PutResponse, ServiceError> {
         let node = self.node()?;
-        let budget = node.budget(client_budget(&request)?);
-        let request = request.into_inner();
+        let budget = node.budget(budget);
         check_value(&request.value)?;
         let replica = node.route(request.route.as_ref(), &request.key)?;
         let command = Command::Put {
@@ -123,10 +136,13 @@ impl KvService {
         }
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<pb::DeleteResponse, ServiceError> {
+    pub(super) async fn delete(
+        &self,
+        budget: Option<Duration>,
+        request: pb::DeleteRequest,
+    ) -> Result<pb::DeleteResponse, ServiceError> {
         let node = self.node()?;
-        let budget = node.budget(client_budget(&request)?);
-        let request = request.into_inner();
+        let budget = node.budget(budget);
         let replica = node.route(request.route.as_ref(), &request.key)?;
         let command = Command::Delete {
             key: request.key.to_vec(),
@@ -140,14 +156,14 @@ impl KvService {
         }
     }
 
-    async fn compare_and_swap(
+    pub(super) async fn compare_and_swap(
         &self,
-        request: Request<pb::CasRequest>,
+        budget: Option<Duration>,
+        request: pb::CasRequest,
     ) -> Result<pb::CasResponse, ServiceError> {
         use pb::cas_request::Expect as WireExpect;
         let node = self.node()?;
-        let budget = node.budget(client_budget(&request)?);
-        let request = request.into_inner();
+        let budget = node.budget(budget);
         let expect = match request.expect {
             Some(WireExpect::ExpectValue(value)) => {
                 check_value(&value)
@@ -191,10 +207,13 @@ impl KvService {
         }
     }
 
-    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<pb::BatchResponse, ServiceError> {
+    pub(super) async fn batch(
+        &self,
+        budget: Option<Duration>,
+        request: pb::BatchRequest,
+    ) -> Result<pb::BatchResponse, ServiceError> {
         let node = self.node()?;
-        let budget = node.budget(client_budget(&request)?);
-        let request = request.into_inner();
+        let budget = node.budget(budget);
         let mut total_bytes = 0;
         let mut ops = Vec::with_capacity(request.ops.len());
         for (index, op) in request.ops.iter().enumerate() {
@@ -244,10 +263,13 @@ impl KvService {
         }
     }
 
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<pb::ScanResponse, ServiceError> {
+    pub(super) async fn scan(
+        &self,
+        budget: Option<Duration>,
+        request: pb::ScanRequest,
+    ) -> Result<pb::ScanResponse, ServiceError> {
         let node = self.node()?;
-        let budget = node.budget(client_budget(&request)?);
-        let request = request.into_inner();
+        let budget = node.budget(budget);
         check_scan(&request.prefix, &request.cursor)?;
         let replica = node.route_shard(request.route.as_ref())?;
         let limit = match request.limit as usize {
@@ -275,33 +297,54 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    type CommandsStream = ReplyStream;
+
+    async fn commands(
+        &self,
+        request: Request<Streaming<pb::KvCommands>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        Ok(Response::new(self.serve_commands(request.into_inner())))
+    }
+
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        Ok(Response::new(KvService::get(self, request).await?))
+        Ok(Response::new(
+            KvService::get(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        Ok(Response::new(KvService::put(self, request).await?))
+        Ok(Response::new(
+            KvService::put(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        Ok(Response::new(KvService::delete(self, request).await?))
+        Ok(Response::new(
+            KvService::delete(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
     }
 
     async fn compare_and_swap(
         &self,
         request: Request<pb::CasRequest>,
     ) -> Result<Response<pb::CasResponse>, Status> {
-        Ok(Response::new(KvService::compare_and_swap(self, request).await?))
+        Ok(Response::new(
+            KvService::compare_and_swap(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
     }
 
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        Ok(Response::new(KvService::batch(self, request).await?))
+        Ok(Response::new(
+            KvService::batch(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
     }
 
     async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        Ok(Response::new(KvService::scan(self, request).await?))
+        Ok(Response::new(
+            KvService::scan(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
     }
 }

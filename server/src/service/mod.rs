@@ -3,6 +3,7 @@
 
 mod cluster;
 mod kv;
+mod kv_commands;
 mod raft;
 
 pub use cluster::ClusterService;

@@ -6,6 +6,7 @@
 mod bad_input;
 mod bench;
 mod cli;
+mod commands;
 mod defaults;
 mod spread;
 mod storage_fault;
