@@ -1,7 +1,10 @@
-//! ringkv's wire contract, shared by server and client: the generated gRPC code and the shard map
-//! with its protobuf form. The pure shared types (ids, the routing hash, request limits) live in
-//! `ringkv-core` and are re-exported here, so client code needs only this crate.
+//! ringkv's wire contract, shared by server and client: the generated gRPC code, the shard map with
+//! its protobuf form, and `batch_stream` (many requests on one gRPC stream, batched per message: the
+//! client's Kv stream to each node, the Raft stream between nodes). The pure shared types (ids, the
+//! routing hash, request limits) live in `ringkv-core` and are re-exported here, so client code
+//! needs only this crate.
 
+pub mod batch_stream;
 pub mod shard_map;
 
 /// Generated protobuf messages and tonic services for `ringkv.v1`.

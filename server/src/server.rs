@@ -235,7 +235,7 @@ async fn serve(
     Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            KvServer::new(KvService::new(slot.clone(), stopping))
+            KvServer::new(KvService::new(slot.clone(), stopping.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -245,7 +245,7 @@ async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            RaftServer::new(RaftService::new(slot))
+            RaftServer::new(RaftService::new(slot, stopping))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )

@@ -34,6 +34,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
                     "replicas": status.replicas.len(), "leaders": leaders,
                     "log_appends": status.log_appends, "log_fsyncs": status.log_fsyncs,
                     "kv_commands": status.kv_commands, "kv_command_messages": status.kv_command_messages,
+                    "raft_calls": status.raft_calls, "raft_call_messages": status.raft_call_messages,
                 }));
             }
             Ok(Err(error)) => nodes.push(serde_json::json!({
@@ -81,12 +82,22 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
     }
     println!("cluster {:016x}, shard map epoch {}", map.cluster_id, map.epoch);
     println!(
-        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10}",
-        "NODE", "ADDRESS", "STATE", "REPLICAS", "LEADERS", "LOG_APPENDS", "FSYNCS", "KV_REQUESTS", "KV_MSGS"
+        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+        "NODE",
+        "ADDRESS",
+        "STATE",
+        "REPLICAS",
+        "LEADERS",
+        "LOG_APPENDS",
+        "FSYNCS",
+        "KV_REQUESTS",
+        "KV_MSGS",
+        "RAFT_CALLS",
+        "RAFT_MSGS"
     );
     for node in &nodes {
         println!(
-            "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10}",
+            "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
             node["node_id"].to_string(),
             node["addr"].as_str().unwrap_or(""),
             node["state"].as_str().unwrap_or(""),
@@ -96,6 +107,9 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             node.get("log_fsyncs").map_or("-".into(), |v| v.to_string()),
             node.get("kv_commands").map_or("-".into(), |v| v.to_string()),
             node.get("kv_command_messages")
+                .map_or("-".into(), |v| v.to_string()),
+            node.get("raft_calls").map_or("-".into(), |v| v.to_string()),
+            node.get("raft_call_messages")
                 .map_or("-".into(), |v| v.to_string()),
         );
     }

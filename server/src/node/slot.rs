@@ -21,6 +21,9 @@ pub struct NodeSlot {
     /// Kv command stream traffic since start (see `count_commands`).
     kv_commands: AtomicU64,
     kv_command_messages: AtomicU64,
+    /// Raft stream traffic from peers since start (see `count_raft_calls`).
+    raft_calls: AtomicU64,
+    raft_call_messages: AtomicU64,
 }
 
 impl NodeSlot {
@@ -32,6 +35,8 @@ impl NodeSlot {
             node: OnceLock::new(),
             kv_commands: AtomicU64::new(0),
             kv_command_messages: AtomicU64::new(0),
+            raft_calls: AtomicU64::new(0),
+            raft_call_messages: AtomicU64::new(0),
         })
     }
 
@@ -41,11 +46,19 @@ impl NodeSlot {
         self.kv_command_messages.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The node's status, with the Kv command stream counters.
+    /// Counts one message of a peer's Raft `Calls` stream carrying `calls` calls.
+    pub fn count_raft_calls(&self, calls: usize) {
+        self.raft_calls.fetch_add(calls as u64, Ordering::Relaxed);
+        self.raft_call_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The node's status, with the Kv and Raft stream counters.
     pub fn status(&self) -> Result<pb::StatusResponse, ServiceError> {
         let mut status = self.require()?.status();
         status.kv_commands = self.kv_commands.load(Ordering::Relaxed);
         status.kv_command_messages = self.kv_command_messages.load(Ordering::Relaxed);
+        status.raft_calls = self.raft_calls.load(Ordering::Relaxed);
+        status.raft_call_messages = self.raft_call_messages.load(Ordering::Relaxed);
         Ok(status)
     }
 

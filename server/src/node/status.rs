@@ -74,6 +74,8 @@ impl Node {
             // Counted by the Kv service; `NodeSlot::status` fills them in.
             kv_commands: 0,
             kv_command_messages: 0,
+            raft_calls: 0,
+            raft_call_messages: 0,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The Raft service: receives peers' Raft messages for any shard and hands each, with the identity
-//! header it carries, to the node (which checks it and finds the replica). Snapshots arrive as a
-//! stream written to a file; the answer streams back acknowledgements of each chunk, keep-alives
-//! while the snapshot installs, and the reply.
+//! header it carries, to the node (which checks it and finds the replica). Peers send them on one
+//! `Calls` stream per node pair (`ringkv_proto::batch_stream`); the unary calls carry the same.
+//! Snapshots arrive as a stream written to a file; the answer streams back acknowledgements of each
+//! chunk, keep-alives while the snapshot installs, and the reply.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,10 +14,12 @@ use openraft::alias::{SnapshotMetaOf, VoteOf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};
+use ringkv_proto::batch_stream;
 use ringkv_proto::pb::{self, raft_server::Raft};
 
 use crate::error::ServiceError;
@@ -27,13 +30,16 @@ use crate::wire;
 /// How often the receiver of a snapshot tells the sender it is still installing.
 const INSTALL_KEEPALIVE: Duration = Duration::from_secs(1);
 
+#[derive(Clone)]
 pub struct RaftService {
     slot: Arc<NodeSlot>,
+    /// Becomes true when the node stops serving: the `Calls` streams end then.
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(slot: Arc<NodeSlot>) -> Self {
-        RaftService { slot }
+    pub fn new(slot: Arc<NodeSlot>, stopping: watch::Receiver<bool>) -> Self {
+        RaftService { slot, stopping }
     }
 }
 
@@ -54,18 +60,84 @@ fn header_of(header: Option<&pb::RaftHeader>) -> Result<RaftHeader, Status> {
 }
 
 impl RaftService {
-    /// Decodes a unary Raft request, hands it to the node, and encodes the node's answer.
-    async fn unary<Rpc, Answer, Fut>(
+    /// Serves one `Calls` stream until the peer closes its side or this node stops.
+    fn serve_calls(&self, inbound: Streaming<pb::RaftCalls>) -> CallStream {
+        let (service, slot) = (self.clone(), self.slot.clone());
+        batch_stream::serve(
+            inbound,
+            |message: pb::RaftCalls| message.calls,
+            move |call| {
+                let service = service.clone();
+                async move { service.handle_call(call).await }
+            },
+            prost::Message::encoded_len,
+            |results| pb::RaftResults { results },
+            move |calls| slot.count_raft_calls(calls),
+            self.stopping.clone(),
+        )
+    }
+
+    /// Handles one call of a `Calls` stream as its unary call would, and answers under its id.
+    async fn handle_call(&self, call: pb::RaftCall) -> pb::RaftResult {
+        let request = call.request.unwrap_or_default();
+        let answer = match pb::RaftRpc::try_from(call.rpc) {
+            Ok(rpc) => self.handle(rpc, request).await,
+            Err(_) => Err(malformed(format!("unknown Raft RPC {}", call.rpc))),
+        };
+        let result = match answer {
+            Ok(reply) => pb::raft_result::Result::Reply(reply),
+            Err(status) => pb::raft_result::Result::Error(pb::RaftCallError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }),
+        };
+        pb::RaftResult {
+            id: call.id,
+            result: Some(result),
+        }
+    }
+
+    /// Hands one Raft request to the node.
+    async fn handle(&self, rpc: pb::RaftRpc, request: pb::RaftRequest) -> Result<pb::RaftReply, Status> {
+        match rpc {
+            pb::RaftRpc::AppendEntries => {
+                self.decode_and_handle(request, |node, header, shard, replica, rpc| async move {
+                    node.raft_append(&header, shard, replica, rpc).await
+                })
+                .await
+            }
+            pb::RaftRpc::Vote => {
+                self.decode_and_handle(request, |node, header, shard, replica, rpc| async move {
+                    node.raft_vote(&header, shard, replica, rpc).await
+                })
+                .await
+            }
+            pb::RaftRpc::PreVote => {
+                self.decode_and_handle(request, |node, header, shard, replica, rpc| async move {
+                    node.raft_pre_vote(&header, shard, replica, rpc).await
+                })
+                .await
+            }
+            pb::RaftRpc::TransferLeader => {
+                self.decode_and_handle(request, |node, header, shard, replica, rpc| async move {
+                    node.raft_transfer_leader(&header, shard, replica, rpc).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Decodes a Raft request, hands it to the node, and encodes the node's answer.
+    async fn decode_and_handle<Rpc, Answer, Fut>(
         &self,
-        request: Request<pb::RaftRequest>,
+        request: pb::RaftRequest,
         handle: impl FnOnce(Arc<Node>, RaftHeader, ShardId, ReplicaId, Rpc) -> Fut,
-    ) -> Result<Response<pb::RaftReply>, Status>
+    ) -> Result<pb::RaftReply, Status>
     where
         Rpc: DeserializeOwned,
         Answer: Serialize,
         Fut: Future<Output = Result<Answer, String>>,
     {
-        let request = request.into_inner();
         let header = header_of(request.header.as_ref())?;
         let rpc = wire::decode(&request.payload).map_err(malformed)?;
         let answer = match self.slot.node() {
@@ -84,46 +156,54 @@ impl RaftService {
                 header.to_node
             )),
         };
-        Ok(Response::new(encode_reply(answer)))
+        Ok(encode_reply(answer))
     }
 }
 
+type CallStream = ReceiverStream<Result<pb::RaftResults, Status>>;
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Raft for RaftService {
+    type CallsStream = CallStream;
+
+    async fn calls(
+        &self,
+        request: Request<Streaming<pb::RaftCalls>>,
+    ) -> Result<Response<CallStream>, Status> {
+        Ok(Response::new(self.serve_calls(request.into_inner())))
+    }
+
     async fn append_entries(
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(request, |node, header, shard, replica, rpc| async move {
-            node.raft_append(&header, shard, replica, rpc).await
-        })
-        .await
+        Ok(Response::new(
+            self.handle(pb::RaftRpc::AppendEntries, request.into_inner())
+                .await?,
+        ))
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(request, |node, header, shard, replica, rpc| async move {
-            node.raft_vote(&header, shard, replica, rpc).await
-        })
-        .await
+        Ok(Response::new(
+            self.handle(pb::RaftRpc::Vote, request.into_inner()).await?,
+        ))
     }
 
     async fn pre_vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(request, |node, header, shard, replica, rpc| async move {
-            node.raft_pre_vote(&header, shard, replica, rpc).await
-        })
-        .await
+        Ok(Response::new(
+            self.handle(pb::RaftRpc::PreVote, request.into_inner()).await?,
+        ))
     }
 
     async fn transfer_leader(
         &self,
         request: Request<pb::RaftRequest>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        self.unary(request, |node, header, shard, replica, rpc| async move {
-            node.raft_transfer_leader(&header, shard, replica, rpc).await
-        })
-        .await
+        Ok(Response::new(
+            self.handle(pb::RaftRpc::TransferLeader, request.into_inner())
+                .await?,
+        ))
     }
 
     type InstallSnapshotStream = ProgressStream;

@@ -1,6 +1,8 @@
 //! The production transport: Raft messages for every shard go to a peer over one tonic channel
 //! (one HTTP/2 connection, created lazily and kept) per peer address, tagged with shard and
-//! replica ids and the sender's identity. Payloads are postcard-encoded openraft messages (see
+//! replica ids and the sender's identity. All but snapshots travel on one `Calls` stream per peer
+//! (`ringkv_proto::batch_stream`): the messages of every shard queued while the stream is busy
+//! leave together. Payloads are postcard-encoded openraft messages (see
 //! `wire`). Snapshots stream both ways: file chunks out, acknowledgements and keep-alives back.
 
 use std::collections::HashMap;
@@ -16,9 +18,12 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use ringkv_engine::{SnapshotFile, TypeConfig};
+use ringkv_proto::batch_stream::{self, Failure, Protocol};
 use ringkv_proto::pb::{self, raft_client::RaftClient};
 
 use super::{RaftTransport, Target, TransportError};
@@ -31,64 +36,121 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// most a batch of 8 MiB: 64 MiB leaves room for both and the framing.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// One unary call of the Raft service on a client: which RPC `unary` makes.
-type UnaryCall = fn(
-    RaftClient<Channel>,
-    tonic::Request<pb::RaftRequest>,
-) -> BoxFuture<'static, Result<tonic::Response<pb::RaftReply>, tonic::Status>>;
+/// The Raft `Calls` stream to one peer.
+struct RaftCalls {
+    client: RaftClient<Channel>,
+}
+
+impl Protocol for RaftCalls {
+    type Request = (pb::RaftRpc, pb::RaftRequest);
+    type Reply = pb::raft_result::Result;
+    type Requests = pb::RaftCalls;
+    type Replies = pb::RaftResults;
+
+    fn size((_, request): &Self::Request) -> usize {
+        prost::Message::encoded_len(request) + 16
+    }
+
+    fn pack(requests: Vec<(u64, Self::Request)>) -> pb::RaftCalls {
+        let calls = requests
+            .into_iter()
+            .map(|(id, (rpc, request))| pb::RaftCall {
+                id,
+                rpc: rpc.into(),
+                request: Some(request),
+            })
+            .collect();
+        pb::RaftCalls { calls }
+    }
+
+    fn unpack(results: pb::RaftResults) -> Vec<(u64, Option<Self::Reply>)> {
+        results
+            .results
+            .into_iter()
+            .map(|result| (result.id, result.result))
+            .collect()
+    }
+
+    fn open(
+        &self,
+        requests: ReceiverStream<pb::RaftCalls>,
+    ) -> BoxFuture<'static, Result<Streaming<pb::RaftResults>, tonic::Status>> {
+        let mut client = self.client.clone();
+        Box::pin(async move { Ok(client.calls(requests).await?.into_inner()) })
+    }
+}
+
+/// What the transport holds for one peer address.
+#[derive(Clone)]
+struct Peer {
+    /// For snapshots, which stream on calls of their own.
+    client: RaftClient<Channel>,
+    /// Every other Raft RPC, for every shard.
+    calls: batch_stream::Sender<RaftCalls>,
+}
 
 pub struct GrpcTransport {
     connect_timeout: Duration,
     /// One lazily connected channel per peer address, shared by all shards. A std mutex: held only
-    /// to clone or insert a channel, never across an await.
-    channels: Mutex<HashMap<String, Channel>>,
+    /// to clone or insert a peer, never across an await.
+    peers: Mutex<HashMap<String, Peer>>,
 }
 
 impl GrpcTransport {
     pub fn new(connect_timeout: Duration) -> Self {
         GrpcTransport {
             connect_timeout,
-            channels: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, TransportError> {
-        let mut channels = self.channels.lock().expect("channel map lock");
-        let channel = match channels.get(addr) {
-            Some(channel) => channel.clone(),
-            None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| TransportError::Unreachable {
-                        addr: addr.into(),
-                        message: e.to_string(),
-                    })?
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_while_idle(true);
-                let channel = endpoint.connect_lazy();
-                channels.insert(addr.to_owned(), channel.clone());
-                channel
-            }
-        };
-        Ok(RaftClient::new(channel)
+    /// The peer at `addr`, created on first use (it connects on the first call). Must be called
+    /// inside a tokio runtime.
+    fn peer(&self, addr: &str) -> Result<Peer, TransportError> {
+        let mut peers = self.peers.lock().expect("peer map lock");
+        if let Some(peer) = peers.get(addr) {
+            return Ok(peer.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TransportError::Unreachable {
+                addr: addr.into(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        let peer = Peer {
+            calls: batch_stream::Sender::new(
+                RaftCalls {
+                    client: client.clone(),
+                },
+                addr.to_owned(),
+            ),
+            client,
+        };
+        peers.insert(addr.to_owned(), peer.clone());
+        Ok(peer)
     }
 
-    fn unary<Req, Resp>(
+    /// Sends one Raft RPC on the peer's `Calls` stream and decodes the reply, within `timeout`.
+    fn call<Req, Resp>(
         &self,
         target: &Target,
+        kind: pb::RaftRpc,
         rpc: Req,
         timeout: Duration,
-        call: UnaryCall,
     ) -> BoxFuture<'static, Result<Resp, TransportError>>
     where
         Req: Serialize,
         Resp: DeserializeOwned + Send + 'static,
     {
         let addr = target.addr.clone();
-        let client = self.client(&addr);
+        let peer = self.peer(&addr);
         let request = pb::RaftRequest {
             shard_id: target.shard_id.0,
             target_replica_id: target.replica_id.0,
@@ -96,16 +158,24 @@ impl GrpcTransport {
             header: Some(target.header.to_proto()),
         };
         Box::pin(async move {
-            let mut request = tonic::Request::new(request);
-            request.set_timeout(timeout);
-            let reply = tokio::time::timeout(timeout, call(client?, request))
+            let calls = peer?.calls;
+            let result = tokio::time::timeout(timeout, calls.call((kind, request)))
                 .await
                 .map_err(|_| TransportError::Network {
                     addr: addr.clone(),
                     message: format!("no reply within {} ms", timeout.as_millis()),
-                })?
-                .map_err(|status| status_error(&addr, status))?;
-            decode_reply(&addr, &reply.into_inner().payload)
+                })?;
+            let reply = match result {
+                Ok(pb::raft_result::Result::Reply(reply)) => reply,
+                Ok(pb::raft_result::Result::Error(error)) => {
+                    let status = tonic::Status::new(tonic::Code::from_i32(error.code), error.message);
+                    return Err(status_error(&addr, status));
+                }
+                Err(Failure::NotSent(message)) => return Err(TransportError::Unreachable { addr, message }),
+                Err(Failure::OpenFailed(status)) => return Err(status_error(&addr, status)),
+                Err(Failure::Lost(message)) => return Err(TransportError::Network { addr, message }),
+            };
+            decode_reply(&addr, &reply.payload)
         })
     }
 }
@@ -149,9 +219,7 @@ impl RaftTransport for GrpcTransport {
         rpc: AppendEntriesRequest<TypeConfig>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<AppendEntriesResponse<TypeConfig>, TransportError>> {
-        self.unary(target, rpc, timeout, |mut client, request| {
-            Box::pin(async move { client.append_entries(request).await })
-        })
+        self.call(target, pb::RaftRpc::AppendEntries, rpc, timeout)
     }
 
     fn vote(
@@ -160,9 +228,7 @@ impl RaftTransport for GrpcTransport {
         rpc: VoteRequest<TypeConfig>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
-        self.unary(target, rpc, timeout, |mut client, request| {
-            Box::pin(async move { client.vote(request).await })
-        })
+        self.call(target, pb::RaftRpc::Vote, rpc, timeout)
     }
 
     fn pre_vote(
@@ -171,9 +237,7 @@ impl RaftTransport for GrpcTransport {
         rpc: VoteRequest<TypeConfig>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<VoteResponse<TypeConfig>, TransportError>> {
-        self.unary(target, rpc, timeout, |mut client, request| {
-            Box::pin(async move { client.pre_vote(request).await })
-        })
+        self.call(target, pb::RaftRpc::PreVote, rpc, timeout)
     }
 
     fn transfer_leader(
@@ -182,9 +246,7 @@ impl RaftTransport for GrpcTransport {
         rpc: TransferLeaderRequest<TypeConfig>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<TransferLeaderResponse<TypeConfig>, TransportError>> {
-        self.unary(target, rpc, timeout, |mut client, request| {
-            Box::pin(async move { client.transfer_leader(request).await })
-        })
+        self.call(target, pb::RaftRpc::TransferLeader, rpc, timeout)
     }
 
     fn install_snapshot(
@@ -195,7 +257,7 @@ impl RaftTransport for GrpcTransport {
         idle_timeout: Duration,
     ) -> BoxFuture<'static, Result<SnapshotResponse<TypeConfig>, TransportError>> {
         let addr = target.addr.clone();
-        let client = self.client(&addr);
+        let client = self.peer(&addr).map(|peer| peer.client);
         let (shard_id, target_replica_id, raft_header) =
             (target.shard_id.0, target.replica_id.0, target.header.to_proto());
         Box::pin(async move {

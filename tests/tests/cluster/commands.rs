@@ -1,7 +1,7 @@
 //! The Kv command stream (`Kv.Commands`), which carries every get and write a client sends to a
 //! node: concurrent requests share its messages; each request is answered under its own id, a bad
-//! one with the error its unary call would give, without failing the others; and open streams do
-//! not hold up a node's graceful stop.
+//! one with the error its unary call would give, without failing the others; open streams do not
+//! hold up a node's graceful stop; and Raft replication travels on the nodes' `Calls` streams.
 
 use std::time::Duration;
 
@@ -11,18 +11,20 @@ use ringkv_proto::pb::{self, kv_client::KvClient, kv_command::Request, kv_reply:
 use ringkv_tests::ProcessCluster;
 use tonic::Code;
 
-/// Kv command stream counters summed over the cluster's running nodes: (requests, messages).
-async fn command_counters(
+/// Stream counters summed over the cluster's running nodes: (Kv requests, their messages, Raft
+/// calls).
+async fn stream_counters(
     client: &ringkv_client::Client,
     cluster: &ProcessCluster,
-) -> anyhow::Result<(u64, u64)> {
-    let (mut commands, mut messages) = (0, 0);
+) -> anyhow::Result<(u64, u64, u64)> {
+    let (mut commands, mut messages, mut raft_calls) = (0, 0, 0);
     for node in cluster.nodes.iter().filter(|node| node.is_running()) {
         let status = client.node_status(&node.addr).await?;
         commands += status.kv_commands;
         messages += status.kv_command_messages;
+        raft_calls += status.raft_calls;
     }
-    Ok((commands, messages))
+    Ok((commands, messages, raft_calls))
 }
 
 // A current-thread runtime: every request below is queued before the client's stream drivers run,
@@ -36,13 +38,19 @@ async fn concurrent_requests_share_messages_and_streams_do_not_hold_up_a_stop() 
     let client = cluster.client_with_timeout(Duration::from_secs(30)).await?;
     let keys: Vec<String> = (0..512).map(|i| format!("together-{i}")).collect();
 
-    let (commands_before, messages_before) = command_counters(&client, &cluster).await?;
+    let (commands_before, messages_before, raft_before) = stream_counters(&client, &cluster).await?;
     let puts = join_all(keys.iter().map(|key| client.put(key, format!("value of {key}")))).await;
     for (key, result) in keys.iter().zip(&puts) {
         assert!(result.is_ok(), "put {key}: {result:?}");
     }
-    let (commands_after, messages_after) = command_counters(&client, &cluster).await?;
+    let (commands_after, messages_after, raft_after) = stream_counters(&client, &cluster).await?;
     let (commands, messages) = (commands_after - commands_before, messages_after - messages_before);
+    // Replication travelled on the nodes' Raft streams: each put reached two followers.
+    assert!(
+        raft_after - raft_before >= 2,
+        "the nodes' Raft streams carried {} calls during 512 puts",
+        raft_after - raft_before
+    );
     // Every put travelled on a stream (retries would add more), and they shared messages: 512
     // puts queued together leave in a handful of messages per node, not one each.
     assert!(
