@@ -21,6 +21,10 @@ pub struct TestFaults {
     /// Not a bug: run every storage call on the blocking pool, as if each attempt to run it on
     /// the caller's thread would have had to wait on I/O, so tests cover that path too.
     pub force_blocking_pool: AtomicBool,
+    /// Not a bug: every apply fails with an I/O error, as on a disk failing under the state
+    /// machine, so tests can watch openraft stop the group and the node take the replica out of
+    /// service.
+    pub fail_apply: AtomicBool,
 }
 
 impl TestFaults {

@@ -425,6 +425,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if group.is_empty() {
                 return Ok(());
             }
+            if self
+                .engine
+                .faults()
+                .fail_apply
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(io::Error::other("apply failed (test switch fail_apply)"));
+            }
             let (applied, sessions) = (self.applied.clone(), self.sessions.take());
             let (shard, range) = (self.shard, self.range);
             // On an error the session index stays `None`, and the next apply reloads it from disk

@@ -293,23 +293,28 @@ impl Node {
 /// Watches a replica's Raft group: openraft stops a group for good on a storage error (a
 /// corrupt log entry, a failed apply); when that happens the replica is marked failed with the
 /// reason, so status shows it and requests go elsewhere.
+///
+/// It watches the server metrics (role, leader, membership), which change rarely, and not the
+/// full metrics, which a leader updates on every tick (the time since its last quorum
+/// acknowledgement): with a thousand shards that would wake this task thousands of times a
+/// second. The server metrics' sender goes away when the group's core stops, and the full
+/// metrics then hold why.
 fn spawn_failure_watch(node: std::sync::Weak<Node>, replica: Arc<ShardReplica>) {
-    let mut metrics = replica.raft.metrics();
+    let mut server_metrics = replica.raft.server_metrics();
     tokio::spawn(async move {
-        loop {
-            let fatal = metrics.borrow_watched().running_state.clone().err();
-            if let Some(fatal) = fatal {
-                let Some(node) = node.upgrade() else { return };
-                if !node.stopping.load(Ordering::Acquire)
-                    && !matches!(fatal, openraft::errors::Fatal::Stopped)
-                {
-                    node.fail_replica(&replica, &format!("its Raft group stopped: {fatal}"));
-                }
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                return;
-            }
+        // Errs only when the core has stopped (its sender dropped).
+        while server_metrics.changed().await.is_ok() {}
+        let fatal = replica
+            .raft
+            .metrics()
+            .borrow_watched()
+            .running_state
+            .clone()
+            .err();
+        let Some(fatal) = fatal else { return };
+        let Some(node) = node.upgrade() else { return };
+        if !node.stopping.load(Ordering::Acquire) && !matches!(fatal, openraft::errors::Fatal::Stopped) {
+            node.fail_replica(&replica, &format!("its Raft group stopped: {fatal}"));
         }
     });
 }

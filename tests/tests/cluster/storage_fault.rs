@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
+
 use ringkv_engine::{NodeId, ShardId};
 use ringkv_tests::LocalCluster;
 use ringkv_tests::local_cluster::TransportKind;
@@ -89,6 +91,64 @@ async fn a_replica_that_reads_corrupt_data_is_taken_out_of_service() -> anyhow::
             replica.node_id != NodeId(victim),
             "{check:?}"
         );
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// openraft stops a group for good when its storage fails (here: every apply, by a test switch);
+/// the node notices the stopped group and takes the replica out of service, saying why, instead of
+/// leaving a replica that looks alive but never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_stopped_by_a_storage_error_is_taken_out_of_service() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start_with(
+        3,
+        1,
+        TransportKind::Grpc,
+        ringkv_engine::EngineOptions::default(),
+        |_| {},
+    )
+    .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let client = cluster.client_with_timeout(Duration::from_secs(3)).await?;
+    client.put("before", "applied").await?;
+
+    // Every node's engine shares the switch: the next entry fails to apply on every replica that
+    // learns it is committed (the leader at least), and openraft stops those groups.
+    cluster
+        .engine_options
+        .faults
+        .fail_apply
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let write = client.put("after", "never applied").await;
+    assert!(write.is_err(), "a write whose apply failed: {write:?}");
+
+    // Every stopped group's replica is marked, and only those.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let replicas: Vec<(bool, String)> = [1, 2, 3]
+            .into_iter()
+            .map(|node| {
+                let node = &cluster.running(node).node;
+                let replica = node.replica(ShardId(1)).expect("every node hosts the shard");
+                let stopped = replica.raft.metrics().borrow_watched().running_state.is_err();
+                (stopped, node.status().replicas[0].failure.clone())
+            })
+            .collect();
+        let marked =
+            |failure: &str| failure.contains("its Raft group stopped") && failure.contains("fail_apply");
+        let consistent = replicas
+            .iter()
+            .all(|(stopped, failure)| *stopped == marked(failure));
+        if consistent && replicas.iter().any(|(stopped, _)| *stopped) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every replica whose group stopped is out of service, saying why, and no other \
+             (stopped, failure): {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.shutdown().await;
     Ok(())
