@@ -9,7 +9,7 @@
 #                                 "--workload ycsb-b --concurrency 256 --duration 8"
 # Environment: RINGKV_SHARDS (default 16); RINGKV_BIN, the directory of the binaries (default
 # ~/.cache/ringkv-target/release: cargo build --release -p ringkv-server -p ringkv-bench);
-# RINGKV_BENCH_PORT, the first port (default 7579).
+# RINGKV_BENCH_PORT, the first port (default 7579); RINGKV_NODE_FLAGS, extra flags for every node.
 set -euo pipefail
 shards="${RINGKV_SHARDS:-16}"
 bin="${RINGKV_BIN:-$HOME/.cache/ringkv-target/release}"
@@ -30,8 +30,9 @@ stop() {
 trap stop EXIT INT TERM
 
 for i in 1 2 3; do
+  # shellcheck disable=SC2086
   "$bin/ringkv" start --node-id "$i" --listen "${addrs[$((i - 1))]}" --data-dir "$base/node-$i" \
-    --peers "$peers" --shards "$shards" --replication 3 >"$base/node-$i.log" 2>&1 &
+    --peers "$peers" --shards "$shards" --replication 3 ${RINGKV_NODE_FLAGS:-} >"$base/node-$i.log" 2>&1 &
   pids+=($!)
 done
 ready=""

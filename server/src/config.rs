@@ -57,6 +57,11 @@ pub struct RaftTuning {
     /// while the receiver installs) for this long, in milliseconds. There is no overall limit:
     /// a large shard takes as long as its size needs.
     pub snapshot_idle_timeout_ms: u64,
+    /// A shard that serves no request for this long, fully replicated, goes quiet: its replicas
+    /// stop their Raft timers and heartbeats until a request or a Raft message wakes them, and
+    /// node-level liveness (one pulse per peer node per heartbeat interval) watches its leader
+    /// instead. In milliseconds; 0 keeps every shard's timers running.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -86,6 +91,7 @@ impl Default for RaftTuning {
             snapshot_after_logs: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             snapshot_idle_timeout_ms: 30_000,
+            quiesce_after_ms: 2_000,
         }
     }
 }
@@ -150,6 +156,11 @@ impl NodeConfig {
     /// openraft's leader lease is the longest election timeout.
     pub fn leader_lease(&self) -> Duration {
         Duration::from_millis(self.raft.election_timeout_max_ms)
+    }
+
+    /// How long an idle shard waits before going quiet; `None`: never (see `node::quiesce`).
+    pub fn quiesce_after(&self) -> Option<Duration> {
+        (self.raft.quiesce_after_ms > 0).then(|| Duration::from_millis(self.raft.quiesce_after_ms))
     }
 
     /// How long Raft messages may take (see `RaftTimeouts`).

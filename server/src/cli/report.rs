@@ -35,6 +35,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
                     "log_appends": status.log_appends, "log_fsyncs": status.log_fsyncs,
                     "kv_commands": status.kv_commands, "kv_command_messages": status.kv_command_messages,
                     "raft_calls": status.raft_calls, "raft_call_messages": status.raft_call_messages,
+                    "quiet_replicas": status.quiet_replicas,
                 }));
             }
             Ok(Err(error)) => nodes.push(serde_json::json!({
@@ -82,12 +83,13 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
     }
     println!("cluster {:016x}, shard map epoch {}", map.cluster_id, map.epoch);
     println!(
-        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+        "{:<6} {:<22} {:<12} {:>8} {:>8} {:>6} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
         "NODE",
         "ADDRESS",
         "STATE",
         "REPLICAS",
         "LEADERS",
+        "QUIET",
         "LOG_APPENDS",
         "FSYNCS",
         "KV_REQUESTS",
@@ -97,12 +99,13 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
     );
     for node in &nodes {
         println!(
-            "{:<6} {:<22} {:<12} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "{:<6} {:<22} {:<12} {:>8} {:>8} {:>6} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
             node["node_id"].to_string(),
             node["addr"].as_str().unwrap_or(""),
             node["state"].as_str().unwrap_or(""),
             node.get("replicas").map_or("-".into(), |v| v.to_string()),
             node.get("leaders").map_or("-".into(), |v| v.to_string()),
+            node.get("quiet_replicas").map_or("-".into(), |v| v.to_string()),
             node.get("log_appends").map_or("-".into(), |v| v.to_string()),
             node.get("log_fsyncs").map_or("-".into(), |v| v.to_string()),
             node.get("kv_commands").map_or("-".into(), |v| v.to_string()),

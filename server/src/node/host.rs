@@ -3,7 +3,7 @@
 //! graceful stop, and shutting down.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,11 @@ use ringkv_engine::{
 use ringkv_proto::ShardMap;
 
 use super::balancer::spawn_leader_balancer;
+use super::quiesce::{PeerLiveness, QuietState, spawn_pulses, spawn_quiescer};
 use crate::config::NodeConfig;
 use crate::error::ServiceError;
 use crate::identity::{BootstrapParams, LocalIdentity};
-use crate::transport::{RaftTransport, ShardNetworkFactory};
+use crate::transport::{RaftTimeouts, RaftTransport, ShardNetworkFactory};
 
 /// One shard replica hosted on this node.
 pub struct ShardReplica {
@@ -41,6 +42,8 @@ pub struct ShardReplica {
     /// Why this node took the replica out of service, if it did. Never cleared: a failed replica
     /// comes back only with a restart of the node (after its disk is checked).
     failure: Mutex<Option<String>>,
+    /// Whether its Raft timer is off because the shard is idle (see `quiesce`).
+    pub(crate) quiet: QuietState,
 }
 
 impl ShardReplica {
@@ -77,6 +80,17 @@ pub struct Node {
     pub(crate) stopping: AtomicBool,
     /// When each refused sender was last logged (see `check_raft_header`).
     pub(crate) refusals_logged: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Sends this node's own messages (quiesce requests, pulses); the groups hold it too.
+    pub(crate) transport: Arc<dyn RaftTransport>,
+    pub(crate) raft_timeouts: RaftTimeouts,
+    /// When the node started: the clock of request times (`QuietState`).
+    pub(crate) started: Instant,
+    /// Random per process start, sent in every pulse: peers see a restart as a new one.
+    pub(crate) boot_id: u64,
+    /// Grows whenever a replica here goes out of service; sent in every pulse.
+    pub(crate) generation: AtomicU64,
+    /// What this node knows of each peer node's liveness. A std lock: never held across an await.
+    pub(crate) peers: Mutex<HashMap<NodeId, PeerLiveness>>,
 }
 
 impl Node {
@@ -103,6 +117,12 @@ impl Node {
             inflight: Arc::new(Mutex::new(HashMap::new())),
             stopping: AtomicBool::new(false),
             refusals_logged: Mutex::new(HashMap::new()),
+            transport: transport.clone(),
+            raft_timeouts: config.raft_timeouts(),
+            started: Instant::now(),
+            boot_id: rand::random(),
+            generation: AtomicU64::new(0),
+            peers: Mutex::new(HashMap::new()),
         });
         for shard in &map.shards {
             let Some(local) = shard.replica_on(identity.node_id) else {
@@ -181,6 +201,7 @@ impl Node {
                 raft,
                 votes_from,
                 failure: Mutex::new(None),
+                quiet: QuietState::default(),
             });
             spawn_failure_watch(Arc::downgrade(&node), replica.clone());
             node.replicas
@@ -189,6 +210,12 @@ impl Node {
                 .insert(shard.id, replica);
         }
         spawn_leader_balancer(Arc::downgrade(&node));
+        spawn_quiescer(Arc::downgrade(&node), config.quiesce_after());
+        spawn_pulses(
+            Arc::downgrade(&node),
+            Duration::from_millis(config.raft.heartbeat_interval_ms),
+            Duration::from_millis(config.raft.election_timeout_min_ms),
+        );
         info!(
             node_id = %identity.node_id,
             cluster_id = format_args!("{:016x}", identity.cluster_id),
@@ -256,6 +283,8 @@ impl Node {
             }
             *failure = Some(reason.to_owned());
         }
+        // Peers learn of it from the next pulse and wake the quiet shards they share with us.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         error!(
             shard_id = %replica.shard_id,
             replica_id = %replica.replica_id,

@@ -5,12 +5,14 @@
 //! - `host` — the `Node`: starting groups, failures, shutdown; `leadership` — handing leadership
 //!   over before a graceful stop, and watched transfers;
 //! - `requests` — serving client requests; `raft_rpc` — serving peers' Raft messages;
-//! - `status` — what the node reports; `balancer` — keeping leaders spread.
+//! - `status` — what the node reports; `balancer` — keeping leaders spread;
+//! - `quiesce` — idle shards stop their Raft timers; node-level liveness watches their leaders.
 
 mod balancer;
 pub mod bootstrap;
 mod host;
 mod leadership;
+mod quiesce;
 mod raft_rpc;
 mod requests;
 pub mod slot;

@@ -1,6 +1,7 @@
 //! Raft messages from peers, for any shard: each is checked against this node's identity and then
-//! handed to the local replica it names. Both transports (gRPC and the in-memory test network)
-//! come through here, so both get the same checks.
+//! handed to the local replica it names, waking it first if it is quiet and the message is more
+//! than a heartbeat (`quiesce`). Both transports (gRPC and the in-memory test network) come
+//! through here, so both get the same checks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tracing::warn;
 use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};
 
 use super::host::{Node, ShardReplica};
-use crate::transport::RaftHeader;
+use crate::transport::{Pulse, QuiesceRequest, RaftHeader};
 
 /// A refused sender is logged at most this often, so a misconfigured peer cannot flood the log.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -129,6 +130,7 @@ impl Node {
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        self.wake_on_message(&replica, Some(rpc.vote.leader_id().term), !rpc.entries.is_empty());
         replica.raft.append_entries(rpc).await.map_err(|e| e.to_string())
     }
 
@@ -140,6 +142,7 @@ impl Node {
         rpc: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        self.wake_on_message(&replica, None, false);
         if !rpc.leadership_transfer {
             refuse_votes_after_restart(&replica)?;
         }
@@ -154,6 +157,7 @@ impl Node {
         rpc: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        self.wake_on_message(&replica, None, false);
         refuse_votes_after_restart(&replica)?;
         replica.raft.pre_vote(rpc).await.map_err(|e| e.to_string())
     }
@@ -166,6 +170,7 @@ impl Node {
         rpc: TransferLeaderRequest<TypeConfig>,
     ) -> Result<TransferLeaderResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        self.wake_on_message(&replica, None, false);
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             // The sender's transfer watchdog hands the shard to another replica instead.
             return Err(format!(
@@ -192,12 +197,34 @@ impl Node {
         file: SnapshotFile,
     ) -> Result<SnapshotResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        self.wake_on_message(&replica, None, true);
         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: file };
         replica
             .raft
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Node {
+    /// A shard leader asks the local replica to go quiet; answers whether it did.
+    pub fn raft_quiesce(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        request: QuiesceRequest,
+    ) -> Result<bool, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        Ok(self.quiesce_follower(&replica, request))
+    }
+
+    /// A peer node's pulse: noted (its restart wakes what it concerns), and answered with ours.
+    pub fn raft_pulse(&self, header: &RaftHeader, pulse: Pulse) -> Result<Pulse, String> {
+        self.check_raft_header(header)?;
+        self.observe_pulse(header.from_node, pulse);
+        Ok(self.pulse())
     }
 }
 

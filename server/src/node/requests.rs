@@ -103,6 +103,9 @@ impl Node {
         budget: Duration,
     ) -> Result<CommandResult, ServiceError> {
         let shard_id = replica.shard_id;
+        let started = std::time::Instant::now();
+        self.activate(replica, true, budget).await;
+        let budget = budget.saturating_sub(started.elapsed());
         let mut outcome = match proposal.request {
             Some(request) => {
                 let key = (shard_id, request);
@@ -217,6 +220,7 @@ impl Node {
         budget: Duration,
     ) -> Result<(), ServiceError> {
         let shard_id = replica.shard_id;
+        self.activate(replica, false, budget).await;
         match tokio::time::timeout(
             budget,
             replica
@@ -282,6 +286,7 @@ impl Node {
     /// which every replica computes it.
     pub async fn propose_digest(&self, shard_id: ShardId) -> Result<LogIndex, ServiceError> {
         let replica = self.serving_replica(shard_id)?;
+        self.activate(&replica, true, self.request_timeout).await;
         let proposal = Proposal::internal(ringkv_engine::Command::Digest);
         match tokio::time::timeout(self.request_timeout, replica.raft.client_write(proposal)).await {
             Ok(Ok(response)) => Ok(response.log_id.index),

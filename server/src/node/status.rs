@@ -30,8 +30,12 @@ impl Node {
     /// This node's view of its replicas, for `ringkv status`.
     pub fn status(&self) -> pb::StatusResponse {
         let map = self.map.read().expect("map lock").clone();
-        let replicas = self
-            .all_replicas()
+        let all_replicas = self.all_replicas();
+        let quiet_replicas = all_replicas
+            .iter()
+            .filter(|replica| replica.quiet.quiet.load(std::sync::atomic::Ordering::Acquire))
+            .count() as u64;
+        let replicas = all_replicas
             .iter()
             .map(|replica| {
                 let metrics = replica.raft.metrics().borrow_watched().clone();
@@ -76,6 +80,7 @@ impl Node {
             kv_command_messages: 0,
             raft_calls: 0,
             raft_call_messages: 0,
+            quiet_replicas,
         }
     }
 

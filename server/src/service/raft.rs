@@ -124,6 +124,18 @@ impl RaftService {
                 })
                 .await
             }
+            pb::RaftRpc::Quiesce => {
+                self.decode_and_handle(request, |node, header, shard, replica, rpc| async move {
+                    node.raft_quiesce(&header, shard, replica, rpc)
+                })
+                .await
+            }
+            pb::RaftRpc::Pulse => {
+                self.decode_and_handle(request, |node, header, _, _, pulse| async move {
+                    node.raft_pulse(&header, pulse)
+                })
+                .await
+            }
         }
     }
 

@@ -26,7 +26,7 @@ use ringkv_engine::{SnapshotFile, TypeConfig};
 use ringkv_proto::batch_stream::{self, Failure, Protocol};
 use ringkv_proto::pb::{self, raft_client::RaftClient};
 
-use super::{RaftTransport, Target, TransportError};
+use super::{Pulse, QuiesceRequest, RaftTransport, Target, TransportError};
 use crate::wire;
 
 /// Bytes of snapshot file per streamed chunk.
@@ -247,6 +247,24 @@ impl RaftTransport for GrpcTransport {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<TransferLeaderResponse<TypeConfig>, TransportError>> {
         self.call(target, pb::RaftRpc::TransferLeader, rpc, timeout)
+    }
+
+    fn quiesce(
+        &self,
+        target: &Target,
+        request: QuiesceRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<bool, TransportError>> {
+        self.call(target, pb::RaftRpc::Quiesce, request, timeout)
+    }
+
+    fn pulse(
+        &self,
+        target: &Target,
+        pulse: Pulse,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Pulse, TransportError>> {
+        self.call(target, pb::RaftRpc::Pulse, pulse, timeout)
     }
 
     fn install_snapshot(

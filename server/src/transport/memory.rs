@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -31,9 +32,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
-use ringkv_engine::{NodeId, SnapshotFile, TypeConfig};
+use ringkv_engine::{NodeId, ShardId, SnapshotFile, TypeConfig};
 
-use super::{RaftTransport, Target, TransportError};
+use super::{Pulse, QuiesceRequest, RaftTransport, Target, TransportError};
 use crate::node::Node;
 
 /// The faults in force. Changed only through `MemoryNetwork`'s methods.
@@ -56,6 +57,8 @@ pub struct MemoryNetwork {
     /// Bumped on every change of the faults, so held messages re-check them.
     changed: watch::Sender<u64>,
     rng: Mutex<StdRng>,
+    /// Messages that reached a node for some shard group (everything but pulses).
+    shard_messages: AtomicU64,
 }
 
 impl MemoryNetwork {
@@ -66,6 +69,7 @@ impl MemoryNetwork {
             faults: Mutex::new(Faults::default()),
             changed: watch::Sender::new(0),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            shard_messages: AtomicU64::new(0),
         })
     }
 
@@ -143,6 +147,12 @@ impl MemoryNetwork {
     /// Removes every fault: all links open, nothing held, lost or delayed.
     pub fn heal(&self) {
         self.update(|faults| *faults = Faults::default());
+    }
+
+    /// How many messages for shard groups (Raft messages and quiesce requests; not node pulses)
+    /// have reached a node so far.
+    pub fn shard_messages(&self) -> u64 {
+        self.shard_messages.load(Ordering::Relaxed)
     }
 
     /// A uniformly random number in `[0, 1)` from the seeded generator.
@@ -228,6 +238,10 @@ impl MemoryNetwork {
             .get(&target.addr)
             .and_then(Weak::upgrade)
             .ok_or_else(|| unreachable("no node is running at this address"))?;
+        // Pulses are addressed to shard 0, which no shard has (shard ids start at 1).
+        if target.shard_id != ShardId(0) {
+            self.shard_messages.fetch_add(1, Ordering::Relaxed);
+        }
         let result = call(node).await.map_err(|message| TransportError::Remote {
             addr: target.addr.clone(),
             message,
@@ -312,6 +326,38 @@ impl RaftTransport for MemoryEndpoint {
                 .deliver(from, &target, timeout, |node| async move {
                     node.raft_transfer_leader(&target.header, target.shard_id, target.replica_id, rpc)
                         .await
+                })
+                .await
+        })
+    }
+
+    fn quiesce(
+        &self,
+        target: &Target,
+        request: QuiesceRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<bool, TransportError>> {
+        let (network, from, target) = (self.network.clone(), self.from, target.clone());
+        Box::pin(async move {
+            network
+                .deliver(from, &target, timeout, |node| async move {
+                    node.raft_quiesce(&target.header, target.shard_id, target.replica_id, request)
+                })
+                .await
+        })
+    }
+
+    fn pulse(
+        &self,
+        target: &Target,
+        pulse: Pulse,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Pulse, TransportError>> {
+        let (network, from, target) = (self.network.clone(), self.from, target.clone());
+        Box::pin(async move {
+            network
+                .deliver(from, &target, timeout, |node| async move {
+                    node.raft_pulse(&target.header, pulse)
                 })
                 .await
         })

@@ -1,5 +1,7 @@
 //! The transport contract every shard's Raft network uses: where a message goes and who sends it
 //! (`Target`, `RaftHeader`), how sending can fail (`TransportError`), and the `RaftTransport` trait.
+//! Besides openraft's messages it carries ringkv's own two: a leader asking a peer to go quiet
+//! (`QuiesceRequest`) and the node-level liveness `Pulse` (see `node::quiesce`).
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use ringkv_engine::{NodeId, ReplicaId, ShardId, SnapshotFile, TypeConfig};
@@ -58,6 +61,24 @@ pub struct Target {
     pub header: RaftHeader,
 }
 
+/// A shard leader's request that a peer replica turn its Raft timer off: the shard is idle and the
+/// peer follows this leader, in this term, and has applied this last entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuiesceRequest {
+    pub term: u64,
+    pub leader: ReplicaId,
+    pub last_log_index: Option<u64>,
+}
+
+/// What a node tells each peer node about itself every heartbeat interval, and answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulse {
+    /// Random per process start: a new one means the node restarted.
+    pub boot_id: u64,
+    /// Grows whenever one of the node's replicas goes out of service.
+    pub generation: u64,
+}
+
 #[derive(Debug, Error)]
 pub enum TransportError {
     /// The peer could not be reached; openraft backs off before retrying.
@@ -103,6 +124,23 @@ pub trait RaftTransport: Send + Sync + 'static {
         rpc: TransferLeaderRequest<TypeConfig>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<TransferLeaderResponse<TypeConfig>, TransportError>>;
+
+    /// Asks the target replica to go quiet; answers whether it did.
+    fn quiesce(
+        &self,
+        target: &Target,
+        request: QuiesceRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<bool, TransportError>>;
+
+    /// Sends this node's pulse to the target node (`target.shard_id` and `replica_id` are not
+    /// used) and returns the target's.
+    fn pulse(
+        &self,
+        target: &Target,
+        pulse: Pulse,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Pulse, TransportError>>;
 
     /// Streams a snapshot to the target and waits for it to be installed. There is no overall
     /// deadline (a large shard takes as long as it takes); the transfer fails when nothing moves in

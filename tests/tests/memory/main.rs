@@ -4,6 +4,7 @@
 mod commit_jump;
 mod identity;
 mod lease;
+mod quiesce;
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! real Raft, talking over the in-memory network, go through a random schedule of partitions (one
 //! way and both ways), holds, message loss, delay and reordering, node crashes and restarts, and
 //! (in some seeds) a leader that appends a burst of thousands of entries it cannot commit and
-//! then wins a new term. Concurrent clients read and write all along over real gRPC.
+//! then wins a new term. Concurrent clients read and write all along over real gRPC. In odd seeds
+//! idle shards go quiet after 300 ms (`node::quiesce`), so quiet replicas meet the same faults.
 //!
 //! After the schedule everything heals and each seed must show: every acknowledged write present,
 //! a linearizable history (operations recorded exactly as their results say: done, certainly not
@@ -136,6 +137,10 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
             config.raft.heartbeat_interval_ms = heartbeat;
             config.raft.election_timeout_min_ms = election;
             config.raft.election_timeout_max_ms = election * 2;
+            // Odd seeds let idle shards go quiet soon, so schedules cover quiet shards waking for
+            // requests, Raft messages and lost or restarted peers; even seeds never quiesce. Burst
+            // seeds need the isolated leader's lease, which a quiet leader lets lapse.
+            config.raft.quiesce_after_ms = if seed % 2 == 1 && !burst { 300 } else { 0 };
             if snapshots {
                 config.raft.snapshot_after_logs = 100;
                 config.raft.logs_to_keep_after_snapshot = 10;
