@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Profiles the write path: starts a local 3-node cluster (16 shards x 3), runs `ringkv-bench
+# --workload write --concurrency 256`, records the three node processes with `perf` (DWARF call
+# graphs) for a few seconds in the middle of the run, and writes a flame graph SVG of where the
+# nodes' CPU goes, with the folded stacks beside it (OUT.folded) for grep and sums. Needs perf (apt-get install linux-perf) and inferno (cargo install inferno).
+#
+# Usage: scripts/profile-writes.sh OUT.svg   (RINGKV_BIN: directory of the release binaries,
+# default ~/.cache/ringkv-target/release; RINGKV_PROFILE_SECONDS: recording time, default 6)
+set -euo pipefail
+out="${1:?usage: $0 OUT.svg}"
+bin="${RINGKV_BIN:-$HOME/.cache/ringkv-target/release}"
+seconds="${RINGKV_PROFILE_SECONDS:-6}"
+command -v perf >/dev/null || { echo "error: perf not found: apt-get install linux-perf" >&2; exit 1; }
+command -v inferno-flamegraph >/dev/null || { echo "error: inferno not found: cargo install inferno" >&2; exit 1; }
+
+port=7679
+base="$(mktemp -d /tmp/ringkv-profile.XXXXXX)"
+addrs=("127.0.0.1:$port" "127.0.0.1:$((port + 1))" "127.0.0.1:$((port + 2))")
+peers="1=${addrs[0]},2=${addrs[1]},3=${addrs[2]}"
+endpoints="${addrs[0]},${addrs[1]},${addrs[2]}"
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$base"
+}
+trap stop EXIT INT TERM
+for i in 1 2 3; do
+  "$bin/ringkv" start --node-id "$i" --listen "${addrs[$((i - 1))]}" --data-dir "$base/node-$i" \
+    --peers "$peers" --shards 16 --replication 3 >"$base/node-$i.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 1 120); do
+  status=$("$bin/ringkv" --endpoints "$endpoints" --timeout-ms 2000 status --output json 2>/dev/null) || true
+  if [ "$(grep -c '"shard_id"' <<<"$status")" = 16 ] && ! grep -q '"leader": null' <<<"$status"; then break; fi
+  sleep 0.5
+done
+sleep 4
+"$bin/ringkv-bench" --endpoints "$endpoints" --workload write --concurrency 256 \
+  --duration $((seconds + 8)) >"$base/bench.txt" 2>&1 &
+bench=$!
+pids+=($bench)
+sleep 5
+node_pids="${pids[0]},${pids[1]},${pids[2]}"
+perf record -o "$base/perf.data" -F 199 --call-graph dwarf,16384 -p "$node_pids" -- sleep "$seconds" \
+  >/dev/null 2>&1
+wait "$bench" || true
+grep -E "^ops:" "$base/bench.txt" || true
+perf script -i "$base/perf.data" 2>/dev/null | inferno-collapse-perf >"${out%.svg}.folded"
+inferno-flamegraph --title "ringkv nodes, writes at concurrency 256 (16 shards x 3)" \
+  <"${out%.svg}.folded" >"$out"
+echo "wrote $out and its folded stacks ${out%.svg}.folded"
