@@ -62,6 +62,8 @@ pub struct RunningNode {
     /// Set to true to stop serving (it also ends the Kv command streams).
     stop: watch::Sender<bool>,
     serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// What the services serve; emptied when the node stops.
+    slot: Arc<NodeSlot>,
 }
 
 impl RunningNode {
@@ -87,6 +89,8 @@ impl RunningNode {
     async fn halt(self) {
         let _ = self.stop.send(true);
         stop_serving(self.serving).await;
+        // Connections that did not close in time live on; they must not keep the node.
+        self.slot.clear_node();
         shut_down_groups(self.node).await;
     }
 }
@@ -213,6 +217,7 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
                 local_addr,
                 stop,
                 serving,
+                slot,
             })
         }
         Err(error) => {

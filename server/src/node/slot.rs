@@ -1,9 +1,12 @@
-//! What the gRPC services serve while a node starts: from the moment it listens, who it is (so
-//! peers forming the cluster can ask), and once its Raft groups run, the node itself. Requests
-//! that need the node before then are refused as "starting", which clients retry elsewhere.
+//! What the gRPC services serve while a node starts and after it stops: from the moment it
+//! listens, who it is (so peers forming the cluster can ask), and once its Raft groups run, the
+//! node itself. Requests that need the node before then are refused as "starting", and after the
+//! node stopped as "stopped", which clients retry elsewhere. Taking the node out when it stops
+//! matters: a client connection that outlives the server (one that did not close in time) must not
+//! keep the node, and so its storage, alive.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use ringkv_engine::ShardId;
 use ringkv_proto::{ShardMap, pb};
@@ -17,7 +20,10 @@ pub struct NodeSlot {
     params: BootstrapParams,
     /// The cluster's map once this node belongs to one (before its groups start).
     map: RwLock<Option<ShardMap>>,
-    node: OnceLock<Arc<Node>>,
+    /// The node while it runs. A std lock: held only to clone or swap the handle.
+    node: RwLock<Option<Arc<Node>>>,
+    /// Set when the node stops; it never comes back in this slot.
+    stopped: AtomicBool,
     /// Kv command stream traffic since start (see `count_commands`).
     kv_commands: AtomicU64,
     kv_command_messages: AtomicU64,
@@ -32,7 +38,8 @@ impl NodeSlot {
             record,
             params,
             map: RwLock::new(map),
-            node: OnceLock::new(),
+            node: RwLock::new(None),
+            stopped: AtomicBool::new(false),
             kv_commands: AtomicU64::new(0),
             kv_command_messages: AtomicU64::new(0),
             raft_calls: AtomicU64::new(0),
@@ -68,28 +75,43 @@ impl NodeSlot {
     }
 
     pub fn set_node(&self, node: Arc<Node>) {
-        let _ = self.node.set(node);
+        if !self.stopped.load(Ordering::Acquire) {
+            *self.node.write().expect("slot node lock") = Some(node);
+        }
     }
 
-    pub fn node(&self) -> Option<&Arc<Node>> {
-        self.node.get()
+    /// Takes the node out: from now on requests are refused as "stopped".
+    pub fn clear_node(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.node.write().expect("slot node lock").take();
     }
 
-    /// The node, or the answer to give while it is starting.
-    pub fn require(&self) -> Result<&Arc<Node>, ServiceError> {
-        self.node.get().ok_or_else(|| ServiceError::Unavailable {
-            shard_id: ShardId(0),
-            outcome_unknown: false,
-            reason: format!(
-                "node {} is starting (its cluster is forming, or its shard groups are opening); try another node",
-                self.record.node_id
-            ),
+    pub fn node(&self) -> Option<Arc<Node>> {
+        self.node.read().expect("slot node lock").clone()
+    }
+
+    /// The node, or the answer to give while it is starting or after it stopped.
+    pub fn require(&self) -> Result<Arc<Node>, ServiceError> {
+        self.node().ok_or_else(|| {
+            let reason = if self.stopped.load(Ordering::Acquire) {
+                format!("node {} has stopped; try another node", self.record.node_id)
+            } else {
+                format!(
+                    "node {} is starting (its cluster is forming, or its shard groups are opening); try another node",
+                    self.record.node_id
+                )
+            };
+            ServiceError::Unavailable {
+                shard_id: ShardId(0),
+                outcome_unknown: false,
+                reason,
+            }
         })
     }
 
     /// This node's answer to a peer's Hello.
     pub fn hello(&self) -> pb::HelloResponse {
-        let map = match self.node.get() {
+        let map = match self.node() {
             Some(node) => Some(node.shard_map()),
             None => self.map.read().expect("slot map lock").clone(),
         };

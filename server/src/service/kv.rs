@@ -95,7 +95,7 @@ fn proposal(request_id: Option<pb::RequestId>, command: Command) -> Result<Propo
 }
 
 impl KvService {
-    fn node(&self) -> Result<&Arc<Node>, ServiceError> {
+    fn node(&self) -> Result<Arc<Node>, ServiceError> {
         self.slot.require()
     }
 

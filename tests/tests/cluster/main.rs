@@ -8,5 +8,6 @@ mod bench;
 mod cli;
 mod commands;
 mod defaults;
+mod frozen_client;
 mod spread;
 mod storage_fault;
