@@ -189,6 +189,13 @@ impl Sessions {
         }
     }
 
+    /// Whether `request`'s result is stored (a repeat of it would be answered from the table).
+    pub(crate) fn has_result(&self, request: RequestId) -> bool {
+        self.clients
+            .get(&request.client)
+            .is_some_and(|session| session.results.contains(&request.seq))
+    }
+
     /// Number of clients with a session.
     pub(crate) fn len(&self) -> usize {
         self.clients.len()

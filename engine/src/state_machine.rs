@@ -3,8 +3,11 @@
 //! they describe. Applies are not fsynced: after a crash the node replays the log from the durable
 //! applied id.
 //!
-//! A committed run is applied in groups of bounded size, each on tokio's blocking pool (RocksDB
-//! calls never run on the runtime's worker threads), and answered only after its batch is written.
+//! A committed run is applied in groups of bounded size, each answered only after its batch is
+//! written. A group that reads nothing from RocksDB (puts, on a loaded request-id table, no
+//! duplicate to look up, at most `IN_PLACE_APPLY_BYTES`) is applied on the calling thread and
+//! written with `Engine::write_unsynced` (a memtable insert, refused rather than delayed in a write
+//! stall); any other group goes to tokio's blocking pool, whose hand-off costs two thread wake-ups.
 //! A `Digest` command ends a group: the state as of that index is hashed on a point-in-time view in
 //! the background while applying goes on.
 
@@ -37,6 +40,8 @@ type Entry = EntryOf<TypeConfig>;
 /// huge committed range holds at once.
 const APPLY_GROUP_ENTRIES: usize = 1024;
 const APPLY_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Largest group applied on the calling thread: its batch is a memtable insert of microseconds.
+const IN_PLACE_APPLY_BYTES: usize = 1024 * 1024;
 
 /// What the state machine has applied, stored with the data of each apply.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -219,8 +224,39 @@ struct ApplyState {
     sessions: Sessions,
 }
 
-/// Applies `entries` (consecutive, committed) to the shard and returns one result per entry.
-/// Runs RocksDB calls on the calling thread: call it on the blocking pool.
+/// Answers each applied entry's waiting client, if any. Called only after the group's batch is
+/// written, so a read after the answer sees it.
+fn answer(
+    responders: Vec<Option<openraft::storage::ApplyResponder<TypeConfig>>>,
+    results: Vec<CommandResult>,
+) {
+    for (responder, result) in responders.into_iter().zip(results) {
+        if let Some(responder) = responder {
+            responder.send(result);
+        }
+    }
+}
+
+/// Whether applying `entry` reads nothing from RocksDB, given the loaded request-id table: blank
+/// and membership entries, and puts whose request id is not already answered (a duplicate's
+/// stored result would be read). Deletes, compare-and-swaps and batches read current values;
+/// digests write mid-group.
+fn reads_nothing(entry: &Entry, sessions: &Sessions) -> bool {
+    match &entry.payload {
+        EntryPayload::Blank | EntryPayload::Membership(_) => true,
+        EntryPayload::Normal(proposal) => {
+            matches!(proposal.command, Command::Put { .. })
+                && proposal
+                    .request
+                    .is_none_or(|request| !sessions.has_result(request))
+        }
+    }
+}
+
+/// Applies `entries` (consecutive, committed) to the shard and returns one result per entry, and
+/// the batch to write (the group's data, request-id rows and applied state). Reads RocksDB on the
+/// calling thread when an entry needs it (see `reads_nothing`), and a digest entry writes what
+/// came before it.
 fn apply_group(
     engine: &Engine,
     shard: ShardId,
@@ -228,7 +264,7 @@ fn apply_group(
     state: &mut ApplyState,
     entries: Vec<Entry>,
     next_index: &mut Option<LogIndex>,
-) -> Result<Vec<CommandResult>, Error> {
+) -> Result<(Vec<CommandResult>, WriteOps), Error> {
     let mut overlay = Overlay::new(engine);
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -303,9 +339,7 @@ fn apply_group(
         state.applied.last_applied = Some(entry.log_id);
         results.push(result);
     }
-    let ops = overlay.finish(shard, &state.applied);
-    engine.write_ops(ops, false)?;
-    Ok(results)
+    Ok((results, overlay.finish(shard, &state.applied)))
 }
 
 impl Overlay<'_> {
@@ -433,8 +467,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             {
                 return Err(io::Error::other("apply failed (test switch fail_apply)"));
             }
-            let (applied, sessions) = (self.applied.clone(), self.sessions.take());
             let (shard, range) = (self.shard, self.range);
+            if bytes <= IN_PLACE_APPLY_BYTES
+                && !self
+                    .engine
+                    .faults()
+                    .force_blocking_pool
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                && let Some(sessions) = self.sessions.as_ref()
+                && group.iter().all(|entry| reads_nothing(entry, sessions))
+            {
+                let sessions = self.sessions.take().expect("checked above");
+                let mut state = ApplyState {
+                    applied: self.applied.clone(),
+                    sessions,
+                };
+                // On an error the session index stays `None` and is reloaded from disk.
+                let (results, ops) =
+                    apply_group(&self.engine, shard, range, &mut state, group, &mut next_index)?;
+                self.engine.write_unsynced(ops).await?;
+                self.applied = state.applied;
+                self.sessions = Some(state.sessions);
+                answer(responders, results);
+                continue;
+            }
+            let (applied, sessions) = (self.applied.clone(), self.sessions.take());
             // On an error the session index stays `None`, and the next apply reloads it from disk
             // (the in-memory copy may have run ahead of what was written).
             let (state, results, next) = self
@@ -445,19 +502,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         None => Sessions::load(engine, shard)?,
                     };
                     let mut state = ApplyState { applied, sessions };
-                    let results = apply_group(engine, shard, range, &mut state, group, &mut next_index)?;
+                    let (results, ops) =
+                        apply_group(engine, shard, range, &mut state, group, &mut next_index)?;
+                    engine.write_ops(ops, false)?;
                     Ok((state, results, next_index))
                 })
                 .await?;
             next_index = next;
             self.applied = state.applied;
             self.sessions = Some(state.sessions);
-            // Answer only after the batch is written, so a read after the answer sees it.
-            for (responder, result) in responders.into_iter().zip(results) {
-                if let Some(responder) = responder {
-                    responder.send(result);
-                }
-            }
+            answer(responders, results);
         }
     }
 
