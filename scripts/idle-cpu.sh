@@ -14,38 +14,10 @@ bin="${RINGKV_BIN:-$HOME/.cache/ringkv-target/release}"
 port="${RINGKV_IDLE_PORT:-7479}"
 [ -x "$bin/ringkv" ] || { echo "error: $bin/ringkv not found: build with cargo build --release -p ringkv-server" >&2; exit 1; }
 
-base="$(mktemp -d /tmp/ringkv-idle.XXXXXX)"
-addrs=("127.0.0.1:$port" "127.0.0.1:$((port + 1))" "127.0.0.1:$((port + 2))")
-peers="1=${addrs[0]},2=${addrs[1]},3=${addrs[2]}"
-endpoints="${addrs[0]},${addrs[1]},${addrs[2]}"
-pids=()
-stop() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$base"
-}
-trap stop EXIT INT TERM
-
-for i in 1 2 3; do
-  # shellcheck disable=SC2086
-  "$bin/ringkv" start --node-id "$i" --listen "${addrs[$((i - 1))]}" --data-dir "$base/node-$i" \
-    --peers "$peers" --shards "$shards" --replication 3 ${RINGKV_NODE_FLAGS:-} >"$base/node-$i.log" 2>&1 &
-  pids+=($!)
-done
-
-ready=""
-for _ in $(seq 1 240); do
-  if status=$("$bin/ringkv" --endpoints "$endpoints" --timeout-ms 5000 status --output json 2>/dev/null) \
-     && [ "$(grep -c '"shard_id"' <<<"$status")" = "$shards" ] && ! grep -q '"leader": null' <<<"$status"; then
-    ready=yes
-    break
-  fi
-  for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { echo "a node exited; its log:" >&2; tail -n 20 "$base"/node-*.log >&2; exit 1; }
-  done
-  sleep 0.5
-done
-[ -n "$ready" ] || { echo "error: shards still without a leader after 120 s" >&2; tail -n 5 "$base"/node-*.log >&2; exit 1; }
+# shellcheck source=scripts/local-cluster.sh
+source "$(dirname "$0")/local-cluster.sh"
+start_local_cluster "$bin" "$port" "$shards"
+wait_for_leaders "$bin" "$shards"
 # Let elections, the leader balancer and any quiescence settle.
 sleep 10
 

@@ -13,28 +13,11 @@ seconds="${RINGKV_PROFILE_SECONDS:-6}"
 command -v perf >/dev/null || { echo "error: perf not found: apt-get install linux-perf" >&2; exit 1; }
 command -v inferno-flamegraph >/dev/null || { echo "error: inferno not found: cargo install inferno" >&2; exit 1; }
 
-port=7679
-base="$(mktemp -d /tmp/ringkv-profile.XXXXXX)"
-addrs=("127.0.0.1:$port" "127.0.0.1:$((port + 1))" "127.0.0.1:$((port + 2))")
-peers="1=${addrs[0]},2=${addrs[1]},3=${addrs[2]}"
-endpoints="${addrs[0]},${addrs[1]},${addrs[2]}"
-pids=()
-stop() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$base"
-}
-trap stop EXIT INT TERM
-for i in 1 2 3; do
-  "$bin/ringkv" start --node-id "$i" --listen "${addrs[$((i - 1))]}" --data-dir "$base/node-$i" \
-    --peers "$peers" --shards 16 --replication 3 >"$base/node-$i.log" 2>&1 &
-  pids+=($!)
-done
-for _ in $(seq 1 120); do
-  status=$("$bin/ringkv" --endpoints "$endpoints" --timeout-ms 2000 status --output json 2>/dev/null) || true
-  if [ "$(grep -c '"shard_id"' <<<"$status")" = 16 ] && ! grep -q '"leader": null' <<<"$status"; then break; fi
-  sleep 0.5
-done
+# shellcheck source=scripts/local-cluster.sh
+source "$(dirname "$0")/local-cluster.sh"
+start_local_cluster "$bin" 7679 16
+wait_for_leaders "$bin" 16
+# The leader balancer hands leaderships back to their preferred nodes within a few seconds.
 sleep 4
 "$bin/ringkv-bench" --endpoints "$endpoints" --workload write --concurrency 256 \
   --duration $((seconds + 8)) >"$base/bench.txt" 2>&1 &
