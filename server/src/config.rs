@@ -44,11 +44,19 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
-    /// Leader heartbeat period, in milliseconds.
+    /// Leader heartbeat period, in milliseconds. Must exceed the worst round trip between nodes:
+    /// openraft gives up on a heartbeat's answer after one interval, and a leader none of whose
+    /// heartbeats are answered in time loses its lease and refuses writes while idle.
     pub heartbeat_interval_ms: u64,
     /// Election timeout range, in milliseconds. Must exceed the heartbeat interval.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A leader skips its periodic heartbeat to a follower that acknowledged a message (entries or
+    /// a heartbeat) sent within this many milliseconds: the answer to an append renews the
+    /// leader's lease and the follower's election timer as a heartbeat would. 0 sends every
+    /// heartbeat. `heartbeat_interval_ms` + this + a fifth of the heartbeat interval must stay
+    /// under `election_timeout_min_ms`, so a follower never waits out its election timeout.
+    pub heartbeat_min_interval_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot, so slightly lagging followers catch up from the log.
@@ -82,12 +90,16 @@ impl Default for NodeConfig {
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        // Heartbeats every 100 ms with 0.6–1.2 s elections: failover in about a second, while a
+        // Heartbeats every 100 ms with 0.6–1.2 s elections: failover in about two seconds, while a
         // node with a few hundred idle shards stays well under one core (DESIGN.md "Raft").
         RaftTuning {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 600,
             election_timeout_max_ms: 1_200,
+            // A follower hears from its leader at least every ~520 ms (100 + 400 + one tick),
+            // inside the 600 ms minimum election timeout; a busy shard's appends stand in for most
+            // heartbeats (README "Many shards": +25–35 % writes over 1,024 shards).
+            heartbeat_min_interval_ms: 400,
             snapshot_after_logs: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             snapshot_idle_timeout_ms: 30_000,
@@ -259,6 +271,20 @@ impl NodeConfig {
                 raft.election_timeout_max_ms, raft.election_timeout_min_ms
             ));
         }
+        // openraft's tick runs every 13/64 of the heartbeat interval; a suppressed heartbeat goes
+        // out at the first tick after its deadline.
+        let quietest_gap = raft.heartbeat_interval_ms
+            + raft.heartbeat_min_interval_ms
+            + raft.heartbeat_interval_ms * 13 / 64;
+        if quietest_gap >= raft.election_timeout_min_ms {
+            return invalid(format!(
+                "raft.heartbeat_min_interval_ms ({}) is too long for raft.election_timeout_min_ms ({}): a follower \
+                 could go {quietest_gap} ms without hearing from its leader and start an election. Keep \
+                 heartbeat_interval_ms + heartbeat_min_interval_ms + heartbeat_interval_ms / 5 under \
+                 election_timeout_min_ms (lower heartbeat_min_interval_ms, or 0 to send every heartbeat)",
+                raft.heartbeat_min_interval_ms, raft.election_timeout_min_ms
+            ));
+        }
         if raft.snapshot_after_logs == 0 {
             return invalid("raft.snapshot_after_logs must be positive".into());
         }
@@ -276,6 +302,7 @@ impl NodeConfig {
             heartbeat_interval: raft.heartbeat_interval_ms,
             election_timeout_min: raft.election_timeout_min_ms,
             election_timeout_max: raft.election_timeout_max_ms,
+            heartbeat_min_interval: Some(raft.heartbeat_min_interval_ms),
             // The transport bounds snapshot transfers by an idle timeout instead (see
             // `RaftTransport::install_snapshot`); openraft's own timeouts only need to not cut in.
             install_snapshot_timeout: raft.snapshot_idle_timeout_ms,
@@ -334,6 +361,10 @@ mod tests {
             (
                 Box::new(|c| c.raft.election_timeout_min_ms = 10),
                 "election_timeout_min_ms",
+            ),
+            (
+                Box::new(|c| c.raft.heartbeat_min_interval_ms = 500),
+                "heartbeat_min_interval_ms",
             ),
             (
                 Box::new(|c| c.peers = BTreeMap::from([("2".into(), "127.0.0.1:1".into())])),

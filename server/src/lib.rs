@@ -4,7 +4,7 @@
 
 pub mod cli;
 pub mod config;
-mod error;
+pub mod error;
 pub mod identity;
 pub mod node;
 pub mod server;

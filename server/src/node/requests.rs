@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use openraft::LinearizerOption;
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{ClientWriteError, ForwardReason, LinearizableReadError, RaftError};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -184,11 +184,13 @@ impl Node {
         let replica = replica.clone();
         // The task removes its own entry when done; the map lives as long as the node.
         let inflight = Arc::downgrade(&self.inflight);
+        let node_id = self.node_id();
         tokio::spawn(async move {
             let shard_id = replica.shard_id;
             let result =
-                match tokio::time::timeout(PROPOSAL_LIFETIME, replica.raft.client_write(proposal)).await {
-                    Ok(result) => write_outcome(shard_id, result),
+                match tokio::time::timeout(PROPOSAL_LIFETIME, write_renewing_lease(&replica, proposal)).await
+                {
+                    Ok(result) => write_outcome(node_id, shard_id, result),
                     Err(_) => Err(ServiceError::Unavailable {
                         shard_id,
                         outcome_unknown: true,
@@ -290,7 +292,7 @@ impl Node {
         let proposal = Proposal::internal(ringkv_engine::Command::Digest);
         match tokio::time::timeout(self.request_timeout, replica.raft.client_write(proposal)).await {
             Ok(Ok(response)) => Ok(response.log_id.index),
-            Ok(Err(error)) => Err(write_outcome(shard_id, Err(error)).expect_err("an error")),
+            Ok(Err(error)) => Err(write_outcome(self.node_id(), shard_id, Err(error)).expect_err("an error")),
             Err(_) => Err(ServiceError::Unavailable {
                 shard_id,
                 outcome_unknown: true,
@@ -319,16 +321,62 @@ impl Node {
     }
 }
 
+type ClientWriteResult = Result<
+    openraft::raft::ClientWriteResponse<ringkv_engine::TypeConfig>,
+    RaftError<ringkv_engine::TypeConfig, ClientWriteError<ringkv_engine::TypeConfig>>,
+>;
+
+/// `client_write`, once more after renewing the leader's lease if openraft refused the entry
+/// because the lease had lapsed. A leader holds a lease while a quorum answered one of its messages
+/// sent less than `election_timeout_max` ago; it lapses when answers stop coming in time (a
+/// starved machine, a slow network) even though nobody else leads. The refusal comes before the
+/// entry is appended, so proposing it again cannot apply it twice. The renewal is one quorum round
+/// (a ReadIndex), bounded by one lease.
+async fn write_renewing_lease(replica: &ShardReplica, proposal: Proposal) -> ClientWriteResult {
+    let result = replica.raft.client_write(proposal.clone()).await;
+    let lease_lapsed = matches!(
+        &result,
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
+            if forward.reason == ForwardReason::LeaseExpired
+    );
+    if !lease_lapsed {
+        return result;
+    }
+    match replica
+        .raft
+        .ensure_linearizable(LinearizerOption::new(None, true))
+        .await
+    {
+        Ok(_) => replica.raft.client_write(proposal).await,
+        // Still refused: `write_outcome` says why.
+        Err(_) => result,
+    }
+}
+
 /// What `client_write`'s result means to the client.
 fn write_outcome(
+    node_id: NodeId,
     shard_id: ShardId,
-    result: Result<
-        openraft::raft::ClientWriteResponse<ringkv_engine::TypeConfig>,
-        RaftError<ringkv_engine::TypeConfig, ClientWriteError<ringkv_engine::TypeConfig>>,
-    >,
+    result: ClientWriteResult,
 ) -> Result<CommandResult, ServiceError> {
     match result {
         Ok(response) => Ok(response.data),
+        // Refused before its entry was appended, by a leader whose lease lapsed and could not be
+        // renewed: certainly not applied. Not `NotLeader`: this node still leads.
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
+            if forward.reason == ForwardReason::LeaseExpired =>
+        {
+            Err(ServiceError::Unavailable {
+                shard_id,
+                outcome_unknown: false,
+                reason: format!(
+                    "node {node_id} leads the shard but no quorum answered its heartbeats in time, so its \
+                     leader lease lapsed and it refused the write (not applied; retry). If this persists, \
+                     round trips between nodes may exceed raft.heartbeat_interval_ms: openraft gives up on \
+                     a heartbeat after that long"
+                ),
+            })
+        }
         // Refused before its entry was appended: certainly not applied.
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(ServiceError::NotLeader {

@@ -8,7 +8,8 @@
 //! - as over gRPC, the sender gives up on a message (held, delayed or slow to answer) after the
 //!   timeout openraft gave it, while the target may still act on it;
 //! - messages can be lost (a request that never arrives, or a reply that never returns: the sender
-//!   cannot tell which) with a probability, and delayed by a random time, which reorders them.
+//!   cannot tell which) with a probability, and delayed by a random time, which reorders them;
+//! - every message and reply can take a fixed latency on top (a slow link, a distant zone).
 //!
 //! Random choices come from one generator seeded by the test, so a failing seed replays the same
 //! fault decisions (the threads' interleaving still varies from run to run). A node that stopped
@@ -48,6 +49,8 @@ struct Faults {
     loss: f64,
     /// Largest random delay added to a request and to its reply.
     max_delay: Duration,
+    /// Fixed delay added to a request and to its reply.
+    latency: Duration,
 }
 
 pub struct MemoryNetwork {
@@ -144,6 +147,12 @@ impl MemoryNetwork {
         self.update(|faults| faults.max_delay = max_delay);
     }
 
+    /// Delays each request and each reply by `latency` (plus any random delay): a round trip takes
+    /// at least twice that.
+    pub fn set_latency(&self, latency: Duration) {
+        self.update(|faults| faults.latency = latency);
+    }
+
     /// Removes every fault: all links open, nothing held, lost or delayed.
     pub fn heal(&self) {
         self.update(|faults| *faults = Faults::default());
@@ -227,7 +236,7 @@ impl MemoryNetwork {
                 return Err(unreachable("test network dropped"));
             }
         };
-        tokio::time::sleep(self.random_delay(faults.max_delay)).await;
+        tokio::time::sleep(faults.latency + self.random_delay(faults.max_delay)).await;
         if self.roll() < faults.loss {
             return Err(lost("request lost by the test network"));
         }
@@ -248,7 +257,7 @@ impl MemoryNetwork {
         });
         // The reply crosses the network too (it may be lost after the request took effect).
         let faults = self.faults.lock().expect("faults lock").clone();
-        tokio::time::sleep(self.random_delay(faults.max_delay)).await;
+        tokio::time::sleep(faults.latency + self.random_delay(faults.max_delay)).await;
         if faults.cut.contains(&(to, from)) || self.roll() < faults.loss {
             return Err(lost("reply lost by the test network"));
         }

@@ -3,6 +3,7 @@
 
 mod commit_jump;
 mod identity;
+mod lapsed_lease;
 mod lease;
 mod quiesce;
 

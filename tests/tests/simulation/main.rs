@@ -137,6 +137,9 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
             config.raft.heartbeat_interval_ms = heartbeat;
             config.raft.election_timeout_min_ms = election;
             config.raft.election_timeout_max_ms = election * 2;
+            // Heartbeat suppression must leave a follower hearing from its leader within the
+            // shortest election timeout (50 + 200 + 10 < 400; 200 + 400 + 40 < 2,000).
+            config.raft.heartbeat_min_interval_ms = if burst { 400 } else { 200 };
             // Odd seeds let idle shards go quiet soon, so schedules cover quiet shards waking for
             // requests, Raft messages and lost or restarted peers; even seeds never quiesce. Burst
             // seeds need the isolated leader's lease, which a quiet leader lets lapse.
