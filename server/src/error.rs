@@ -31,6 +31,16 @@ pub enum ServiceError {
         outcome_unknown: bool,
         reason: String,
     },
+    /// This node leads the shard, but its leader lease lapsed (no quorum answered its messages in
+    /// time) and could not be renewed within the budget: the write was refused before it was
+    /// appended, so it was certainly not applied. Sent to clients as `Unavailable`.
+    #[error(
+        "shard {shard_id} is unavailable: node {node_id} leads it but no quorum answered its heartbeats \
+         in time, so its leader lease lapsed and it refused the write (not applied; retry). If this \
+         persists, round trips between nodes may exceed raft.heartbeat_interval_ms: openraft gives up \
+         on a heartbeat after that long"
+    )]
+    LeaseLapsed { shard_id: ShardId, node_id: NodeId },
     /// A fault on this node that is not a storage fault of a replica (those answer Unavailable
     /// once the replica is out of service). For a write, the outcome is unknown.
     #[error("internal error: {0}")]
@@ -76,6 +86,13 @@ impl From<ServiceError> for Status {
                 let detail = pb::Unavailable {
                     shard_id: shard_id.0,
                     outcome_unknown,
+                };
+                (Code::Unavailable, Some(Kind::Unavailable(detail)))
+            }
+            ServiceError::LeaseLapsed { shard_id, .. } => {
+                let detail = pb::Unavailable {
+                    shard_id: shard_id.0,
+                    outcome_unknown: false,
                 };
                 (Code::Unavailable, Some(Kind::Unavailable(detail)))
             }

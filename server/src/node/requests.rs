@@ -102,10 +102,43 @@ impl Node {
         proposal: Proposal,
         budget: Duration,
     ) -> Result<CommandResult, ServiceError> {
-        let shard_id = replica.shard_id;
         let started = std::time::Instant::now();
         self.activate(replica, true, budget).await;
-        let budget = budget.saturating_sub(started.elapsed());
+        let result = self
+            .write_once(
+                replica,
+                proposal.clone(),
+                budget.saturating_sub(started.elapsed()),
+            )
+            .await;
+        if !matches!(result, Err(ServiceError::LeaseLapsed { .. })) {
+            return result;
+        }
+        // The leader's lease lapsed (no quorum answered its messages in time: a starved machine, a
+        // slow link) though nobody else leads, and openraft refused the entry before appending it.
+        // Renew the lease with one quorum round within the budget and propose again; if the round
+        // does not finish in time, nothing was appended: the refusal stands, as "not applied".
+        let remaining = budget.saturating_sub(started.elapsed());
+        let renewal = replica
+            .raft
+            .ensure_linearizable(LinearizerOption::new(None, true).with_wait_timeout(remaining));
+        match tokio::time::timeout(remaining, renewal).await {
+            Ok(Ok(_)) => {
+                self.write_once(replica, proposal, budget.saturating_sub(started.elapsed()))
+                    .await
+            }
+            _ => result,
+        }
+    }
+
+    /// One proposal of `write`, waited for at most `budget`.
+    async fn write_once(
+        &self,
+        replica: &Arc<ShardReplica>,
+        proposal: Proposal,
+        budget: Duration,
+    ) -> Result<CommandResult, ServiceError> {
+        let shard_id = replica.shard_id;
         let mut outcome = match proposal.request {
             Some(request) => {
                 let key = (shard_id, request);
@@ -188,8 +221,7 @@ impl Node {
         tokio::spawn(async move {
             let shard_id = replica.shard_id;
             let result =
-                match tokio::time::timeout(PROPOSAL_LIFETIME, write_renewing_lease(&replica, proposal)).await
-                {
+                match tokio::time::timeout(PROPOSAL_LIFETIME, replica.raft.client_write(proposal)).await {
                     Ok(result) => write_outcome(node_id, shard_id, result),
                     Err(_) => Err(ServiceError::Unavailable {
                         shard_id,
@@ -326,33 +358,6 @@ type ClientWriteResult = Result<
     RaftError<ringkv_engine::TypeConfig, ClientWriteError<ringkv_engine::TypeConfig>>,
 >;
 
-/// `client_write`, once more after renewing the leader's lease if openraft refused the entry
-/// because the lease had lapsed. A leader holds a lease while a quorum answered one of its messages
-/// sent less than `election_timeout_max` ago; it lapses when answers stop coming in time (a
-/// starved machine, a slow network) even though nobody else leads. The refusal comes before the
-/// entry is appended, so proposing it again cannot apply it twice. The renewal is one quorum round
-/// (a ReadIndex), bounded by one lease.
-async fn write_renewing_lease(replica: &ShardReplica, proposal: Proposal) -> ClientWriteResult {
-    let result = replica.raft.client_write(proposal.clone()).await;
-    let lease_lapsed = matches!(
-        &result,
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
-            if forward.reason == ForwardReason::LeaseExpired
-    );
-    if !lease_lapsed {
-        return result;
-    }
-    match replica
-        .raft
-        .ensure_linearizable(LinearizerOption::new(None, true))
-        .await
-    {
-        Ok(_) => replica.raft.client_write(proposal).await,
-        // Still refused: `write_outcome` says why.
-        Err(_) => result,
-    }
-}
-
 /// What `client_write`'s result means to the client.
 fn write_outcome(
     node_id: NodeId,
@@ -361,23 +366,13 @@ fn write_outcome(
 ) -> Result<CommandResult, ServiceError> {
     match result {
         Ok(response) => Ok(response.data),
-        // Refused before its entry was appended, by a leader whose lease lapsed and could not be
-        // renewed: certainly not applied. Not `NotLeader`: this node still leads.
+        // Refused before its entry was appended, by a leader whose lease lapsed: certainly not
+        // applied. Not `NotLeader`: this node still leads (`write` renews the lease and retries).
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
             if forward.reason == ForwardReason::LeaseExpired =>
         {
-            Err(ServiceError::Unavailable {
-                shard_id,
-                outcome_unknown: false,
-                reason: format!(
-                    "node {node_id} leads the shard but no quorum answered its heartbeats in time, so its \
-                     leader lease lapsed and it refused the write (not applied; retry). If this persists, \
-                     round trips between nodes may exceed raft.heartbeat_interval_ms: openraft gives up on \
-                     a heartbeat after that long"
-                ),
-            })
+            Err(ServiceError::LeaseLapsed { shard_id, node_id })
         }
-        // Refused before its entry was appended: certainly not applied.
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(ServiceError::NotLeader {
                 shard_id,

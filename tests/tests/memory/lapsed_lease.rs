@@ -109,14 +109,12 @@ async fn a_leader_whose_heartbeats_time_out_answers_not_applied_not_not_leader()
     let replica = node.replica(SHARD).context("the leader hosts the shard")?;
     let leads = replica.raft.metrics().borrow_watched().current_leader == Some(replica.replica_id);
     let written = node
-        .write(&replica, put(&key, "refused"), Duration::from_secs(10))
+        .write(&replica, put(&key, "refused"), Duration::from_secs(3))
         .await;
     match &written {
-        Err(ServiceError::Unavailable {
-            outcome_unknown: false,
-            reason,
-            ..
-        }) if reason.contains("lease") && reason.contains("heartbeat_interval_ms") => {}
+        Err(error @ ServiceError::LeaseLapsed { .. })
+            if error.to_string().contains("not applied")
+                && error.to_string().contains("heartbeat_interval_ms") => {}
         other => panic!(
             "expected 'not applied: leader lease lapsed' from node {leader} (still the leader: {leads}), got {other:?}"
         ),
