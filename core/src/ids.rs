@@ -47,6 +47,16 @@ id_type!(
     ReplicaId
 );
 
+impl ShardId {
+    /// The metadata group: the Raft group that holds the shard map. Its keys live apart from the
+    /// shards' data (the engine's `meta_kv` column family); data shard ids stay below it.
+    pub const META: ShardId = ShardId(u32::MAX as u64);
+
+    pub const fn is_meta(self) -> bool {
+        self.0 == ShardId::META.0
+    }
+}
+
 /// A position in a shard's Raft log. A plain number: openraft indexes logs with `u64`.
 pub type LogIndex = u64;
 

@@ -4,6 +4,7 @@
 //! - `raft_log`:   shard id (8) ++ log index (8)
 //! - `raft_state`: shard id (8) ++ tag (1): vote, committed, last purged
 //! - `data`:       key_hash(user key) (8) ++ user key
+//! - `meta_kv`:    the same, for the metadata group (`ShardId::META`) alone
 //! - `meta`:       b's' ++ shard id (8) ++ tag (1): applied state, current snapshot, install in
 //!   progress; and b'n' ++ name: node-level records (cluster map, node identity)
 //! - `sessions`:   shard id (8) ++ client id (8) ++ seq (8): the result of that client request

@@ -38,10 +38,19 @@ pub(crate) enum Cf {
     Data,
     Meta,
     Sessions,
+    /// The metadata group's keys: laid out as `Data`, apart from every shard's.
+    MetaKv,
 }
 
 impl Cf {
-    const ALL: [Cf; 5] = [Cf::Log, Cf::State, Cf::Data, Cf::Meta, Cf::Sessions];
+    const ALL: [Cf; 6] = [Cf::Log, Cf::State, Cf::Data, Cf::Meta, Cf::Sessions, Cf::MetaKv];
+
+    /// Where the state machine of `shard` keeps its keys: the metadata group in `MetaKv`, every
+    /// data shard in `Data`. Its log, Raft state, applied state and request-id table are keyed by
+    /// shard id like any shard's.
+    pub(crate) fn keys_of(shard: ShardId) -> Cf {
+        if shard.is_meta() { Cf::MetaKv } else { Cf::Data }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -50,6 +59,7 @@ impl Cf {
             Cf::Data => "data",
             Cf::Meta => "meta",
             Cf::Sessions => "sessions",
+            Cf::MetaKv => "meta_kv",
         }
     }
 }
@@ -324,6 +334,14 @@ impl Engine {
     /// Reads a key from local storage, with no consistency check (the caller confirms it).
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Error> {
         self.get_cf(Cf::Data, &keys::data_key(key))?
+            .map(|bytes| codec::decode_value(&bytes))
+            .transpose()
+    }
+
+    /// Reads a key of the metadata group (`ShardId::META`) from local storage, with no
+    /// consistency check (the caller confirms it).
+    pub fn get_meta_kv(&self, key: &[u8]) -> Result<Option<Versioned>, Error> {
+        self.get_cf(Cf::MetaKv, &keys::data_key(key))?
             .map(|bytes| codec::decode_value(&bytes))
             .transpose()
     }

@@ -150,7 +150,7 @@ fn build(
         writer.write_all(&header).map_err(write_error)?;
         let mut count: u64 = 0;
         let (start, end) = keys::data_range(range);
-        view.for_each(Cf::Data, &start, end.as_deref(), |key, value| {
+        view.for_each(Cf::keys_of(shard), &start, end.as_deref(), |key, value| {
             count += 1;
             write_record(&mut writer, TAG_DATA, key, value).map_err(write_error)
         })?;
@@ -337,7 +337,7 @@ fn clear_ops(shard: ShardId, range: HashRange) -> WriteOps {
     let (data_start, data_end) = keys::data_range_bounded(range);
     let (session_start, session_end) = keys::session_range(shard);
     let mut ops = WriteOps::default();
-    ops.delete_range(Cf::Data, data_start, data_end);
+    ops.delete_range(Cf::keys_of(shard), data_start, data_end);
     ops.delete_range(Cf::Sessions, session_start.to_vec(), session_end.to_vec());
     ops
 }
@@ -353,7 +353,11 @@ fn fill_and_finish(
     let mut ops = WriteOps::default();
     let mut batch_bytes = 0usize;
     read_records(path, |tag, key, value| {
-        let cf = if tag == TAG_DATA { Cf::Data } else { Cf::Sessions };
+        let cf = if tag == TAG_DATA {
+            Cf::keys_of(shard)
+        } else {
+            Cf::Sessions
+        };
         batch_bytes += key.len() + value.len();
         ops.put(cf, key, value);
         if batch_bytes >= INSTALL_BATCH_BYTES {

@@ -114,6 +114,8 @@ pub(crate) fn read_applied(engine: &Engine, shard: ShardId) -> Result<AppliedSta
 /// Pending writes of one apply group, readable by later commands of the same group.
 struct Overlay<'a> {
     engine: &'a Engine,
+    /// Where the shard's keys live (`Cf::keys_of`).
+    cf: Cf,
     ops: WriteOps,
     /// Latest value of each data key written in this group (`None`: deleted).
     written: HashMap<Vec<u8>, Option<Versioned>>,
@@ -122,9 +124,10 @@ struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
-    fn new(engine: &'a Engine) -> Self {
+    fn new(engine: &'a Engine, shard: ShardId) -> Self {
         Overlay {
             engine,
+            cf: Cf::keys_of(shard),
             ops: WriteOps::default(),
             written: HashMap::new(),
             results: HashMap::new(),
@@ -136,19 +139,19 @@ impl<'a> Overlay<'a> {
             return Ok(value.clone());
         }
         self.engine
-            .get_cf(Cf::Data, data_key)?
+            .get_cf(self.cf, data_key)?
             .map(|bytes| codec::decode_value(&bytes))
             .transpose()
     }
 
     fn put(&mut self, data_key: Vec<u8>, value: Vec<u8>, version: LogIndex) {
         self.ops
-            .put(Cf::Data, data_key.clone(), codec::encode_value(version, &value));
+            .put(self.cf, data_key.clone(), codec::encode_value(version, &value));
         self.written.insert(data_key, Some(Versioned { value, version }));
     }
 
     fn delete(&mut self, data_key: Vec<u8>) {
-        self.ops.delete(Cf::Data, data_key.clone());
+        self.ops.delete(self.cf, data_key.clone());
         self.written.insert(data_key, None);
     }
 
@@ -265,7 +268,7 @@ fn apply_group(
     entries: Vec<Entry>,
     next_index: &mut Option<LogIndex>,
 ) -> Result<(Vec<CommandResult>, WriteOps), Error> {
-    let mut overlay = Overlay::new(engine);
+    let mut overlay = Overlay::new(engine, shard);
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         let index = entry.log_id.index;
@@ -307,7 +310,7 @@ fn apply_group(
                     state.applied.last_applied = Some(entry.log_id);
                     // The digest must see exactly the state at this index: write what came
                     // before (and the applied id) first.
-                    let before = std::mem::replace(&mut overlay, Overlay::new(engine));
+                    let before = std::mem::replace(&mut overlay, Overlay::new(engine, shard));
                     engine.write_ops(before.finish(shard, &state.applied), false)?;
                     start_digest(engine, shard, range, index);
                     results.push(CommandResult::None);
@@ -394,7 +397,7 @@ pub(crate) fn shard_digest(view: &View<'_>, shard: ShardId, range: HashRange) ->
         records += 1;
     };
     let (start, end) = keys::data_range(range);
-    view.for_each(Cf::Data, &start, end.as_deref(), |key, value| {
+    view.for_each(Cf::keys_of(shard), &start, end.as_deref(), |key, value| {
         hash_record(b'd', key, value);
         Ok(())
     })?;

@@ -492,3 +492,72 @@ async fn a_cached_read_never_touches_a_file_and_agrees_with_a_full_read() {
     );
     assert_eq!(engine.get_if_cached(b"never-written").unwrap().flatten(), None);
 }
+
+/// The metadata group (`ShardId::META`) keeps its keys in a column family of its own: a shard
+/// covering the whole ring neither reads, scans, snapshots nor clears them, and the metadata
+/// group's snapshot carries its keys and nothing of the shards'.
+#[tokio::test]
+async fn the_metadata_group_keys_live_apart_from_every_shards_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut shard = engine.state_machine(ShardId(1), WHOLE_RING).unwrap();
+    let mut meta = engine.state_machine(ShardId::META, WHOLE_RING).unwrap();
+    apply(&mut shard, vec![normal(1, put("data-key", "data"))]).await;
+    apply(&mut meta, vec![normal(1, put("map", "epoch 1"))]).await;
+
+    assert_eq!(engine.get(b"map").unwrap(), None, "a metadata key read as data");
+    assert_eq!(
+        engine.get_meta_kv(b"data-key").unwrap(),
+        None,
+        "a data key read as metadata"
+    );
+    assert_eq!(
+        engine.get_meta_kv(b"map").unwrap().map(|v| v.value),
+        Some(b"epoch 1".to_vec())
+    );
+    let scanned: Vec<Vec<u8>> = engine
+        .scan(WHOLE_RING, b"", b"", 100)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(scanned, vec![b"data-key".to_vec()]);
+
+    // Each snapshot installs on another engine that holds the other group's keys, and leaves them.
+    let shard_snapshot = shard.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let meta_snapshot = meta.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Engine::open(other_dir.path()).unwrap();
+    let mut other_shard = other.state_machine(ShardId(1), WHOLE_RING).unwrap();
+    let mut other_meta = other.state_machine(ShardId::META, WHOLE_RING).unwrap();
+    apply(&mut other_meta, vec![normal(1, put("map", "stale"))]).await;
+    apply(&mut other_shard, vec![normal(1, put("stale-data", "x"))]).await;
+    let path = other.incoming_snapshot_path(ShardId(1)).unwrap();
+    std::fs::copy(&shard_snapshot.snapshot.path, &path).unwrap();
+    other_shard
+        .install_snapshot(&shard_snapshot.meta, ringkv_engine::SnapshotFile { path })
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get_meta_kv(b"map").unwrap().map(|v| v.value),
+        Some(b"stale".to_vec()),
+        "installing a shard's snapshot over the whole ring cleared the metadata group's keys"
+    );
+    let path = other.incoming_snapshot_path(ShardId::META).unwrap();
+    std::fs::copy(&meta_snapshot.snapshot.path, &path).unwrap();
+    other_meta
+        .install_snapshot(&meta_snapshot.meta, ringkv_engine::SnapshotFile { path })
+        .await
+        .unwrap();
+    assert_eq!(
+        other.get_meta_kv(b"map").unwrap().map(|v| v.value),
+        Some(b"epoch 1".to_vec())
+    );
+    assert_eq!(other.get(b"map").unwrap(), None);
+    assert_eq!(
+        other.get(b"data-key").unwrap().map(|v| v.value),
+        Some(b"data".to_vec()),
+        "installing the metadata group's snapshot cleared shard data"
+    );
+}

@@ -238,6 +238,14 @@ impl ShardMap {
             if !shard_ids.insert(shard.id) {
                 return malformed(format!("shard id {} is used twice", shard.id));
             }
+            if shard.id.0 == 0 || shard.id >= ShardId::META {
+                return malformed(format!(
+                    "shard id {} is outside 1 to {} (0 means no shard, {} is the metadata group)",
+                    shard.id,
+                    ShardId::META.0 - 1,
+                    ShardId::META
+                ));
+            }
             if shard.arc.start > shard.arc.end {
                 return malformed(format!("shard {} has an empty arc", shard.id));
             }
