@@ -493,6 +493,20 @@ async fn a_cached_read_never_touches_a_file_and_agrees_with_a_full_read() {
     assert_eq!(engine.get_if_cached(b"never-written").unwrap().flatten(), None);
 }
 
+/// Installs `snapshot` into `sm`, shard `shard` of `engine`, as a follower receiving it would.
+async fn install(
+    engine: &Engine,
+    sm: &mut ringkv_engine::StateMachine,
+    shard: ShardId,
+    snapshot: &openraft::alias::SnapshotOf<TypeConfig, ringkv_engine::SnapshotFile>,
+) {
+    let path = engine.incoming_snapshot_path(shard).unwrap();
+    std::fs::copy(&snapshot.snapshot.path, &path).unwrap();
+    sm.install_snapshot(&snapshot.meta, ringkv_engine::SnapshotFile { path })
+        .await
+        .unwrap();
+}
+
 /// The metadata group (`ShardId::META`) keeps its keys in a column family of its own: a shard
 /// covering the whole ring neither reads, scans, snapshots nor clears them, and the metadata
 /// group's snapshot carries its keys and nothing of the shards'.
@@ -533,23 +547,13 @@ async fn the_metadata_group_keys_live_apart_from_every_shards_data() {
     let mut other_meta = other.state_machine(ShardId::META, WHOLE_RING).unwrap();
     apply(&mut other_meta, vec![normal(1, put("map", "stale"))]).await;
     apply(&mut other_shard, vec![normal(1, put("stale-data", "x"))]).await;
-    let path = other.incoming_snapshot_path(ShardId(1)).unwrap();
-    std::fs::copy(&shard_snapshot.snapshot.path, &path).unwrap();
-    other_shard
-        .install_snapshot(&shard_snapshot.meta, ringkv_engine::SnapshotFile { path })
-        .await
-        .unwrap();
+    install(&other, &mut other_shard, ShardId(1), &shard_snapshot).await;
     assert_eq!(
         other.get_meta_kv(b"map").unwrap().map(|v| v.value),
         Some(b"stale".to_vec()),
         "installing a shard's snapshot over the whole ring cleared the metadata group's keys"
     );
-    let path = other.incoming_snapshot_path(ShardId::META).unwrap();
-    std::fs::copy(&meta_snapshot.snapshot.path, &path).unwrap();
-    other_meta
-        .install_snapshot(&meta_snapshot.meta, ringkv_engine::SnapshotFile { path })
-        .await
-        .unwrap();
+    install(&other, &mut other_meta, ShardId::META, &meta_snapshot).await;
     assert_eq!(
         other.get_meta_kv(b"map").unwrap().map(|v| v.value),
         Some(b"epoch 1".to_vec())

@@ -149,6 +149,18 @@ impl LocalCluster {
             .collect()
     }
 
+    /// The node that leads `shard`, by the shard map of node `node_id`.
+    pub fn leader_of(&self, node_id: u64, shard: ShardId) -> anyhow::Result<u64> {
+        Ok(self
+            .running(node_id)
+            .node
+            .shard_map()
+            .shard(shard)
+            .and_then(|s| s.leader)
+            .with_context(|| format!("shard {shard} has no leader in node {node_id}'s map"))?
+            .0)
+    }
+
     pub fn running(&self, node_id: u64) -> &RunningNode {
         self.nodes[&node_id].as_ref().expect("node is running")
     }

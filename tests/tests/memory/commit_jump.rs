@@ -43,14 +43,7 @@ async fn commit_jump(engine_options: EngineOptions) -> anyhow::Result<()> {
     )
     .await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let leader = cluster
-        .running(1)
-        .node
-        .shard_map()
-        .shard(SHARD)
-        .and_then(|s| s.leader)
-        .context("the shard has a leader")?
-        .0;
+    let leader = cluster.leader_of(1, SHARD)?;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
 
     // 1. Cut every link, then propose the burst on the leader directly.

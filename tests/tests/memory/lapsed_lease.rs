@@ -9,10 +9,12 @@
 //! leader, no leader known" about a shard it leads, which sent clients to refresh their map and
 //! back off for nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use openraft::async_runtime::watch::WatchReceiver;
+use ringkv_client::Client;
 use ringkv_engine::{Command, Proposal, ShardId};
 use ringkv_server::error::ServiceError;
 use ringkv_server::transport::MemoryNetwork;
@@ -21,15 +23,26 @@ use ringkv_tests::local_cluster::TransportKind;
 
 const SHARD: ShardId = ShardId(1);
 
-async fn leader_of_shard(cluster: &LocalCluster) -> anyhow::Result<u64> {
-    Ok(cluster
-        .running(1)
-        .node
-        .shard_map()
-        .shard(SHARD)
-        .and_then(|s| s.leader)
-        .context("the shard has a leader")?
-        .0)
+/// A 3-node cluster of one shard with quiescence off (the leader keeps its timers), the node
+/// leading it, a key of the shard holding "before" on every replica, and a client.
+async fn one_shard_with_a_key(
+    network: &Arc<MemoryNetwork>,
+    prefix: &str,
+) -> anyhow::Result<(LocalCluster, u64, Vec<u8>, Client)> {
+    let cluster = LocalCluster::start(3, 1, TransportKind::Memory(network.clone()), |config| {
+        config.raft.quiesce_after_ms = 0;
+    })
+    .await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let leader = cluster.leader_of(1, SHARD)?;
+    let key = cluster
+        .keys_of_shard(leader, SHARD, prefix, 1)
+        .pop()
+        .context("a key of the shard")?;
+    let client = cluster.client().await?;
+    client.put(&key, "before").await?;
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    Ok((cluster, leader, key, client))
 }
 
 fn put(key: &[u8], value: &str) -> Proposal {
@@ -42,19 +55,7 @@ fn put(key: &[u8], value: &str) -> Proposal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_renews_its_lapsed_lease_and_takes_the_write() -> anyhow::Result<()> {
     let network = MemoryNetwork::new(21);
-    let cluster = LocalCluster::start(3, 1, TransportKind::Memory(network), |config| {
-        config.raft.quiesce_after_ms = 0;
-    })
-    .await?;
-    cluster.wait_ready(Duration::from_secs(60)).await?;
-    let leader = leader_of_shard(&cluster).await?;
-    let key = cluster
-        .keys_of_shard(leader, SHARD, "lapsed-", 1)
-        .pop()
-        .context("a key of the shard")?;
-    let client = cluster.client().await?;
-    client.put(&key, "before").await?;
-    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let (cluster, leader, key, client) = one_shard_with_a_key(&network, "lapsed-").await?;
 
     // No heartbeats from the leader and no elections anywhere: after an idle lease (1.2 s) the
     // leader still leads, with a lapsed lease.
@@ -85,19 +86,7 @@ async fn a_leader_renews_its_lapsed_lease_and_takes_the_write() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_whose_heartbeats_time_out_answers_not_applied_not_not_leader() -> anyhow::Result<()> {
     let network = MemoryNetwork::new(22);
-    let cluster = LocalCluster::start(3, 1, TransportKind::Memory(network.clone()), |config| {
-        config.raft.quiesce_after_ms = 0;
-    })
-    .await?;
-    cluster.wait_ready(Duration::from_secs(60)).await?;
-    let leader = leader_of_shard(&cluster).await?;
-    let key = cluster
-        .keys_of_shard(leader, SHARD, "slow-", 1)
-        .pop()
-        .context("a key of the shard")?;
-    let client = cluster.client().await?;
-    client.put(&key, "before").await?;
-    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    let (cluster, leader, key, client) = one_shard_with_a_key(&network, "slow-").await?;
 
     // Round trips of at least 140 ms against a 100 ms heartbeat interval: every heartbeat reaches
     // its follower (whose election timer it resets), and the leader gives up on every answer. An

@@ -44,14 +44,7 @@ async fn a_follower_restarted_inside_a_lease_cannot_help_elect_a_leader_behind_a
     )
     .await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let leader = cluster
-        .running(1)
-        .node
-        .shard_map()
-        .shard(SHARD)
-        .and_then(|s| s.leader)
-        .context("the shard has a leader")?
-        .0;
+    let leader = cluster.leader_of(1, SHARD)?;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
     let (follower, candidate) = (others[0], others[1]);
     let key = cluster
@@ -155,14 +148,7 @@ async fn a_follower_restarted_inside_a_lease_does_not_stand_for_election_until_i
     )
     .await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let leader = cluster
-        .running(1)
-        .node
-        .shard_map()
-        .shard(SHARD)
-        .and_then(|s| s.leader)
-        .context("the shard has a leader")?
-        .0;
+    let leader = cluster.leader_of(1, SHARD)?;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
     let (follower, other) = (others[0], others[1]);
     let key = cluster

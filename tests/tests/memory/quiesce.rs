@@ -88,14 +88,7 @@ async fn idle_shards_go_quiet_send_nothing_and_wake_for_requests() -> anyhow::Re
 
 /// The node leading shard 1, per node `asker`'s view.
 fn leader_of_shard_1(cluster: &LocalCluster, asker: u64) -> anyhow::Result<u64> {
-    Ok(cluster
-        .running(asker)
-        .node
-        .shard_map()
-        .shard(ShardId(1))
-        .and_then(|s| s.leader)
-        .context("shard 1 has a leader")?
-        .0)
+    cluster.leader_of(asker, ShardId(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
