@@ -6,7 +6,8 @@
 //! - `data`:       key_hash(user key) (8) ++ user key
 //! - `meta_kv`:    the same, for the metadata group (`ShardId::META`) alone
 //! - `meta`:       b's' ++ shard id (8) ++ tag (1): applied state, current snapshot, install in
-//!   progress; and b'n' ++ name: node-level records (cluster map, node identity)
+//!   progress, owner (the replica id the state belongs to); and b'n' ++ name: node-level records
+//!   (cluster map, node identity)
 //! - `sessions`:   shard id (8) ++ client id (8) ++ seq (8): the result of that client request
 //!   (seq 0: the client's session record: floor and last activity)
 
@@ -20,6 +21,7 @@ pub(crate) const STATE_PURGED: u8 = 3;
 pub(crate) const META_APPLIED: u8 = 1;
 pub(crate) const META_SNAPSHOT: u8 = 2;
 pub(crate) const META_INSTALLING: u8 = 3;
+pub(crate) const META_OWNER: u8 = 4;
 
 pub(crate) fn log_key(shard: ShardId, index: LogIndex) -> [u8; 16] {
     let mut key = [0u8; 16];

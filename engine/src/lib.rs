@@ -10,6 +10,7 @@ mod error;
 mod faults;
 mod keys;
 mod log_store;
+mod retire;
 mod rocks;
 mod sessions;
 mod snapshot;

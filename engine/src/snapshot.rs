@@ -333,7 +333,7 @@ pub(crate) fn resume_install(
 }
 
 /// The deletion of a shard's data and request-id rows.
-fn clear_ops(shard: ShardId, range: HashRange) -> WriteOps {
+pub(crate) fn clear_ops(shard: ShardId, range: HashRange) -> WriteOps {
     let (data_start, data_end) = keys::data_range_bounded(range);
     let (session_start, session_end) = keys::session_range(shard);
     let mut ops = WriteOps::default();
