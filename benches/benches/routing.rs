@@ -29,6 +29,7 @@ fn shard_lookup(c: &mut Criterion) {
             let info = NodeInfo {
                 addr: format!("127.0.0.1:{}", 7000 + id),
                 incarnation: id,
+                state: Default::default(),
             };
             (NodeId(id), info)
         })

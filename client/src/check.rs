@@ -1,4 +1,4 @@
-//! The replica check: are the replicas of every shard identical?
+//! The replica check: are the replicas of every shard (and of the metadata group) identical?
 //!
 //! For each shard, the leader proposes a digest command; every replica, when it applies that
 //! command, hashes its shard state (data and request-id table) as of that same log index, in the
@@ -82,7 +82,8 @@ impl Client {
     /// Checks every shard's replicas (see the module header). Each shard gets `per_shard` to finish.
     pub async fn check_replicas(&self, per_shard: Duration) -> Result<CheckReport, Error> {
         self.refresh_shard_map().await?;
-        let shard_ids: Vec<ShardId> = self.shard_map().await.shards.iter().map(|s| s.id).collect();
+        // The metadata group too: its replicas hold the map and must agree like any shard's.
+        let shard_ids: Vec<ShardId> = self.shard_map().await.groups().map(|s| s.id).collect();
         let mut shards = Vec::with_capacity(shard_ids.len());
         for shard_id in shard_ids {
             // A shard that cannot be checked (no leader, say) is reported as such; the others

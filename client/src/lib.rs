@@ -12,9 +12,11 @@
 //! ```
 //!
 //! Layout: `client` (the API), `plan` (route, send, retry, merge), `classify` (what a failure
-//! means), `pool` (connections), `commands` (the per-node request stream), `route` (the shard-map cache), `request_ids`, `scan`, `check`
-//! (the replica check), `backoff`, `error`, `types`.
+//! means), `pool` (connections), `commands` (the per-node request stream), `route` (the shard-map
+//! cache), `request_ids`, `scan`, `check` (the replica check), `admin` (moves, decommission), `backoff`,
+//! `error`, `types`.
 
+mod admin;
 mod backoff;
 mod check;
 mod classify;
@@ -32,6 +34,6 @@ pub use backoff::Backoff;
 pub use check::{CheckReport, ReplicaDigest, ShardCheck};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, ShardOutcome};
-pub use ringkv_proto::{NodeId, ReplicaId, ShardId, ShardMap};
+pub use ringkv_proto::{NodeId, NodeState, ReplicaId, ShardId, ShardMap};
 pub use scan::{ScanCursor, ScanOptions, ScanPage};
 pub use types::{BatchOp, BatchOutcome, CasOutcome, Expect, KeyValue, Versioned};

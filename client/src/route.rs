@@ -91,7 +91,8 @@ impl RouteCache {
     pub(crate) fn replace(&mut self, map: ShardMap) -> Result<(), Error> {
         if map.cluster_id != self.map.cluster_id {
             return Err(Error::Protocol(format!(
-                "a node answered with the shard map of cluster {:016x}, but this client is connected to                  cluster {:016x}: the endpoints belong to different clusters",
+                "a node answered with the shard map of cluster {:016x}, but this client is connected to \
+                 cluster {:016x}: the endpoints belong to different clusters",
                 map.cluster_id, self.map.cluster_id
             )));
         }
@@ -116,6 +117,7 @@ mod tests {
                 let info = NodeInfo {
                     addr: format!("127.0.0.1:{}", 7000 + id),
                     incarnation: id,
+                    state: Default::default(),
                 };
                 (NodeId(id), info)
             })

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $display:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
         #[serde(transparent)]
@@ -21,7 +21,7 @@ macro_rules! id_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
+                $display(self.0, f)
             }
         }
 
@@ -35,17 +35,34 @@ macro_rules! id_type {
 
 id_type!(
     /// A server process (one `ringkv start`, one data directory). 1 to 2^32-1.
-    NodeId
+    NodeId,
+    number
 );
 id_type!(
     /// A shard: one arc of the hash ring and its own Raft group.
-    ShardId
+    ShardId,
+    shard_number
 );
 id_type!(
     /// One Raft member of one shard: the openraft node id. Unique across the cluster and never
     /// reused, so a replica placed anew (on another node, or after data loss) gets a fresh one.
-    ReplicaId
+    ReplicaId,
+    number
 );
+
+fn number(raw: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fmt::Display::fmt(&raw, f)
+}
+
+/// Shards print as their number, the metadata group as `meta`: "shard meta" in a log line reads
+/// better than "shard 4294967295".
+fn shard_number(raw: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if raw == ShardId::META.0 {
+        f.write_str("meta")
+    } else {
+        fmt::Display::fmt(&raw, f)
+    }
+}
 
 impl ShardId {
     /// The metadata group: the Raft group that holds the shard map. Its keys live apart from the
@@ -67,6 +84,7 @@ mod tests {
     #[test]
     fn ids_print_and_serialize_as_plain_numbers() {
         assert_eq!(ShardId(7).to_string(), "7");
+        assert_eq!(ShardId::META.to_string(), "meta");
         assert_eq!(format!("{:?}", NodeId(2)), "NodeId(2)");
         assert_eq!(ReplicaId::from(9).get(), 9);
     }

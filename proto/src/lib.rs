@@ -17,4 +17,7 @@ pub use ringkv_core::{
     LimitError, LogIndex, NodeId, ReplicaId, ShardId, check_batch, check_key, check_scan, check_value, hash,
     hash_tag, key_hash, limits,
 };
-pub use shard_map::{Arc, MapError, NodeInfo, Replica, Shard, ShardMap};
+pub use shard_map::{
+    Arc, Decision, FIRST_FRESH_REPLICA_ID, MapError, Move, MoveStep, NodeInfo, NodeState, PlacementStep,
+    Replica, Shard, ShardMap,
+};

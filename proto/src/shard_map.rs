@@ -4,7 +4,9 @@
 //! - shards are sorted by arc start, their arcs are contiguous, and together they cover the whole ring
 //!   exactly once (first starts at 0, last ends at `u64::MAX`);
 //! - every replica names a node in `nodes`; a node holds at most one replica of a shard;
-//! - replica ids are unique across the whole map (they are openraft node ids, never reused).
+//! - replica ids are unique across the whole map (they are openraft node ids, never reused);
+//! - the metadata group (`meta`, shard id `ShardId::META`) spans the whole ring, has voters on
+//!   known nodes, and is not one of `shards`: no key routes to it.
 //!
 //! The map belongs to one cluster (`cluster_id`, random at bootstrap) and records each node's
 //! incarnation: the random id its data directory got when it was created. A node whose data
@@ -21,7 +23,12 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use ringkv_core::{NodeId, ReplicaId, ShardId};
 
-use crate::pb;
+mod moves;
+mod placement;
+mod wire;
+
+pub use moves::{FIRST_FRESH_REPLICA_ID, Move, MoveStep};
+pub use placement::PlacementStep;
 
 /// Inclusive range of hash values `[start, end]` owned by one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,16 +76,61 @@ pub struct NodeInfo {
     pub addr: String,
     /// Random id of the node's data directory, fixed when it was created; never 0.
     pub incarnation: u64,
+    pub state: NodeState,
 }
+
+/// Where a node is in its life in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeState {
+    /// A member that takes replicas.
+    #[default]
+    Up,
+    /// Being emptied: the controller moves its replicas away, then marks it removed.
+    Decommissioning,
+    /// No longer a member: it holds no replicas, and its Raft messages are refused.
+    Removed,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Up => "up",
+            NodeState::Decommissioning => "decommissioning",
+            NodeState::Removed => "removed",
+        })
+    }
+}
+
+/// One decision taken about the map, with its reason (shown by `ringkv status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The epoch of the map the decision produced.
+    pub epoch: u64,
+    /// Wall clock of the node that took it, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub text: String,
+}
+
+/// How many decisions a map keeps: the oldest go first.
+pub const MAX_DECISIONS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardMap {
     /// The cluster this map belongs to; random at bootstrap, never 0.
     pub cluster_id: u64,
+    /// Rises by one on every change of the map; leader hints do not count.
     pub epoch: u64,
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Sorted by `arc.start`.
     pub shards: Vec<Shard>,
+    /// The metadata group, which stores this map.
+    pub meta: Shard,
+    /// The most recent decisions, oldest first; at most `MAX_DECISIONS`.
+    pub decisions: Vec<Decision>,
+    /// The next fresh replica id (see `FIRST_FRESH_REPLICA_ID`); ids are never reused.
+    pub next_replica_id: u64,
+    /// Replica moves in progress, at most one per shard.
+    pub moves: Vec<Move>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -98,9 +150,16 @@ pub enum MapError {
 }
 
 /// Replica ids given at bootstrap: the shard id in the high half, the node id in the low half.
-/// Unique because node ids fit in 32 bits; replicas added later take fresh ids above all of these.
+/// Unique because node ids fit in 32 bits; replicas added later take fresh ids from the map's
+/// allocator (`FIRST_FRESH_REPLICA_ID`).
 pub fn bootstrap_replica_id(shard: ShardId, node: NodeId) -> ReplicaId {
     ReplicaId((shard.0 << 32) | node.0)
+}
+
+/// How many voters the metadata group gets in a cluster of `nodes` nodes: 5 from 5 nodes on,
+/// else 3, or every node when there are fewer.
+pub fn meta_voter_count(nodes: usize) -> usize {
+    if nodes >= 5 { 5 } else { nodes.min(3) }
 }
 
 impl ShardMap {
@@ -160,14 +219,48 @@ impl ShardMap {
                 leader: None,
             });
         }
+        // The metadata group is light (a write per map change): the lowest-numbered nodes.
+        let meta = Shard {
+            id: ShardId::META,
+            arc: Arc {
+                start: 0,
+                end: u64::MAX,
+            },
+            voters: nodes
+                .keys()
+                .take(meta_voter_count(nodes.len()))
+                .map(|&node_id| Replica {
+                    replica_id: bootstrap_replica_id(ShardId::META, node_id),
+                    node_id,
+                })
+                .collect(),
+            learners: Vec::new(),
+            leader: None,
+        };
         let map = ShardMap {
             cluster_id,
             epoch: 1,
             nodes: nodes.clone(),
             shards,
+            meta,
+            decisions: Vec::new(),
+            next_replica_id: FIRST_FRESH_REPLICA_ID,
+            moves: Vec::new(),
         };
         map.validate()?;
         Ok(map)
+    }
+
+    /// Every Raft group of the map: the data shards, then the metadata group.
+    pub fn groups(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.iter().chain(std::iter::once(&self.meta))
+    }
+
+    /// Appends a decision, forgetting the oldest beyond `MAX_DECISIONS`.
+    pub fn record_decision(&mut self, epoch: u64, unix_ms: u64, text: String) {
+        self.decisions.push(Decision { epoch, unix_ms, text });
+        let excess = self.decisions.len().saturating_sub(MAX_DECISIONS);
+        self.decisions.drain(..excess);
     }
 
     /// The shard whose arc holds `hash`.
@@ -181,11 +274,18 @@ impl ShardMap {
         self.shard_for_hash(crate::key_hash(key))
     }
 
+    /// A data shard or, for `ShardId::META`, the metadata group.
     pub fn shard(&self, id: ShardId) -> Option<&Shard> {
+        if id.is_meta() {
+            return Some(&self.meta);
+        }
         self.shards.iter().find(|shard| shard.id == id)
     }
 
     pub fn shard_mut(&mut self, id: ShardId) -> Option<&mut Shard> {
+        if id.is_meta() {
+            return Some(&mut self.meta);
+        }
         self.shards.iter_mut().find(|shard| shard.id == id)
     }
 
@@ -232,7 +332,25 @@ impl ShardMap {
                 last.id, last.arc.end
             ));
         }
+        if self.meta.id != ShardId::META
+            || self.meta.arc.start != 0
+            || self.meta.arc.end != u64::MAX
+            || self.meta.voters.is_empty()
+        {
+            return malformed(format!(
+                "the metadata group must be shard {} spanning the whole ring with at least one voter; \
+                 the map has shard {} over {}..={} with {} voters",
+                ShardId::META,
+                self.meta.id,
+                self.meta.arc.start,
+                self.meta.arc.end,
+                self.meta.voters.len()
+            ));
+        }
         let mut replica_ids = BTreeSet::new();
+        if let Some(problem) = check_replicas(&self.meta, &self.nodes, &mut replica_ids) {
+            return malformed(problem);
+        }
         let mut shard_ids = BTreeSet::new();
         for (index, shard) in self.shards.iter().enumerate() {
             if !shard_ids.insert(shard.id) {
@@ -257,106 +375,53 @@ impl ShardMap {
             if shard.voters.is_empty() {
                 return malformed(format!("shard {} has no voters", shard.id));
             }
-            let mut shard_nodes = BTreeSet::new();
-            for replica in shard.voters.iter().chain(&shard.learners) {
-                if !self.nodes.contains_key(&replica.node_id) {
+            if let Some(problem) = check_replicas(shard, &self.nodes, &mut replica_ids) {
+                return malformed(problem);
+            }
+        }
+        if let Some(problem) = self.check_moves() {
+            return malformed(problem);
+        }
+        for group in self.groups() {
+            for replica in group.voters.iter().chain(&group.learners) {
+                if self.nodes[&replica.node_id].state == NodeState::Removed {
                     return malformed(format!(
-                        "shard {} has a replica on unknown node {}",
-                        shard.id, replica.node_id
+                        "shard {} has a replica on node {}, which is removed",
+                        group.id, replica.node_id
                     ));
-                }
-                if !shard_nodes.insert(replica.node_id) {
-                    return malformed(format!(
-                        "shard {} has two replicas on node {}",
-                        shard.id, replica.node_id
-                    ));
-                }
-                if !replica_ids.insert(replica.replica_id) {
-                    return malformed(format!("replica id {} is used twice", replica.replica_id));
                 }
             }
         }
         Ok(())
     }
-
-    pub fn to_proto(&self) -> pb::ShardMap {
-        pb::ShardMap {
-            cluster_id: self.cluster_id,
-            epoch: self.epoch,
-            nodes: self
-                .nodes
-                .iter()
-                .map(|(&node_id, info)| pb::NodeInfo {
-                    node_id: node_id.0,
-                    addr: info.addr.clone(),
-                    incarnation: info.incarnation,
-                })
-                .collect(),
-            shards: self
-                .shards
-                .iter()
-                .map(|shard| pb::ShardInfo {
-                    shard_id: shard.id.0,
-                    arc_start: shard.arc.start,
-                    arc_end: shard.arc.end,
-                    voters: shard.voters.iter().map(replica_to_proto).collect(),
-                    learners: shard.learners.iter().map(replica_to_proto).collect(),
-                    leader_node_id: shard.leader.map_or(0, |node| node.0),
-                })
-                .collect(),
-        }
-    }
-
-    /// Builds a map from its wire form, refusing one that breaks an invariant.
-    pub fn from_proto(map: &pb::ShardMap) -> Result<ShardMap, MapError> {
-        let mut nodes = BTreeMap::new();
-        for node in &map.nodes {
-            let info = NodeInfo {
-                addr: node.addr.clone(),
-                incarnation: node.incarnation,
-            };
-            if nodes.insert(NodeId(node.node_id), info).is_some() {
-                return Err(MapError::DuplicateNode(NodeId(node.node_id)));
-            }
-        }
-        let mut shards: Vec<Shard> = map
-            .shards
-            .iter()
-            .map(|shard| Shard {
-                id: ShardId(shard.shard_id),
-                arc: Arc {
-                    start: shard.arc_start,
-                    end: shard.arc_end,
-                },
-                voters: shard.voters.iter().map(replica_from_proto).collect(),
-                learners: shard.learners.iter().map(replica_from_proto).collect(),
-                leader: (shard.leader_node_id != 0).then_some(NodeId(shard.leader_node_id)),
-            })
-            .collect();
-        shards.sort_by_key(|shard| shard.arc.start);
-        let map = ShardMap {
-            cluster_id: map.cluster_id,
-            epoch: map.epoch,
-            nodes,
-            shards,
-        };
-        map.validate()?;
-        Ok(map)
-    }
 }
 
-fn replica_to_proto(replica: &Replica) -> pb::Replica {
-    pb::Replica {
-        replica_id: replica.replica_id.0,
-        node_id: replica.node_id.0,
+/// What is wrong with the replicas of `shard`, if anything: each on a known node, at most one per
+/// node, and ids unused elsewhere in the map (`seen` collects them).
+fn check_replicas(
+    shard: &Shard,
+    nodes: &BTreeMap<NodeId, NodeInfo>,
+    seen: &mut BTreeSet<ReplicaId>,
+) -> Option<String> {
+    let mut shard_nodes = BTreeSet::new();
+    for replica in shard.voters.iter().chain(&shard.learners) {
+        if !nodes.contains_key(&replica.node_id) {
+            return Some(format!(
+                "shard {} has a replica on unknown node {}",
+                shard.id, replica.node_id
+            ));
+        }
+        if !shard_nodes.insert(replica.node_id) {
+            return Some(format!(
+                "shard {} has two replicas on node {}",
+                shard.id, replica.node_id
+            ));
+        }
+        if !seen.insert(replica.replica_id) {
+            return Some(format!("replica id {} is used twice", replica.replica_id));
+        }
     }
-}
-
-fn replica_from_proto(replica: &pb::Replica) -> Replica {
-    Replica {
-        replica_id: ReplicaId(replica.replica_id),
-        node_id: NodeId(replica.node_id),
-    }
+    None
 }
 
 /// The `index`-th of `n` equal arcs of the ring.
@@ -389,6 +454,7 @@ mod tests {
                 let info = NodeInfo {
                     addr: format!("127.0.0.1:{}", 7000 + id),
                     incarnation: 100 + id,
+                    state: Default::default(),
                 };
                 (NodeId(id), info)
             })
@@ -481,9 +547,51 @@ mod tests {
             NodeInfo {
                 addr: "127.0.0.1:1".into(),
                 incarnation: 1,
+                state: Default::default(),
             },
         );
         assert_eq!(bootstrap(&zero, 4, 1), Err(MapError::BadNodeId(NodeId(0))));
+    }
+
+    #[test]
+    fn bootstrap_places_the_metadata_group_on_up_to_five_nodes() {
+        for (n_nodes, voters) in [(1, 1), (2, 2), (3, 3), (4, 3), (5, 5), (7, 5)] {
+            let map = bootstrap(&nodes(n_nodes), 8, 1).unwrap();
+            assert_eq!(map.meta.id, ShardId::META);
+            let on: Vec<u64> = map.meta.voters.iter().map(|v| v.node_id.0).collect();
+            assert_eq!(on, (1..=voters).collect::<Vec<_>>(), "{n_nodes} nodes");
+            assert_eq!(map.shard(ShardId::META), Some(&map.meta));
+            assert!(
+                map.shards.iter().all(|shard| !shard.id.is_meta()),
+                "no key routes to the metadata group"
+            );
+        }
+    }
+
+    #[test]
+    fn from_proto_refuses_a_map_without_its_metadata_group_or_sharing_its_replica_ids() {
+        let map = bootstrap(&nodes(3), 4, 3).unwrap();
+        let mut wire = map.to_proto();
+        wire.meta = None;
+        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
+        let mut wire = map.to_proto();
+        wire.meta.as_mut().unwrap().voters[0].replica_id = wire.shards[0].voters[0].replica_id;
+        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
+        let mut wire = map.to_proto();
+        wire.meta.as_mut().unwrap().arc_end = 7;
+        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_map_keeps_only_its_most_recent_decisions() {
+        let mut map = bootstrap(&nodes(3), 4, 3).unwrap();
+        for epoch in 2..(MAX_DECISIONS as u64 + 12) {
+            map.record_decision(epoch, 0, format!("decision {epoch}"));
+        }
+        assert_eq!(map.decisions.len(), MAX_DECISIONS);
+        assert_eq!(map.decisions.last().unwrap().epoch, MAX_DECISIONS as u64 + 11);
+        assert_eq!(map.decisions.first().unwrap().epoch, 12);
+        assert_eq!(ShardMap::from_proto(&map.to_proto()).unwrap(), map);
     }
 
     #[test]

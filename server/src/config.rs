@@ -37,7 +37,15 @@ pub struct NodeConfig {
     /// How long a node waits for a write to commit or a read to be confirmed before answering
     /// Unavailable, in milliseconds.
     pub request_timeout_ms: u64,
+    /// A replica move whose new replica has not caught up this long after the move began is
+    /// rolled back, in milliseconds (run by the metadata group's leader).
+    pub move_timeout_ms: u64,
     pub raft: RaftTuning,
+    /// Tests only (`--test-move-hold-file`, hidden): while this file exists, the mover holds
+    /// every move at step `Promote`, before its membership change, so a test can kill a node
+    /// there.
+    #[serde(skip)]
+    pub test_move_hold_file: Option<PathBuf>,
 }
 
 /// Raft timing and log-retention knobs, shared by every shard group on the node.
@@ -83,7 +91,9 @@ impl Default for NodeConfig {
             shards: 16,
             replication: None,
             request_timeout_ms: 5_000,
+            move_timeout_ms: 600_000,
             raft: RaftTuning::default(),
+            test_move_hold_file: None,
         }
     }
 }
@@ -158,6 +168,10 @@ impl NodeConfig {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         NodeId(self.node_id)
+    }
+
+    pub fn move_timeout(&self) -> Duration {
+        Duration::from_millis(self.move_timeout_ms)
     }
 
     pub fn snapshot_idle_timeout(&self) -> Duration {
@@ -254,6 +268,9 @@ impl NodeConfig {
                 nodes.len(),
                 nodes.len()
             ));
+        }
+        if self.move_timeout_ms == 0 {
+            return invalid("move_timeout_ms must be positive".into());
         }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms must be positive".into());

@@ -108,6 +108,32 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// A peer node's refusal of a call made for `shard_id`, as the error the peer meant: refusals
+/// that say nothing was done keep that meaning, anything else may have taken effect.
+pub(crate) fn from_status(shard_id: ShardId, status: &Status) -> ServiceError {
+    let reason = status.message().to_owned();
+    let kind = pb::ErrorDetail::decode(status.details())
+        .ok()
+        .and_then(|detail| detail.kind);
+    match kind {
+        Some(Kind::InvalidArgument(_)) => ServiceError::InvalidArgument(reason),
+        Some(Kind::NotLeader(hint)) => ServiceError::NotLeader {
+            shard_id,
+            leader: (hint.leader_node_id != 0).then_some((NodeId(hint.leader_node_id), hint.leader_addr)),
+        },
+        Some(Kind::Unavailable(unavailable)) => ServiceError::Unavailable {
+            shard_id,
+            outcome_unknown: unavailable.outcome_unknown,
+            reason,
+        },
+        _ => ServiceError::Unavailable {
+            shard_id,
+            outcome_unknown: true,
+            reason,
+        },
+    }
+}
+
 impl From<ringkv_proto::LimitError> for ServiceError {
     fn from(error: ringkv_proto::LimitError) -> ServiceError {
         ServiceError::InvalidArgument(error.to_string())

@@ -5,7 +5,8 @@
 //!   one, so the cluster can tell the new directory from the one that held its replicas.
 //! - The cluster record (the parameters the cluster was created with) and the shard map (with the
 //!   cluster id and every node's incarnation) are written when the node creates or joins the
-//!   cluster (see `node::bootstrap`).
+//!   cluster (see `node::bootstrap`). The stored map is then replaced by every newer map the node
+//!   adopts from the metadata group (see `node::metadata`).
 //!
 //! Every Raft message carries the sender's and the intended receiver's identity, and the receiver
 //! checks them (`Node::check_raft_header`).
@@ -72,6 +73,7 @@ impl BootstrapParams {
                     node_id: node.0,
                     addr: addr.clone(),
                     incarnation: 0,
+                    state: 0,
                 })
                 .collect(),
         }
@@ -134,6 +136,7 @@ impl BootstrapParams {
                 let info = NodeInfo {
                     addr: addr.clone(),
                     incarnation: incarnations.get(&node).copied().unwrap_or(0),
+                    state: Default::default(),
                 };
                 (node, info)
             })
@@ -153,7 +156,7 @@ pub enum Stored {
     Member {
         node: NodeRecord,
         params: BootstrapParams,
-        map: ShardMap,
+        map: Box<ShardMap>,
     },
 }
 
@@ -186,7 +189,11 @@ pub fn load(engine: &Engine) -> anyhow::Result<Stored> {
     Ok(match (node, params, map) {
         (None, None, None) => Stored::Fresh,
         (Some(node), None, None) => Stored::Waiting(node),
-        (Some(node), Some(params), Some(map)) => Stored::Member { node, params, map },
+        (Some(node), Some(params), Some(map)) => Stored::Member {
+            node,
+            params,
+            map: Box::new(map),
+        },
         _ => bail!(
             "data directory {dir} holds part of a node's records but not all of them (damaged, or \
              written by another program); start this node with a new, empty --data-dir"
@@ -211,6 +218,12 @@ pub fn save_cluster(engine: &Engine, params: &BootstrapParams, map: &ShardMap) -
     let map = map.to_proto().encode_to_vec();
     let params = postcard::to_stdvec(params)?;
     engine.put_metas(&[(META_SHARD_MAP, &map), (META_CLUSTER, &params)])?;
+    Ok(())
+}
+
+/// Stores `map` as the last map this node adopted. Durable on return.
+pub fn save_map(engine: &Engine, map: &ShardMap) -> anyhow::Result<()> {
+    engine.put_meta(META_SHARD_MAP, &map.to_proto().encode_to_vec())?;
     Ok(())
 }
 

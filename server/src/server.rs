@@ -164,7 +164,7 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
                     differences.join("; ")
                 );
             }
-            (node, Some(map))
+            (node, Some(*map))
         }
     };
     if record.node_id != config.id() {

@@ -324,7 +324,8 @@ impl ProcessCluster {
         )
     }
 
-    /// Each shard's preferred leader (its first voter), from a running node's shard map.
+    /// Each shard's (and the metadata group's) preferred leader (its first voter), from a running
+    /// node's shard map.
     async fn preferred_leaders(&self) -> anyhow::Result<BTreeMap<u64, u64>> {
         let node = self
             .nodes
@@ -340,6 +341,7 @@ impl ProcessCluster {
         Ok(map
             .shards
             .iter()
+            .chain(&map.meta)
             .filter_map(|s| s.voters.first().map(|v| (s.shard_id, v.node_id)))
             .collect())
     }

@@ -67,6 +67,50 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Operate on shards.
+    #[command(subcommand)]
+    Shard(ShardCommand),
+    /// Operate on nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum NodeCommand {
+    /// List the cluster's nodes: state (up, down, decommissioning, removed), replicas, leaders,
+    /// data size.
+    List {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Move every replica off a node, then remove it from the cluster. Returns once the node is
+    /// marked decommissioning; with --wait, once it is removed.
+    Decommission {
+        node: u64,
+        /// Wait for the node to be removed, up to this many seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ShardCommand {
+    /// Move a shard's replica from one node to another, online: the new replica catches up as a
+    /// learner, then replaces the old one through a membership change. Returns once the move is
+    /// recorded; with --wait, once it has finished or been rolled back.
+    Move {
+        /// The shard (`ringkv status` lists them; `meta` for the metadata group).
+        shard: String,
+        /// The node that gives up its replica.
+        #[arg(long)]
+        from: u64,
+        /// The node that receives the new replica.
+        #[arg(long)]
+        to: u64,
+        /// Wait for the move to end, up to this many seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +140,12 @@ pub(super) struct StartArgs {
     /// Raft snapshot threshold: build a snapshot after this many log entries.
     #[arg(long)]
     pub(super) snapshot_after_logs: Option<u64>,
+    /// Roll back a replica move whose new replica has not caught up after this many milliseconds.
+    #[arg(long)]
+    pub(super) move_timeout_ms: Option<u64>,
+    /// Tests only: while this file exists, replica moves hold before their membership change.
+    #[arg(long, hide = true)]
+    pub(super) test_move_hold_file: Option<PathBuf>,
     /// Log entries kept behind a snapshot.
     #[arg(long)]
     pub(super) logs_to_keep_after_snapshot: Option<u64>,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ringkv_client::Client;
+use ringkv_engine::ShardId;
 
 use super::args::Output;
 
@@ -46,9 +47,9 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             })),
         }
     }
+    // The metadata group is listed last, as shard `meta`.
     let shards: Vec<serde_json::Value> = map
-        .shards
-        .iter()
+        .groups()
         .map(|shard| {
             let voters: Vec<u64> = shard.voters.iter().map(|v| v.node_id.0).collect();
             let applied: serde_json::Map<String, serde_json::Value> = voters
@@ -60,7 +61,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
                 })
                 .collect();
             serde_json::json!({
-                "shard_id": shard.id.0,
+                "shard_id": shard_label(shard.id),
                 "arc_start": format!("{:016x}", shard.arc.start),
                 "arc_end": format!("{:016x}", shard.arc.end),
                 "voters": voters,
@@ -71,12 +72,32 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             })
         })
         .collect();
+    let moves: Vec<serde_json::Value> = map
+        .moves
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "shard_id": shard_label(m.shard),
+                "from_node": m.from.node_id.0, "from_replica": m.from.replica_id.0,
+                "to_node": m.to.node_id.0, "to_replica": m.to.replica_id.0,
+                "step": format!("{:?}", m.step), "started_unix_ms": m.started_unix_ms,
+                "reason": m.reason,
+            })
+        })
+        .collect();
+    let decisions: Vec<serde_json::Value> = map
+        .decisions
+        .iter()
+        .map(|d| serde_json::json!({"epoch": d.epoch, "unix_ms": d.unix_ms, "text": d.text}))
+        .collect();
     if output == Output::Json {
         let report = serde_json::json!({
             "cluster_id": format!("{:016x}", map.cluster_id),
             "epoch": map.epoch,
             "nodes": nodes,
             "shards": shards,
+            "moves": moves,
+            "decisions": decisions,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -139,7 +160,9 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             .map_or("none".to_string(), |l| l.to_string());
         println!(
             "{:<6} {:<35} {:<12} {:<7} {}",
-            shard["shard_id"].to_string(),
+            shard["shard_id"]
+                .as_str()
+                .map_or_else(|| shard["shard_id"].to_string(), str::to_string),
             format!(
                 "{}-{}",
                 shard["arc_start"].as_str().unwrap_or(""),
@@ -156,8 +179,28 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             reasons.join("; ")
         );
     }
+    if !map.moves.is_empty() {
+        println!();
+        println!("MOVES IN PROGRESS");
+        for m in &map.moves {
+            println!(
+                "shard {}: node {} -> node {} (replica {} -> {}), step {:?}: {}",
+                m.shard, m.from.node_id, m.to.node_id, m.from.replica_id, m.to.replica_id, m.step, m.reason
+            );
+        }
+    }
+    if !map.decisions.is_empty() {
+        println!();
+        println!("RECENT DECISIONS (newest last)");
+        for d in map.decisions.iter().rev().take(STATUS_DECISIONS).rev() {
+            println!("epoch {:>5}: {}", d.epoch, d.text);
+        }
+    }
     Ok(())
 }
+
+/// How many of the map's decisions the status table shows (JSON shows them all).
+const STATUS_DECISIONS: usize = 10;
 
 /// `ringkv check`: the replica check of every shard. Exit 0 when every shard's replicas agree, 1
 /// when some differ, 2 when some replica could not be checked.
@@ -188,7 +231,7 @@ pub(super) async fn check(client: &Client, output: Output, per_shard: Duration) 
                     })
                     .collect();
                 serde_json::json!({
-                    "shard_id": shard.shard_id.0, "index": shard.index,
+                    "shard_id": shard_label(shard.shard_id), "index": shard.index,
                     "consistent": shard.consistent(), "divergent": shard.divergent(),
                     "replicas": replicas,
                 })
@@ -223,9 +266,13 @@ pub(super) async fn check(client: &Client, output: Output, per_shard: Duration) 
                 }
             }
         }
+        let data_shards = report
+            .shards
+            .iter()
+            .filter(|shard| !shard.shard_id.is_meta())
+            .count();
         println!(
-            "{} shards checked: {} consistent, {divergent} with replicas that differ, {unchecked} not fully checked",
-            report.shards.len(),
+            "{data_shards} shards and the metadata group checked: {} consistent, {divergent} with replicas that differ, {unchecked} not fully checked",
             report.shards.len() - divergent - unchecked
         );
     }
@@ -234,4 +281,76 @@ pub(super) async fn check(client: &Client, output: Output, per_shard: Duration) 
         (0, _) => ExitCode::from(2),
         _ => ExitCode::from(1),
     })
+}
+
+/// A shard's id in JSON output: its number, or `"meta"` for the metadata group.
+fn shard_label(shard_id: ShardId) -> serde_json::Value {
+    if shard_id.is_meta() {
+        "meta".into()
+    } else {
+        shard_id.0.into()
+    }
+}
+
+/// `ringkv node list`: every node of the map with its state (`down` for an up node that does not
+/// answer), replica and leader counts and data size.
+pub(super) async fn node_list(client: &Client, output: Output) -> anyhow::Result<()> {
+    client.refresh_shard_map().await?;
+    let map = client.shard_map().await;
+    let mut rows = Vec::new();
+    for (node_id, info) in &map.nodes {
+        let status = match info.state {
+            ringkv_client::NodeState::Removed => None,
+            _ => tokio::time::timeout(Duration::from_secs(3), client.node_status(&info.addr))
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        let state = match (&status, info.state) {
+            (None, ringkv_client::NodeState::Up) => "down".to_owned(),
+            (_, state) => state.to_string(),
+        };
+        let placed = map.groups().filter(|g| g.replica_on(*node_id).is_some()).count();
+        rows.push(serde_json::json!({
+            "node_id": node_id.0, "addr": info.addr, "state": state,
+            "replicas_placed": placed,
+            "replicas_running": status.as_ref().map(|s| s.replicas.len()),
+            "leaders": status.as_ref().map(|s| s.replicas.iter().filter(|r| r.role == "leader").count()),
+            "data_bytes": status.as_ref().map(|s| s.data_bytes),
+        }));
+    }
+    if output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "epoch": map.epoch, "nodes": rows }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<22} {:<16} {:>8} {:>8} {:>8} {:>12}",
+        "NODE", "ADDRESS", "STATE", "PLACED", "RUNNING", "LEADERS", "DATA"
+    );
+    let or_dash = |value: &serde_json::Value| {
+        if value.is_null() {
+            "-".to_owned()
+        } else {
+            value.to_string()
+        }
+    };
+    for row in &rows {
+        let data = row["data_bytes"].as_u64().map_or("-".to_owned(), |bytes| {
+            format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+        });
+        println!(
+            "{:<6} {:<22} {:<16} {:>8} {:>8} {:>8} {:>12}",
+            row["node_id"].to_string(),
+            row["addr"].as_str().unwrap_or(""),
+            row["state"].as_str().unwrap_or(""),
+            row["replicas_placed"].to_string(),
+            or_dash(&row["replicas_running"]),
+            or_dash(&row["leaders"]),
+            data
+        );
+    }
+    Ok(())
 }

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use ringkv_client::{Client, ClientConfig, Expect, ScanCursor, ScanOptions};
+use ringkv_client::{Client, ClientConfig, Expect, NodeId, ScanCursor, ScanOptions, ShardId};
 
-use super::args::{CasArgs, Cli, Command};
+use super::args::{CasArgs, Cli, Command, NodeCommand, ShardCommand};
 use super::{report, start};
 
 /// Process entry point for the `ringkv` binary.
@@ -109,6 +109,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { output } => {
             return report::check(&client, output, Duration::from_millis(cli.timeout_ms)).await;
         }
+        Command::Shard(ShardCommand::Move {
+            shard,
+            from,
+            to,
+            wait,
+        }) => {
+            return move_replica(&client, &shard, NodeId(from), NodeId(to), wait).await;
+        }
+        Command::Node(NodeCommand::List { output }) => report::node_list(&client, output).await?,
+        Command::Node(NodeCommand::Decommission { node, wait }) => {
+            return decommission(&client, NodeId(node), wait).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -140,4 +152,86 @@ async fn cas(client: &Client, args: CasArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("cas failed: {} does not exist; nothing was changed", args.key),
     }
     Ok(ExitCode::from(1))
+}
+
+/// `ringkv shard move`: exit 0 once the move is recorded (with `--wait`: finished), 1 if it was
+/// rolled back or is still under way when the wait ends.
+async fn move_replica(
+    client: &Client,
+    shard: &str,
+    from: NodeId,
+    to: NodeId,
+    wait: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let shard = match shard {
+        "meta" => ShardId::META,
+        number => ShardId(
+            number
+                .parse()
+                .map_err(|_| anyhow::anyhow!("shard {number:?} is not a shard id (a number, or meta)"))?,
+        ),
+    };
+    let map = client.move_replica(shard, from, to).await?;
+    let moving = map
+        .move_of(shard)
+        .ok_or_else(|| anyhow::anyhow!("the map returned does not list the move"))?;
+    println!(
+        "moving shard {shard} from node {from} to node {to}: new replica {} (map epoch {})",
+        moving.to.replica_id, map.epoch
+    );
+    let Some(seconds) = wait else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let new_replica = moving.to;
+    match client.wait_for_move(shard, Duration::from_secs(seconds)).await? {
+        Some(map) => {
+            let finished = map
+                .shard(shard)
+                .is_some_and(|group| group.voters.contains(&new_replica));
+            if finished {
+                println!(
+                    "moved: shard {shard} now has replica {} on node {to}",
+                    new_replica.replica_id
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("rolled back: the new replica did not catch up in time (see `ringkv status`)");
+                Ok(ExitCode::from(1))
+            }
+        }
+        None => {
+            println!("still moving after {seconds} s; `ringkv status` shows its progress");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `ringkv node decommission`: exit 0 once the node is marked decommissioning (with `--wait`:
+/// removed), 1 if it is still being drained when the wait ends.
+async fn decommission(client: &Client, node: NodeId, wait: Option<u64>) -> anyhow::Result<ExitCode> {
+    let map = client.decommission_node(node).await?;
+    println!(
+        "decommissioning node {node} (map epoch {}): its replicas move to the other nodes",
+        map.epoch
+    );
+    let Some(seconds) = wait else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    match client
+        .wait_for_node_state(
+            node,
+            ringkv_client::NodeState::Removed,
+            Duration::from_secs(seconds),
+        )
+        .await?
+    {
+        Some(_) => {
+            println!("removed: node {node} holds no replicas and may be stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            println!("still draining after {seconds} s; `ringkv node list` shows its progress");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -68,6 +68,12 @@ fn config_from(args: StartArgs) -> anyhow::Result<NodeConfig> {
     if let Some(n) = args.snapshot_after_logs {
         config.raft.snapshot_after_logs = n;
     }
+    if let Some(ms) = args.move_timeout_ms {
+        config.move_timeout_ms = ms;
+    }
+    if args.test_move_hold_file.is_some() {
+        config.test_move_hold_file = args.test_move_hold_file;
+    }
     if let Some(n) = args.logs_to_keep_after_snapshot {
         config.raft.logs_to_keep_after_snapshot = n;
     }

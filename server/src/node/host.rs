@@ -17,10 +17,15 @@ use tracing::{error, info, warn};
 use ringkv_engine::{
     CommandResult, Engine, HashRange, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId, ShardRaft,
 };
-use ringkv_proto::ShardMap;
+use ringkv_proto::shard_map::bootstrap_replica_id;
+use ringkv_proto::{Shard, ShardMap};
 
 use super::balancer::spawn_leader_balancer;
+use super::controller::spawn_controller;
+use super::metadata::spawn_map_follower;
+use super::moves::spawn_mover;
 use super::quiesce::{PeerLiveness, QuietState, spawn_pulses, spawn_quiescer};
+use super::reconcile::spawn_reconciler;
 use crate::config::NodeConfig;
 use crate::error::ServiceError;
 use crate::identity::{BootstrapParams, LocalIdentity};
@@ -67,10 +72,14 @@ pub struct Node {
     /// A snapshot transfer (either way) fails when nothing moves for this long.
     pub(crate) snapshot_idle_timeout: Duration,
     pub(crate) params: BootstrapParams,
-    /// The cluster's shard map. Arcs and replicas change only through Raft (not yet: see
-    /// ARCHITECTURE.md); leader hints are filled in from local Raft metrics when served.
-    /// A std lock: never held across an await.
+    /// The newest shard map this node has adopted from the metadata group (see `metadata`); leader
+    /// hints are filled in from local Raft metrics when served. A std lock: never held across an
+    /// await.
     pub(crate) map: RwLock<ShardMap>,
+    /// The epoch of `map`, for `WatchMap` streams to wait on.
+    pub(crate) map_epoch: watch::Sender<u64>,
+    /// Held while adopting a map, so two adoptions never interleave their store and swap.
+    pub(crate) adopting: tokio::sync::Mutex<()>,
     /// Raft groups of the replicas hosted here, by shard.
     pub(crate) replicas: RwLock<HashMap<ShardId, Arc<ShardReplica>>>,
     /// Writes proposed here and not finished, by request id: a retry of one waits for the same
@@ -83,6 +92,14 @@ pub struct Node {
     /// Sends this node's own messages (quiesce requests, pulses); the groups hold it too.
     pub(crate) transport: Arc<dyn RaftTransport>,
     pub(crate) raft_timeouts: RaftTimeouts,
+    /// The openraft configuration every group here runs with.
+    pub(crate) raft_config: Arc<openraft::Config>,
+    /// How long a leader may serve reads on its lease (see `ShardReplica::votes_from`).
+    pub(crate) leader_lease: Duration,
+    /// Held while starting or removing replicas, so two never race for the same shard.
+    pub(crate) placing: tokio::sync::Mutex<()>,
+    /// Set once the node has logged that the map marks it removed.
+    pub(crate) removed_logged: AtomicBool,
     /// When the node started: the clock of request times (`QuietState`).
     pub(crate) started: Instant,
     /// Random per process start, sent in every pulse: peers see a restart as a new one.
@@ -94,7 +111,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts one Raft group per replica this node hosts in `map`, initializing new groups.
+    /// Starts one Raft group per replica this node hosts in `map` (the metadata group's too),
+    /// initializing new groups.
     /// The caller has formed or joined the cluster (`bootstrap::join_or_form`).
     pub async fn start(
         config: &NodeConfig,
@@ -113,103 +131,37 @@ impl Node {
             snapshot_idle_timeout: config.snapshot_idle_timeout(),
             params,
             map: RwLock::new(map.clone()),
+            map_epoch: watch::Sender::new(map.epoch),
+            adopting: tokio::sync::Mutex::new(()),
             replicas: RwLock::new(HashMap::new()),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             stopping: AtomicBool::new(false),
             refusals_logged: Mutex::new(HashMap::new()),
             transport: transport.clone(),
             raft_timeouts: config.raft_timeouts(),
+            raft_config,
+            leader_lease: config.leader_lease(),
+            placing: tokio::sync::Mutex::new(()),
+            removed_logged: AtomicBool::new(false),
             started: Instant::now(),
             boot_id: rand::random(),
             generation: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
         });
-        for shard in &map.shards {
-            let Some(local) = shard.replica_on(identity.node_id) else {
-                continue;
-            };
-            let range = HashRange {
-                start: shard.arc.start,
-                end: shard.arc.end,
-            };
-            let mut log_store = engine.log_store(shard.id);
-            let had_committed_vote = log_store
-                .read_vote()
-                .await
-                .with_context(|| format!("cannot read the vote of shard {}", shard.id))?
-                .is_some_and(|vote| vote.is_committed());
-            let votes_from = had_committed_vote.then(|| Instant::now() + config.leader_lease());
-            // Opening may finish an interrupted snapshot install: a long RocksDB job.
-            let shard_id = shard.id;
-            let state_machine = engine
-                .run_blocking(move |engine| engine.state_machine(shard_id, range))
-                .await?;
-            let network =
-                ShardNetworkFactory::new(shard.id, transport.clone(), identity, config.raft_timeouts());
-            let raft = ShardRaft::new(
-                local.replica_id,
-                raft_config.clone(),
-                network,
-                log_store,
-                state_machine,
-            )
-            .await
-            .with_context(|| format!("cannot start the Raft group of shard {}", shard.id))?;
-            if !raft.is_initialized().await? {
-                let members: BTreeMap<ReplicaId, ReplicaNode> = shard
-                    .voters
-                    .iter()
-                    .map(|voter| {
-                        let info = map.nodes.get(&voter.node_id);
-                        let replica_node = ReplicaNode {
-                            node_id: voter.node_id,
-                            addr: info.map(|i| i.addr.clone()).unwrap_or_default(),
-                            incarnation: info.map_or(0, |i| i.incarnation),
-                        };
-                        (voter.replica_id, replica_node)
-                    })
-                    .collect();
-                match raft.initialize(members).await {
-                    Ok(()) => {}
-                    // A peer that started first may already have replicated the group's first
-                    // entries here: the group exists, which is all initialization is for.
-                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                    Err(error) => {
-                        return Err(error).with_context(|| {
-                            format!("cannot initialize the Raft group of shard {}", shard.id)
-                        });
-                    }
-                }
-                if shard.voters.first().map(|v| v.node_id) == Some(identity.node_id) {
-                    // Best effort: the preferred leader campaigns first. Losing is harmless.
-                    let _ = raft.trigger().elect(true).await;
-                }
+        for shard in map.groups() {
+            if let Some(local) = shard.replica_on(identity.node_id) {
+                node.open_replica(shard, local.replica_id).await?;
             }
-            if let Some(from) = votes_from {
-                // Its own candidacy is a vote too: no election timer of its own until then.
-                raft.runtime_config().elect(false);
-                let raft = raft.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(from.into()).await;
-                    raft.runtime_config().elect(true);
-                });
-            }
-            let replica = Arc::new(ShardReplica {
-                shard_id: shard.id,
-                replica_id: local.replica_id,
-                range,
-                raft,
-                votes_from,
-                failure: Mutex::new(None),
-                quiet: QuietState::default(),
-            });
-            spawn_failure_watch(Arc::downgrade(&node), replica.clone());
-            node.replicas
-                .write()
-                .expect("replicas lock")
-                .insert(shard.id, replica);
         }
         spawn_leader_balancer(Arc::downgrade(&node));
+        spawn_map_follower(Arc::downgrade(&node));
+        spawn_reconciler(Arc::downgrade(&node));
+        spawn_controller(Arc::downgrade(&node));
+        spawn_mover(
+            Arc::downgrade(&node),
+            config.move_timeout(),
+            config.test_move_hold_file.clone(),
+        );
         spawn_quiescer(Arc::downgrade(&node), config.quiesce_after());
         spawn_pulses(
             Arc::downgrade(&node),
@@ -226,6 +178,128 @@ impl Node {
             "node started"
         );
         Ok(node)
+    }
+
+    /// Starts the Raft group of `replica`, this node's replica of `shard`, and registers it.
+    ///
+    /// State stored here for another replica of the shard (one that moved away and whose
+    /// deletion a crash interrupted) is deleted first: a new replica starts from nothing. A group
+    /// with no state is initialized only when it is one of the shard's first replicas and the
+    /// shard's membership never changed (every replica still has its bootstrap id): then every
+    /// first replica initializes it with the same voters. Any other new replica (the target of a
+    /// move) waits, empty, for its leader to send it the log or a snapshot.
+    pub(crate) async fn open_replica(
+        self: &Arc<Self>,
+        shard: &Shard,
+        replica_id: ReplicaId,
+    ) -> anyhow::Result<()> {
+        let engine = &self.engine;
+        let identity = self.identity;
+        let range = HashRange {
+            start: shard.arc.start,
+            end: shard.arc.end,
+        };
+        let shard_id = shard.id;
+        engine
+            .run_blocking(move |engine| -> anyhow::Result<()> {
+                match engine.replica_owner(shard_id)? {
+                    Some(owner) if owner == replica_id => return Ok(()),
+                    Some(owner) => {
+                        info!(
+                            %shard_id, old_replica_id = %owner, %replica_id,
+                            "deleting the state of an earlier replica of this shard before starting the new one"
+                        );
+                        engine.delete_replica(shard_id, range)?;
+                    }
+                    // State from before owners were recorded belongs to the replica the map names.
+                    None => {}
+                }
+                engine.set_replica_owner(shard_id, replica_id)?;
+                Ok(())
+            })
+            .await
+            .with_context(|| format!("cannot prepare the storage of shard {shard_id} replica {replica_id}"))?;
+        let mut log_store = engine.log_store(shard.id);
+        let had_committed_vote = log_store
+            .read_vote()
+            .await
+            .with_context(|| format!("cannot read the vote of shard {}", shard.id))?
+            .is_some_and(|vote| vote.is_committed());
+        let votes_from = had_committed_vote.then(|| Instant::now() + self.leader_lease);
+        // Opening may finish an interrupted snapshot install: a long RocksDB job.
+        let state_machine = engine
+            .run_blocking(move |engine| engine.state_machine(shard_id, range))
+            .await?;
+        let network =
+            ShardNetworkFactory::new(shard.id, self.transport.clone(), identity, self.raft_timeouts);
+        let raft = ShardRaft::new(
+            replica_id,
+            self.raft_config.clone(),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .with_context(|| format!("cannot start the Raft group of shard {}", shard.id))?;
+        let first_replicas = shard
+            .voters
+            .iter()
+            .chain(&shard.learners)
+            .all(|r| r.replica_id == bootstrap_replica_id(shard.id, r.node_id));
+        if !raft.is_initialized().await? && first_replicas {
+            let map = self.map.read().expect("map lock").clone();
+            let members: BTreeMap<ReplicaId, ReplicaNode> = shard
+                .voters
+                .iter()
+                .map(|voter| {
+                    let info = map.nodes.get(&voter.node_id);
+                    let replica_node = ReplicaNode {
+                        node_id: voter.node_id,
+                        addr: info.map(|i| i.addr.clone()).unwrap_or_default(),
+                        incarnation: info.map_or(0, |i| i.incarnation),
+                    };
+                    (voter.replica_id, replica_node)
+                })
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                // A peer that started first may already have replicated the group's first
+                // entries here: the group exists, which is all initialization is for.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("cannot initialize the Raft group of shard {}", shard.id));
+                }
+            }
+            if shard.voters.first().map(|v| v.node_id) == Some(identity.node_id) {
+                // Best effort: the preferred leader campaigns first. Losing is harmless.
+                let _ = raft.trigger().elect(true).await;
+            }
+        }
+        if let Some(from) = votes_from {
+            // Its own candidacy is a vote too: no election timer of its own until then.
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(from.into()).await;
+                raft.runtime_config().elect(true);
+            });
+        }
+        let replica = Arc::new(ShardReplica {
+            shard_id: shard.id,
+            replica_id,
+            range,
+            raft,
+            votes_from,
+            failure: Mutex::new(None),
+            quiet: QuietState::default(),
+        });
+        spawn_failure_watch(Arc::downgrade(self), replica.clone());
+        self.replicas
+            .write()
+            .expect("replicas lock")
+            .insert(shard.id, replica);
+        Ok(())
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -5,15 +5,23 @@
 //! - `host` — the `Node`: starting groups, failures, shutdown; `leadership` — handing leadership
 //!   over before a graceful stop, and watched transfers;
 //! - `requests` — serving client requests; `raft_rpc` — serving peers' Raft messages;
+//! - `metadata` — the metadata group that stores the shard map, and following its changes;
+//!   `reconcile` — starting and deleting replicas as the map places them; `moves` — moving a
+//!   replica to another node, step by step;
+//! - `controller` — placement decisions, on the metadata leader;
 //! - `status` — what the node reports; `balancer` — keeping leaders spread;
 //! - `quiesce` — idle shards stop their Raft timers; node-level liveness watches their leaders.
 
 mod balancer;
 pub mod bootstrap;
+mod controller;
 mod host;
 mod leadership;
+mod metadata;
+mod moves;
 mod quiesce;
 mod raft_rpc;
+mod reconcile;
 mod requests;
 pub mod slot;
 mod status;

@@ -54,13 +54,18 @@ impl Node {
                 .expect("map lock")
                 .nodes
                 .get(&header.from_node)
-                .map(|info| info.incarnation);
+                .map(|info| (info.incarnation, info.state));
             match known {
                 None => Some(format!(
                     "node {} refused a Raft message from node {}, which its shard map does not list",
                     me.node_id, header.from_node
                 )),
-                Some(incarnation) if incarnation != header.from_incarnation => Some(format!(
+                Some((_, ringkv_proto::NodeState::Removed)) => Some(format!(
+                    "node {} refused a Raft message from node {}, which was removed from the cluster; \
+                     to bring that machine back, start it with a new data directory as a new node",
+                    me.node_id, header.from_node
+                )),
+                Some((incarnation, _)) if incarnation != header.from_incarnation => Some(format!(
                     "node {} refused a Raft message from node {} incarnation {:016x}: the cluster knows node {} \
                      as incarnation {incarnation:016x}. A node whose data directory was recreated must not \
                      rejoin as the replicas it used to hold",

@@ -36,6 +36,10 @@ impl Node {
 
     /// Finds the local replica that must serve a request for `key` routed by the client to
     /// `route`, or says why this node cannot serve it.
+    ///
+    /// Only the shard matters: a client whose map is older but names the right shard is served
+    /// (the map also changes for reasons that move no key, and the shard's own Raft group decides
+    /// who leads it).
     pub fn route(
         &self,
         route: Option<&pb::RouteHeader>,
@@ -47,7 +51,7 @@ impl Node {
             (map.shard_for_key(key).id, map.epoch)
         };
         if let Some(route) = route
-            && (route.shard_id != shard_id.0 || (route.map_epoch != 0 && route.map_epoch != epoch))
+            && route.shard_id != shard_id.0
         {
             return Err(ServiceError::WrongShard {
                 shard_id,
@@ -58,15 +62,18 @@ impl Node {
     }
 
     /// Finds the local replica of a shard named by id (scans), or says why it cannot be served.
+    ///
+    /// A client whose map is older than this node's is sent to refresh it: a scan walks the arc
+    /// of the client's map, which a newer map may have cut.
     pub fn route_shard(&self, route: Option<&pb::RouteHeader>) -> Result<Arc<ShardReplica>, ServiceError> {
         let route =
             route.ok_or_else(|| ServiceError::InvalidArgument("request has no route header".into()))?;
         let shard_id = ShardId(route.shard_id);
         let (known, epoch) = {
             let map = self.map.read().expect("map lock");
-            (map.shard(shard_id).is_some(), map.epoch)
+            (map.shard(shard_id).is_some() && !shard_id.is_meta(), map.epoch)
         };
-        if !known || (route.map_epoch != 0 && route.map_epoch != epoch) {
+        if !known || (route.map_epoch != 0 && route.map_epoch < epoch) {
             return Err(ServiceError::WrongShard {
                 shard_id,
                 map_epoch: epoch,

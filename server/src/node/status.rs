@@ -81,6 +81,7 @@ impl Node {
             raft_calls: 0,
             raft_call_messages: 0,
             quiet_replicas,
+            data_bytes: self.engine.approximate_bytes(),
         }
     }
 

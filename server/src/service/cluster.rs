@@ -1,14 +1,20 @@
-//! The Cluster service: the shard map (with this node's leader hints), this node's status, cluster
-//! formation (`Hello`), and the replica check (`CheckShard` proposes a digest on the leader,
-//! `ReplicaDigest` reads one replica's result).
+//! The Cluster service: the shard map (with this node's leader hints; followed with `WatchMap`,
+//! changed with `ProposeMap`), this node's status, cluster formation (`Hello`), the replica check
+//! (`CheckShard` proposes a digest on the leader, `ReplicaDigest` reads one replica's result), and
+//! replica moves (`MoveReplica` begins one, `ChangeReplicas` is one step on a shard's leader), and
+//! `DecommissionNode`.
 
 use std::sync::Arc;
 
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use ringkv_engine::ShardId;
+use ringkv_engine::{NodeId, ReplicaId, ShardId};
 use ringkv_proto::pb::{self, cluster_server::Cluster};
+use ringkv_proto::{Replica, ShardMap};
 
+use super::kv::client_budget;
+use crate::error::ServiceError;
 use crate::node::NodeSlot;
 
 pub struct ClusterService {
@@ -30,6 +36,40 @@ impl Cluster for ClusterService {
         Ok(Response::new(self.slot.require()?.shard_map().to_proto()))
     }
 
+    type WatchMapStream = ReceiverStream<Result<pb::ShardMap, Status>>;
+
+    async fn watch_map(
+        &self,
+        request: Request<pb::WatchMapRequest>,
+    ) -> Result<Response<Self::WatchMapStream>, Status> {
+        let node = self.slot.require()?;
+        Ok(Response::new(node.watch_map(request.into_inner().from_epoch)))
+    }
+
+    async fn propose_map(
+        &self,
+        request: Request<pb::ProposeMapRequest>,
+    ) -> Result<Response<pb::ProposeMapResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let map = request
+            .map
+            .ok_or_else(|| ServiceError::InvalidArgument("ProposeMap needs a map".into()))
+            .and_then(|wire| {
+                ShardMap::from_proto(&wire).map_err(|error| {
+                    ServiceError::InvalidArgument(format!("the proposed map is invalid: {error}"))
+                })
+            })?;
+        let (succeeded, map) = node
+            .propose_map(request.expect_epoch, map, request.forwarded, budget)
+            .await?;
+        Ok(Response::new(pb::ProposeMapResponse {
+            succeeded,
+            map: Some(map.to_proto()),
+        }))
+    }
+
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(self.slot.status()?))
     }
@@ -47,6 +87,67 @@ impl Cluster for ClusterService {
             .propose_digest(ShardId(request.into_inner().shard_id))
             .await?;
         Ok(Response::new(pb::CheckShardResponse { index }))
+    }
+
+    async fn move_replica(
+        &self,
+        request: Request<pb::MoveReplicaRequest>,
+    ) -> Result<Response<pb::MoveReplicaResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let map = node
+            .begin_move(
+                ShardId(request.shard_id),
+                NodeId(request.from_node),
+                NodeId(request.to_node),
+                "requested by an operator",
+                budget,
+            )
+            .await?;
+        Ok(Response::new(pb::MoveReplicaResponse {
+            map: Some(map.to_proto()),
+        }))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<pb::DecommissionNodeRequest>,
+    ) -> Result<Response<pb::DecommissionNodeResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let map = node
+            .decommission_node(NodeId(request.into_inner().node_id), budget)
+            .await?;
+        Ok(Response::new(pb::DecommissionNodeResponse {
+            map: Some(map.to_proto()),
+        }))
+    }
+
+    async fn change_replicas(
+        &self,
+        request: Request<pb::ChangeReplicasRequest>,
+    ) -> Result<Response<pb::ChangeReplicasResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let action = pb::ChangeReplicasAction::try_from(request.action).map_err(|_| {
+            ServiceError::InvalidArgument(format!("unknown ChangeReplicas action {}", request.action))
+        })?;
+        let add = request.add.map(|add| Replica {
+            replica_id: ReplicaId(add.replica_id),
+            node_id: NodeId(add.node_id),
+        });
+        let response = node
+            .change_replicas(
+                ShardId(request.shard_id),
+                action,
+                add,
+                ReplicaId(request.remove_replica_id),
+                budget,
+            )
+            .await?;
+        Ok(Response::new(response))
     }
 
     async fn replica_digest(

@@ -53,7 +53,7 @@ fn unexpected(result: CommandResult) -> ServiceError {
 }
 
 /// The client's budget for this request, if it sent one.
-fn client_budget<T>(request: &Request<T>) -> Result<Option<Duration>, ServiceError> {
+pub(super) fn client_budget<T>(request: &Request<T>) -> Result<Option<Duration>, ServiceError> {
     let Some(value) = request.metadata().get(BUDGET_HEADER) else {
         return Ok(None);
     };

@@ -84,7 +84,9 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
         assert!(out.status.success(), "status: {}", stderr(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
         let shards = report["shards"].as_array().expect("shards");
-        assert_eq!(shards.len(), 16);
+        // 16 shards, then the metadata group.
+        assert_eq!(shards.len(), 17);
+        assert_eq!(shards[16]["shard_id"], "meta", "{}", shards[16]);
         for shard in shards {
             assert_eq!(shard["voters"].as_array().map(Vec::len), Some(3), "{shard}");
             assert!(
@@ -101,7 +103,7 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
         let out = ringkv(&endpoint, &["check"]);
         assert!(out.status.success(), "check: {}", stderr(&out));
         assert!(
-            stdout(&out).contains("16 shards checked: 16 consistent"),
+            stdout(&out).contains("16 shards and the metadata group checked: 17 consistent"),
             "check: {}",
             stdout(&out)
         );
@@ -109,7 +111,11 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
         assert!(out.status.success(), "check: {}", stderr(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check json");
         assert_eq!(report["consistent"], serde_json::Value::Bool(true), "{report}");
-        assert_eq!(report["shards"].as_array().map(Vec::len), Some(16));
+        assert_eq!(
+            report["shards"].as_array().map(Vec::len),
+            Some(17),
+            "16 shards and meta"
+        );
 
         let out = ringkv("127.0.0.1:1", &["--timeout-ms", "2000", "get", "x"]);
         assert_eq!(out.status.code(), Some(2), "an unreachable cluster is an error");

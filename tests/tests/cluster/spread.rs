@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringkv_engine::ShardId;
 use ringkv_tests::ProcessCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,13 +51,14 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
         let mut behind = Vec::new();
         for node in &cluster.nodes {
             let status = client.node_status(&node.addr).await?;
+            // Every shard, and the metadata group (3 nodes: all of them are its voters).
             assert_eq!(
                 status.replicas.len(),
-                16,
-                "node {} hosts every shard",
+                17,
+                "node {} hosts every shard and the metadata group",
                 node.node_id
             );
-            for replica in &status.replicas {
+            for replica in status.replicas.iter().filter(|r| r.shard_id != ShardId::META.0) {
                 if (replica.applied_index as usize) < keys_per_shard[&replica.shard_id] {
                     behind.push((node.node_id, replica.shard_id, replica.applied_index));
                 }
@@ -96,11 +98,7 @@ async fn leaders_settle_evenly_on_their_preferred_nodes() -> anyhow::Result<()> 
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let client = cluster.client().await?;
     let map = client.shard_map().await;
-    let preferred: BTreeMap<u64, u64> = map
-        .shards
-        .iter()
-        .map(|s| (s.id.0, s.voters[0].node_id.0))
-        .collect();
+    let preferred: BTreeMap<u64, u64> = map.groups().map(|s| (s.id.0, s.voters[0].node_id.0)).collect();
 
     // Whoever won the first elections, the balancer hands each shard to its preferred node.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);

@@ -81,8 +81,8 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     }
     assert_eq!(
         committed.len(),
-        16,
-        "every shard has a leader on a surviving node"
+        17,
+        "every shard and the metadata group has a leader on a surviving node: {committed:?}"
     );
     let restart_deadline = Instant::now() + Duration::from_secs(60);
     loop {

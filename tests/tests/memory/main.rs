@@ -58,7 +58,8 @@ async fn raft_runs_over_the_in_memory_transport_and_survives_a_leader_stop() -> 
                 .iter()
                 .any(|r| r.shard_id == l.shard_id && r.applied_index >= l.committed_index)
         });
-        if caught_up && others.len() + status.replicas.iter().filter(|r| r.role == "leader").count() == 4 {
+        // Four shards and the metadata group, each with one leader.
+        if caught_up && others.len() + status.replicas.iter().filter(|r| r.role == "leader").count() == 5 {
             break;
         }
         assert!(

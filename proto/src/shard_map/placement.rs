@@ -1,0 +1,354 @@
+//! Where replicas should be: the controller's choices, as pure functions of the map.
+//!
+//! The controller (on the metadata leader) asks `next_placement_step` for one step at a time and
+//! records it as a map change. In priority order:
+//! 1. move replicas off nodes that are not up (decommissioning);
+//! 2. mark a decommissioning node removed once it holds no replica and no move names it;
+//! 3. balance replica counts over the up nodes: from the fullest to the emptiest while they differ
+//!    by more than one (each such move is needed, so the number of moves is the minimum);
+//! 4. balance preferred leaders (a shard's first voter, whom the leader balancer hands leadership
+//!    to) the same way, by reordering voters: no data moves.
+//!
+//! Counts are taken as the map will be once the moves in progress finish, so steps taken while
+//! moves run never overshoot. Data shards are balanced; the metadata group is only drained.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ringkv_core::{NodeId, ShardId};
+
+use super::{NodeState, Shard, ShardMap};
+
+/// One change the controller makes to the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementStep {
+    /// Begin moving `shard`'s voter on `from` to `to`.
+    Move {
+        shard: ShardId,
+        from: NodeId,
+        to: NodeId,
+        reason: String,
+    },
+    /// Make `node`'s voter the first of `shard`'s voters: its preferred leader.
+    PreferLeader {
+        shard: ShardId,
+        node: NodeId,
+        reason: String,
+    },
+    /// Mark a decommissioning node that holds nothing as removed.
+    Remove { node: NodeId, reason: String },
+}
+
+impl ShardMap {
+    /// The nodes that take replicas.
+    pub fn up_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, info)| info.state == NodeState::Up)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The nodes holding `group`'s replicas once its move in progress, if any, has finished.
+    fn planned_nodes(&self, group: &Shard) -> BTreeSet<NodeId> {
+        let mut nodes: BTreeSet<NodeId> = group.voters.iter().map(|r| r.node_id).collect();
+        if let Some(moving) = self.move_of(group.id) {
+            nodes.remove(&moving.from.node_id);
+            nodes.insert(moving.to.node_id);
+        }
+        nodes
+    }
+
+    /// Data-shard replicas per up node, as placed once the moves in progress finish.
+    pub fn replica_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts: BTreeMap<NodeId, usize> = self.up_nodes().into_iter().map(|n| (n, 0)).collect();
+        for shard in &self.shards {
+            for node in self.planned_nodes(shard) {
+                if let Some(count) = counts.get_mut(&node) {
+                    *count += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Preferred leaders (first voters) of data shards per up node.
+    pub fn preferred_leader_counts(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts: BTreeMap<NodeId, usize> = self.up_nodes().into_iter().map(|n| (n, 0)).collect();
+        for shard in &self.shards {
+            if let Some(count) = shard.voters.first().and_then(|v| counts.get_mut(&v.node_id)) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
+    /// The controller's next step (see the module header), with at most `max_moves` moves in
+    /// progress. `None` when the placement is as it should be, or only waits on moves.
+    pub fn next_placement_step(&self, max_moves: usize) -> Option<PlacementStep> {
+        let counts = self.replica_counts();
+        let may_move = self.moves.len() < max_moves;
+        // 1. Drain nodes that are not up.
+        if may_move {
+            for group in self.groups() {
+                if self.move_of(group.id).is_some() {
+                    continue;
+                }
+                for voter in &group.voters {
+                    let state = self.nodes.get(&voter.node_id).map(|info| info.state);
+                    if state == Some(NodeState::Up) {
+                        continue;
+                    }
+                    let target = counts
+                        .iter()
+                        .filter(|(node, _)| group.replica_on(**node).is_none())
+                        .min_by_key(|(node, count)| (**count, **node))
+                        .map(|(node, _)| *node);
+                    if let Some(to) = target {
+                        let state = state.map_or("unknown".to_owned(), |s| s.to_string());
+                        return Some(PlacementStep::Move {
+                            shard: group.id,
+                            from: voter.node_id,
+                            to,
+                            reason: format!("node {} is {state}", voter.node_id),
+                        });
+                    }
+                }
+            }
+        }
+        // 2. Remove emptied decommissioning nodes.
+        for (node, info) in &self.nodes {
+            let holds = self.groups().any(|g| g.replica_on(*node).is_some());
+            let named = self
+                .moves
+                .iter()
+                .any(|m| m.from.node_id == *node || m.to.node_id == *node);
+            if info.state == NodeState::Decommissioning && !holds && !named {
+                return Some(PlacementStep::Remove {
+                    node: *node,
+                    reason: format!("node {node} is decommissioned: it holds no replica"),
+                });
+            }
+        }
+        // 3. Balance replica counts.
+        if may_move
+            && let Some((full, full_count, empty, empty_count)) = extremes(&counts)
+            && full_count > empty_count + 1
+        {
+            let candidate = self.shards.iter().find(|shard| {
+                self.move_of(shard.id).is_none()
+                    && shard.voters.iter().any(|v| v.node_id == full)
+                    && shard.replica_on(empty).is_none()
+            });
+            if let Some(shard) = candidate {
+                return Some(PlacementStep::Move {
+                    shard: shard.id,
+                    from: full,
+                    to: empty,
+                    reason: format!(
+                        "balance replicas: node {full} has {full_count}, node {empty} has {empty_count}"
+                    ),
+                });
+            }
+        }
+        // 4. Balance preferred leaders.
+        let leaders = self.preferred_leader_counts();
+        if let Some((full, full_count, empty, empty_count)) = extremes(&leaders)
+            && full_count > empty_count + 1
+        {
+            let candidate = self.shards.iter().find(|shard| {
+                self.move_of(shard.id).is_none()
+                    && shard.voters.first().map(|v| v.node_id) == Some(full)
+                    && shard.voters.iter().any(|v| v.node_id == empty)
+            });
+            if let Some(shard) = candidate {
+                return Some(PlacementStep::PreferLeader {
+                    shard: shard.id,
+                    node: empty,
+                    reason: format!(
+                        "balance leaders: node {full} is preferred leader of {full_count} shards, node {empty} of {empty_count}"
+                    ),
+                });
+            }
+        }
+        None
+    }
+
+    /// Records `step` as the change to the next epoch.
+    pub fn apply_placement_step(&mut self, step: &PlacementStep, now_unix_ms: u64) -> Result<(), String> {
+        match step {
+            PlacementStep::Move {
+                shard,
+                from,
+                to,
+                reason,
+            } => self.begin_move(*shard, *from, *to, now_unix_ms, reason).map(drop),
+            PlacementStep::PreferLeader { shard, node, reason } => {
+                let group = self
+                    .shard_mut(*shard)
+                    .ok_or_else(|| format!("shard {shard} does not exist"))?;
+                let index = group
+                    .voters
+                    .iter()
+                    .position(|v| v.node_id == *node)
+                    .ok_or_else(|| format!("shard {shard} has no voter on node {node}"))?;
+                let preferred = group.voters.remove(index);
+                group.voters.insert(0, preferred);
+                self.record_decision(
+                    self.epoch + 1,
+                    now_unix_ms,
+                    format!("prefer node {node} as leader of shard {shard}: {reason}"),
+                );
+                Ok(())
+            }
+            PlacementStep::Remove { node, reason } => {
+                let info = self
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| format!("node {node} is not in the cluster"))?;
+                info.state = NodeState::Removed;
+                self.record_decision(
+                    self.epoch + 1,
+                    now_unix_ms,
+                    format!("removed node {node}: {reason}"),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks `node` decommissioning, as the change to the next epoch. Refuses, saying why, when
+    /// the node is not up or the nodes left could not hold every shard's replicas.
+    pub fn decommission(&mut self, node: NodeId, now_unix_ms: u64) -> Result<(), String> {
+        let Some(info) = self.nodes.get(&node) else {
+            return Err(format!("node {node} is not in the cluster"));
+        };
+        if info.state != NodeState::Up {
+            return Err(format!("node {node} is {}, not up", info.state));
+        }
+        let left = self.up_nodes().len() - 1;
+        if let Some(widest) = self.groups().max_by_key(|g| g.voters.len())
+            && widest.voters.len() > left
+        {
+            return Err(format!(
+                "decommissioning node {node} would leave {left} nodes up, fewer than the {} replicas of shard {}; \
+                 add a node first",
+                widest.voters.len(),
+                widest.id
+            ));
+        }
+        self.nodes.get_mut(&node).expect("checked above").state = NodeState::Decommissioning;
+        self.record_decision(
+            self.epoch + 1,
+            now_unix_ms,
+            format!("decommission node {node}: requested by an operator"),
+        );
+        Ok(())
+    }
+}
+
+/// The fullest node (lowest id among equals) and the emptiest (lowest id among equals).
+fn extremes(counts: &BTreeMap<NodeId, usize>) -> Option<(NodeId, usize, NodeId, usize)> {
+    let (full, full_count) = counts
+        .iter()
+        .max_by_key(|(node, count)| (**count, std::cmp::Reverse(**node)))?;
+    let (empty, empty_count) = counts.iter().min_by_key(|(node, count)| (**count, **node))?;
+    Some((*full, *full_count, *empty, *empty_count))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::NodeInfo;
+
+    fn cluster(nodes: u64, shards: u32) -> ShardMap {
+        let nodes: BTreeMap<NodeId, NodeInfo> = (1..=nodes)
+            .map(|id| {
+                let info = NodeInfo {
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    incarnation: 100 + id,
+                    state: NodeState::Up,
+                };
+                (NodeId(id), info)
+            })
+            .collect();
+        ShardMap::bootstrap(9, &nodes, shards, 3).expect("bootstrap")
+    }
+
+    /// Plays the controller: takes every step, finishing each move at once. Returns the moves made.
+    fn settle(map: &mut ShardMap) -> usize {
+        let mut moves = 0;
+        for _ in 0..1_000 {
+            let Some(step) = map.next_placement_step(1) else {
+                return moves;
+            };
+            map.apply_placement_step(&step, 0)
+                .expect("a step the map accepts");
+            if let PlacementStep::Move { shard, .. } = step {
+                moves += 1;
+                map.finish_move(shard, 0);
+            }
+            map.epoch += 1;
+            map.validate().expect("valid after each step");
+        }
+        panic!("the placement never settled");
+    }
+
+    fn spread(counts: &BTreeMap<NodeId, usize>) -> usize {
+        counts.values().max().unwrap() - counts.values().min().unwrap()
+    }
+
+    #[test]
+    fn a_bootstrapped_cluster_needs_no_step() {
+        assert_eq!(cluster(5, 16).next_placement_step(2), None);
+    }
+
+    #[test]
+    fn new_nodes_fill_with_the_minimum_number_of_moves() {
+        // Three nodes hold 16 shards × 3 replicas; two empty nodes join.
+        let mut map = cluster(3, 16);
+        for id in [4, 5] {
+            let info = NodeInfo {
+                addr: format!("127.0.0.1:{}", 7000 + id),
+                incarnation: 100 + id,
+                state: NodeState::Up,
+            };
+            map.nodes.insert(NodeId(id), info);
+        }
+        let moves = settle(&mut map);
+        let counts = map.replica_counts();
+        assert!(spread(&counts) <= 1, "replicas per node: {counts:?}");
+        assert!(
+            spread(&map.preferred_leader_counts()) <= 1,
+            "leaders: {:?}",
+            map.preferred_leader_counts()
+        );
+        // 48 replicas over 5 nodes: the two new ones need 9 each at least (48 / 5 rounded down).
+        assert_eq!(moves, 18, "moves made (the minimum is 18)");
+    }
+
+    #[test]
+    fn a_decommissioned_node_is_drained_then_removed() {
+        let mut map = cluster(4, 8);
+        let refused = cluster(3, 8)
+            .decommission(NodeId(1), 0)
+            .expect_err("3 nodes, 3 replicas");
+        assert!(refused.contains("fewer than the 3 replicas"), "{refused}");
+        map.decommission(NodeId(2), 0).expect("decommission");
+        assert_eq!(
+            map.decommission(NodeId(2), 0).unwrap_err(),
+            "node 2 is decommissioning, not up"
+        );
+        map.epoch += 1;
+        settle(&mut map);
+        assert_eq!(map.nodes[&NodeId(2)].state, NodeState::Removed);
+        assert!(map.groups().all(|g| g.replica_on(NodeId(2)).is_none()));
+        let counts = map.replica_counts();
+        assert_eq!(counts.len(), 3);
+        assert!(
+            counts.values().all(|&c| c == 8),
+            "every shard on every remaining node: {counts:?}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The map's protobuf form: what is stored in the metadata group and sent to clients.
+
+use std::collections::BTreeMap;
+
+use ringkv_core::{NodeId, ReplicaId, ShardId};
+
+use super::{Arc, Decision, MapError, Move, MoveStep, NodeInfo, NodeState, Replica, Shard, ShardMap};
+use crate::pb;
+
+impl ShardMap {
+    pub fn to_proto(&self) -> pb::ShardMap {
+        pb::ShardMap {
+            meta: Some(shard_to_proto(&self.meta)),
+            decisions: self
+                .decisions
+                .iter()
+                .map(|decision| pb::Decision {
+                    epoch: decision.epoch,
+                    unix_ms: decision.unix_ms,
+                    text: decision.text.clone(),
+                })
+                .collect(),
+            cluster_id: self.cluster_id,
+            epoch: self.epoch,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(&node_id, info)| pb::NodeInfo {
+                    node_id: node_id.0,
+                    addr: info.addr.clone(),
+                    incarnation: info.incarnation,
+                    state: match info.state {
+                        NodeState::Up => pb::NodeState::Up,
+                        NodeState::Decommissioning => pb::NodeState::Decommissioning,
+                        NodeState::Removed => pb::NodeState::Removed,
+                    }
+                    .into(),
+                })
+                .collect(),
+            shards: self.shards.iter().map(shard_to_proto).collect(),
+            next_replica_id: self.next_replica_id,
+            moves: self.moves.iter().map(move_to_proto).collect(),
+        }
+    }
+
+    /// Builds a map from its wire form, refusing one that breaks an invariant.
+    pub fn from_proto(map: &pb::ShardMap) -> Result<ShardMap, MapError> {
+        let mut nodes = BTreeMap::new();
+        for node in &map.nodes {
+            let state = match pb::NodeState::try_from(node.state) {
+                Ok(pb::NodeState::Up) => NodeState::Up,
+                Ok(pb::NodeState::Decommissioning) => NodeState::Decommissioning,
+                Ok(pb::NodeState::Removed) => NodeState::Removed,
+                Err(_) => {
+                    return Err(MapError::Malformed(format!(
+                        "node {} has an unknown state {}",
+                        node.node_id, node.state
+                    )));
+                }
+            };
+            let info = NodeInfo {
+                addr: node.addr.clone(),
+                incarnation: node.incarnation,
+                state,
+            };
+            if nodes.insert(NodeId(node.node_id), info).is_some() {
+                return Err(MapError::DuplicateNode(NodeId(node.node_id)));
+            }
+        }
+        let mut shards: Vec<Shard> = map.shards.iter().map(shard_from_proto).collect();
+        shards.sort_by_key(|shard| shard.arc.start);
+        let meta = map
+            .meta
+            .as_ref()
+            .map(shard_from_proto)
+            .ok_or_else(|| MapError::Malformed("the map has no metadata group".into()))?;
+        let map = ShardMap {
+            cluster_id: map.cluster_id,
+            epoch: map.epoch,
+            nodes,
+            shards,
+            meta,
+            decisions: map
+                .decisions
+                .iter()
+                .map(|decision| Decision {
+                    epoch: decision.epoch,
+                    unix_ms: decision.unix_ms,
+                    text: decision.text.clone(),
+                })
+                .collect(),
+            next_replica_id: map.next_replica_id,
+            moves: map.moves.iter().map(move_from_proto).collect::<Result<_, _>>()?,
+        };
+        map.validate()?;
+        Ok(map)
+    }
+}
+
+pub(super) fn shard_to_proto(shard: &Shard) -> pb::ShardInfo {
+    pb::ShardInfo {
+        shard_id: shard.id.0,
+        arc_start: shard.arc.start,
+        arc_end: shard.arc.end,
+        voters: shard.voters.iter().map(replica_to_proto).collect(),
+        learners: shard.learners.iter().map(replica_to_proto).collect(),
+        leader_node_id: shard.leader.map_or(0, |node| node.0),
+    }
+}
+
+pub(super) fn shard_from_proto(shard: &pb::ShardInfo) -> Shard {
+    Shard {
+        id: ShardId(shard.shard_id),
+        arc: Arc {
+            start: shard.arc_start,
+            end: shard.arc_end,
+        },
+        voters: shard.voters.iter().map(replica_from_proto).collect(),
+        learners: shard.learners.iter().map(replica_from_proto).collect(),
+        leader: (shard.leader_node_id != 0).then_some(NodeId(shard.leader_node_id)),
+    }
+}
+
+fn replica_to_proto(replica: &Replica) -> pb::Replica {
+    pb::Replica {
+        replica_id: replica.replica_id.0,
+        node_id: replica.node_id.0,
+    }
+}
+
+fn replica_from_proto(replica: &pb::Replica) -> Replica {
+    Replica {
+        replica_id: ReplicaId(replica.replica_id),
+        node_id: NodeId(replica.node_id),
+    }
+}
+
+fn move_to_proto(m: &Move) -> pb::Move {
+    let step = match m.step {
+        MoveStep::CatchUp => pb::MoveStep::CatchUp,
+        MoveStep::Promote => pb::MoveStep::Promote,
+        MoveStep::RollBack => pb::MoveStep::RollBack,
+    };
+    pb::Move {
+        shard_id: m.shard.0,
+        from: Some(replica_to_proto(&m.from)),
+        to: Some(replica_to_proto(&m.to)),
+        step: step.into(),
+        started_unix_ms: m.started_unix_ms,
+        reason: m.reason.clone(),
+    }
+}
+
+fn move_from_proto(m: &pb::Move) -> Result<Move, MapError> {
+    let malformed = |what: &str| MapError::Malformed(format!("the move of shard {} {what}", m.shard_id));
+    let step = match pb::MoveStep::try_from(m.step) {
+        Ok(pb::MoveStep::CatchUp) => MoveStep::CatchUp,
+        Ok(pb::MoveStep::Promote) => MoveStep::Promote,
+        Ok(pb::MoveStep::RollBack) => MoveStep::RollBack,
+        Err(_) => return Err(malformed(&format!("has an unknown step {}", m.step))),
+    };
+    Ok(Move {
+        shard: ShardId(m.shard_id),
+        from: replica_from_proto(
+            m.from
+                .as_ref()
+                .ok_or_else(|| malformed("has no source replica"))?,
+        ),
+        to: replica_from_proto(m.to.as_ref().ok_or_else(|| malformed("has no target replica"))?),
+        step,
+        started_unix_ms: m.started_unix_ms,
+        reason: m.reason.clone(),
+    })
+}

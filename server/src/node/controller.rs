@@ -1,0 +1,94 @@
+//! The controller: placement decisions in one place, on the metadata group's leader (TiKV PD
+//! style). Every 2 s, and on every map change, it asks the map for its next placement step
+//! (`ShardMap::next_placement_step`: drain decommissioning nodes, remove emptied ones, balance
+//! replicas, then preferred leaders) and records it as one map change, with its reason in the
+//! map's decision log. Moves it begins are carried out by the mover (`moves`), like an
+//! operator's. A controller that loses the metadata leadership stops; the next leader's takes
+//! over from the map.
+
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use ringkv_engine::{NodeId, ShardId};
+use ringkv_proto::ShardMap;
+
+use super::host::Node;
+use super::moves::unix_ms;
+use crate::error::ServiceError;
+
+/// How often the controller looks, besides on every map change.
+const CONTROLLER_TICK: Duration = Duration::from_secs(2);
+/// Moves in progress at once, cluster-wide.
+pub(crate) const MAX_CONCURRENT_MOVES: usize = 2;
+/// Budget of one map change.
+const CHANGE_BUDGET: Duration = Duration::from_secs(10);
+
+/// Runs the controller until the node is dropped.
+pub(crate) fn spawn_controller(node: Weak<Node>) {
+    let Some(mut epochs) = node.upgrade().map(|node| node.map_epoch.subscribe()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(CONTROLLER_TICK, epochs.changed()).await;
+            let Some(node) = node.upgrade() else { return };
+            if node.stopping.load(std::sync::atomic::Ordering::Acquire) || !node.leads_metadata() {
+                continue;
+            }
+            let map = node.shard_map();
+            let Some(step) = map.next_placement_step(MAX_CONCURRENT_MOVES) else {
+                continue;
+            };
+            let mut proposed = map.clone();
+            if let Err(error) = proposed.apply_placement_step(&step, unix_ms()) {
+                warn!(?step, %error, "the controller's placement step does not apply to the map");
+                continue;
+            }
+            match node.propose_map(map.epoch, proposed, false, CHANGE_BUDGET).await {
+                Ok((true, changed)) => info!(
+                    epoch = changed.epoch,
+                    ?step,
+                    "controller: placement step recorded"
+                ),
+                // Another change landed first: look again at the new map.
+                Ok((false, _)) => {}
+                Err(error) => warn!(?step, %error, "controller: cannot record a placement step; retrying"),
+            }
+        }
+    });
+}
+
+impl Node {
+    /// Serves `DecommissionNode`: marks the node decommissioning in the map (the controller then
+    /// drains it). Retries when another change lands first.
+    pub async fn decommission_node(
+        &self,
+        target: NodeId,
+        budget: Duration,
+    ) -> Result<ShardMap, ServiceError> {
+        let started = Instant::now();
+        let mut map = self.shard_map();
+        loop {
+            let mut proposed = map.clone();
+            proposed
+                .decommission(target, unix_ms())
+                .map_err(ServiceError::InvalidArgument)?;
+            let remaining = budget.saturating_sub(started.elapsed());
+            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
+            if succeeded {
+                info!(node_id = %target, "node marked decommissioning");
+                return Ok(current);
+            }
+            if started.elapsed() >= budget {
+                return Err(ServiceError::Unavailable {
+                    shard_id: ShardId::META,
+                    outcome_unknown: false,
+                    reason: "the map kept changing while the decommission was being recorded; retry".into(),
+                });
+            }
+            map = current;
+        }
+    }
+}

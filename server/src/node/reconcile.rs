@@ -1,0 +1,183 @@
+//! The reconciler: makes the replicas this node runs match the ones the map places here.
+//!
+//! On every map the node adopts (and every few seconds, to retry what failed) it compares the
+//! replicas the map gives this node with the Raft groups it runs:
+//! - a replica the map places here and the node does not run is started: the target of a move
+//!   starts empty and waits for its leader to send it the log or a snapshot;
+//! - a replica the node runs and the map no longer places here (or places here under another
+//!   replica id) is shut down and its state deleted.
+//!
+//! Deleting on the map's word is safe because the map drops a replica only after the shard's own
+//! membership without it has committed (a move records `finish_move` after the membership change
+//! returns, and a rollback after the learner was removed): by then the shard's quorum no longer
+//! counts on it. The replica's own copy of the membership may lag (a removed replica is never told
+//! it was removed), so it is not asked.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use ringkv_engine::{ReplicaId, ShardId};
+use ringkv_proto::{NodeState, Shard};
+
+use super::host::{Node, ShardReplica};
+
+/// How often the reconciler runs with no new map: to retry a start or deletion that failed.
+const RECONCILE_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs the reconciler until the node is dropped.
+pub(crate) fn spawn_reconciler(node: Weak<Node>) {
+    let Some(mut epochs) = node.upgrade().map(|node| node.map_epoch.subscribe()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let Some(node) = node.upgrade() else { return };
+            if node.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            if first {
+                first = !node.delete_leftovers().await;
+            }
+            node.reconcile().await;
+            drop(node);
+            let _ = tokio::time::timeout(RECONCILE_RETRY, epochs.changed()).await;
+        }
+    });
+}
+
+impl Node {
+    /// One pass of the reconciler (see the module header). Errors are logged; the next pass
+    /// retries.
+    pub(crate) async fn reconcile(self: &Arc<Self>) {
+        let _placing = self.placing.lock().await;
+        let map = self.map.read().expect("map lock").clone();
+        let me = self.node_id();
+        let removed = map
+            .nodes
+            .get(&me)
+            .is_some_and(|info| info.state == NodeState::Removed);
+        if removed
+            && !self
+                .removed_logged
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            warn!(
+                node_id = %me,
+                cluster_id = format_args!("{:016x}", map.cluster_id),
+                "this node was removed from the cluster: it holds no replicas and its peers refuse its Raft \
+                 messages. Stop it; to use the machine again, start it with a new data directory"
+            );
+        }
+        let wanted: BTreeMap<ShardId, (&Shard, ReplicaId)> = map
+            .groups()
+            .filter_map(|shard| shard.replica_on(me).map(|r| (shard.id, (shard, r.replica_id))))
+            .collect();
+        for replica in self.all_replicas() {
+            let keep = wanted
+                .get(&replica.shard_id)
+                .is_some_and(|(_, id)| *id == replica.replica_id);
+            if keep {
+                continue;
+            }
+            if let Err(error) = self.remove_replica(&replica, map.epoch).await {
+                warn!(
+                    shard_id = %replica.shard_id, replica_id = %replica.replica_id, %error,
+                    "cannot delete a replica the map no longer places on this node; retrying in {} s",
+                    RECONCILE_RETRY.as_secs()
+                );
+            }
+        }
+        for (shard_id, (shard, replica_id)) in wanted {
+            if self.replica(shard_id).is_some() {
+                continue;
+            }
+            match self.open_replica(shard, replica_id).await {
+                Ok(()) => info!(
+                    %shard_id, %replica_id, epoch = map.epoch,
+                    "started a replica the map places on this node"
+                ),
+                Err(error) => warn!(
+                    %shard_id, %replica_id, error = format!("{error:#}"),
+                    "cannot start a replica the map places on this node; retrying in {} s",
+                    RECONCILE_RETRY.as_secs()
+                ),
+            }
+        }
+    }
+
+    /// Deletes state stored for shards this node runs no replica of: a replica whose deletion a
+    /// crash interrupted, or a move target rolled back while the node was down. Returns whether
+    /// it got through.
+    async fn delete_leftovers(self: &Arc<Self>) -> bool {
+        let _placing = self.placing.lock().await;
+        let map = self.map.read().expect("map lock").clone();
+        let running: Vec<ShardId> = self.all_replicas().iter().map(|r| r.shard_id).collect();
+        let me = self.node_id();
+        let result = self
+            .engine
+            .run_blocking(move |engine| -> Result<Vec<ShardId>, ringkv_engine::Error> {
+                let mut deleted = Vec::new();
+                for shard_id in engine.stored_shards()? {
+                    if running.contains(&shard_id) {
+                        continue;
+                    }
+                    let placed_here = map.shard(shard_id).and_then(|shard| shard.replica_on(me));
+                    if placed_here
+                        .is_some_and(|r| engine.replica_owner(shard_id).ok().flatten() == Some(r.replica_id))
+                    {
+                        // Its replica, not started yet: the reconciler starts it.
+                        continue;
+                    }
+                    // Shards are never merged: the shard's arc in the map is the range its data
+                    // had (a split keeps the child's half on this node as a replica of its own).
+                    let Some(shard) = map.shard(shard_id) else {
+                        continue;
+                    };
+                    let range = ringkv_engine::HashRange {
+                        start: shard.arc.start,
+                        end: shard.arc.end,
+                    };
+                    engine.delete_replica(shard_id, range)?;
+                    deleted.push(shard_id);
+                }
+                Ok(deleted)
+            })
+            .await;
+        match result {
+            Ok(deleted) => {
+                if !deleted.is_empty() {
+                    info!(shards = ?deleted, "deleted the leftover state of replicas no longer placed on this node");
+                }
+                true
+            }
+            Err(error) => {
+                warn!(%error, "cannot delete the leftover state of replicas no longer placed on this node; retrying");
+                false
+            }
+        }
+    }
+
+    /// Shuts `replica` down and deletes everything stored for it.
+    async fn remove_replica(&self, replica: &Arc<ShardReplica>, epoch: u64) -> anyhow::Result<()> {
+        self.replicas
+            .write()
+            .expect("replicas lock")
+            .remove(&replica.shard_id);
+        if let Err(error) = replica.raft.shutdown().await {
+            warn!(shard_id = %replica.shard_id, %error, "a removed replica's group did not shut down cleanly");
+        }
+        let (shard_id, range) = (replica.shard_id, replica.range);
+        self.engine
+            .run_blocking(move |engine| engine.delete_replica(shard_id, range))
+            .await?;
+        info!(
+            %shard_id, replica_id = %replica.replica_id, epoch,
+            "removed a replica the map no longer places on this node and deleted its data"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! The elastic cluster against real `ringkv` processes: the shard map as replicated metadata,
+//! replicas moving between nodes, and decommissioning a node.
+//! Every test ends with the replica check, which covers the metadata group too.
+
+mod decommission;
+mod metadata;
+mod moves;
