@@ -89,6 +89,9 @@ pub enum NodeState {
     Decommissioning,
     /// No longer a member: it holds no replicas, and its Raft messages are refused.
     Removed,
+    /// Unheard for longer than the dead-node timeout: its replicas are re-created elsewhere. Up
+    /// again once heard from.
+    Down,
 }
 
 impl std::fmt::Display for NodeState {
@@ -97,6 +100,7 @@ impl std::fmt::Display for NodeState {
             NodeState::Up => "up",
             NodeState::Decommissioning => "decommissioning",
             NodeState::Removed => "removed",
+            NodeState::Down => "down",
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// A replica move whose new replica has not caught up this long after the move began is
     /// rolled back, in milliseconds (run by the metadata group's leader).
     pub move_timeout_ms: u64,
+    /// A node unheard for this long (no answer to the metadata leader's pulses) is marked down, and
+    /// its replicas are re-created on the other nodes, in milliseconds.
+    pub dead_node_timeout_ms: u64,
     pub raft: RaftTuning,
     /// Tests only (`--test-move-hold-file`, hidden): while this file exists, the mover holds
     /// every move at step `Promote`, before its membership change, so a test can kill a node
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
             replication: None,
             request_timeout_ms: 5_000,
             move_timeout_ms: 600_000,
+            dead_node_timeout_ms: 600_000,
             raft: RaftTuning::default(),
             test_move_hold_file: None,
         }
@@ -168,6 +172,10 @@ impl NodeConfig {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         NodeId(self.node_id)
+    }
+
+    pub fn dead_node_timeout(&self) -> Duration {
+        Duration::from_millis(self.dead_node_timeout_ms)
     }
 
     pub fn move_timeout(&self) -> Duration {
@@ -268,6 +276,9 @@ impl NodeConfig {
                 nodes.len(),
                 nodes.len()
             ));
+        }
+        if self.dead_node_timeout_ms == 0 {
+            return invalid("dead_node_timeout_ms must be positive".into());
         }
         if self.move_timeout_ms == 0 {
             return invalid("move_timeout_ms must be positive".into());

@@ -2,7 +2,8 @@
 //!
 //! The controller (on the metadata leader) asks `next_placement_step` for one step at a time and
 //! records it as a map change. In priority order:
-//! 1. move replicas off nodes that are not up (decommissioning);
+//! 1. move replicas off nodes that are not up (decommissioning, or down: unheard for longer than
+//!    the dead-node timeout);
 //! 2. mark a decommissioning node removed once it holds no replica and no move names it;
 //! 3. balance replica counts over the up nodes: from the fullest to the emptiest while they differ
 //!    by more than one (each such move is needed, so the number of moves is the minimum);
@@ -216,16 +217,29 @@ impl ShardMap {
         }
     }
 
-    /// Marks `node` decommissioning, as the change to the next epoch. Refuses, saying why, when
-    /// the node is not up or the nodes left could not hold every shard's replicas.
+    /// Sets `node`'s state (up or down, as the controller hears it), recording `reason`.
+    pub fn set_node_state(&mut self, node: NodeId, state: NodeState, reason: &str, now_unix_ms: u64) {
+        if let Some(info) = self.nodes.get_mut(&node) {
+            info.state = state;
+            self.record_decision(
+                self.epoch + 1,
+                now_unix_ms,
+                format!("node {node} is {state}: {reason}"),
+            );
+        }
+    }
+
+    /// Marks `node` decommissioning, as the change to the next epoch: a live node being retired,
+    /// or a dead one known to be gone for good. Refuses, saying why, when the node is neither up
+    /// nor down, or the nodes left could not hold every shard's replicas.
     pub fn decommission(&mut self, node: NodeId, now_unix_ms: u64) -> Result<(), String> {
         let Some(info) = self.nodes.get(&node) else {
             return Err(format!("node {node} is not in the cluster"));
         };
-        if info.state != NodeState::Up {
-            return Err(format!("node {node} is {}, not up", info.state));
+        if !matches!(info.state, NodeState::Up | NodeState::Down) {
+            return Err(format!("node {node} is {} already", info.state));
         }
-        let left = self.up_nodes().len() - 1;
+        let left = self.up_nodes().iter().filter(|n| **n != node).count();
         if let Some(widest) = self.groups().max_by_key(|g| g.voters.len())
             && widest.voters.len() > left
         {
@@ -329,6 +343,26 @@ mod tests {
     }
 
     #[test]
+    fn a_down_node_is_replaced_then_can_be_removed_for_good() {
+        let mut map = cluster(4, 8);
+        map.set_node_state(NodeId(3), NodeState::Down, "test", 0);
+        map.epoch += 1;
+        settle(&mut map);
+        assert!(map.groups().all(|g| g.replica_on(NodeId(3)).is_none()));
+        assert_eq!(
+            map.nodes[&NodeId(3)].state,
+            NodeState::Down,
+            "down stays down until heard"
+        );
+        // `ringkv node remove`: a down node may be decommissioned; it is removed at once.
+        map.decommission(NodeId(3), 0)
+            .expect("a down node can be removed");
+        map.epoch += 1;
+        settle(&mut map);
+        assert_eq!(map.nodes[&NodeId(3)].state, NodeState::Removed);
+    }
+
+    #[test]
     fn a_decommissioned_node_is_drained_then_removed() {
         let mut map = cluster(4, 8);
         let refused = cluster(3, 8)
@@ -338,7 +372,7 @@ mod tests {
         map.decommission(NodeId(2), 0).expect("decommission");
         assert_eq!(
             map.decommission(NodeId(2), 0).unwrap_err(),
-            "node 2 is decommissioning, not up"
+            "node 2 is decommissioning already"
         );
         map.epoch += 1;
         settle(&mut map);

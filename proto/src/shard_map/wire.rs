@@ -33,6 +33,7 @@ impl ShardMap {
                         NodeState::Up => pb::NodeState::Up,
                         NodeState::Decommissioning => pb::NodeState::Decommissioning,
                         NodeState::Removed => pb::NodeState::Removed,
+                        NodeState::Down => pb::NodeState::Down,
                     }
                     .into(),
                 })
@@ -51,6 +52,7 @@ impl ShardMap {
                 Ok(pb::NodeState::Up) => NodeState::Up,
                 Ok(pb::NodeState::Decommissioning) => NodeState::Decommissioning,
                 Ok(pb::NodeState::Removed) => NodeState::Removed,
+                Ok(pb::NodeState::Down) => NodeState::Down,
                 Err(_) => {
                     return Err(MapError::Malformed(format!(
                         "node {} has an unknown state {}",

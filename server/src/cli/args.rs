@@ -91,6 +91,14 @@ pub(super) enum NodeCommand {
         #[arg(long)]
         wait: Option<u64>,
     },
+    /// Remove a node that is gone for good (a dead machine): its replicas are re-created on the
+    /// other nodes at once, without waiting for dead_node_timeout, then it is marked removed.
+    Remove {
+        node: u64,
+        /// Wait for the node to be removed, up to this many seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +151,9 @@ pub(super) struct StartArgs {
     /// Roll back a replica move whose new replica has not caught up after this many milliseconds.
     #[arg(long)]
     pub(super) move_timeout_ms: Option<u64>,
+    /// Mark a node unheard for this many milliseconds down and re-create its replicas elsewhere.
+    #[arg(long)]
+    pub(super) dead_node_timeout_ms: Option<u64>,
     /// Tests only: while this file exists, replica moves hold before their membership change.
     #[arg(long, hide = true)]
     pub(super) test_move_hold_file: Option<PathBuf>,

@@ -118,7 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return move_replica(&client, &shard, NodeId(from), NodeId(to), wait).await;
         }
         Command::Node(NodeCommand::List { output }) => report::node_list(&client, output).await?,
-        Command::Node(NodeCommand::Decommission { node, wait }) => {
+        Command::Node(NodeCommand::Decommission { node, wait } | NodeCommand::Remove { node, wait }) => {
             return decommission(&client, NodeId(node), wait).await;
         }
     }

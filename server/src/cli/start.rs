@@ -68,6 +68,9 @@ fn config_from(args: StartArgs) -> anyhow::Result<NodeConfig> {
     if let Some(n) = args.snapshot_after_logs {
         config.raft.snapshot_after_logs = n;
     }
+    if let Some(ms) = args.dead_node_timeout_ms {
+        config.dead_node_timeout_ms = ms;
+    }
     if let Some(ms) = args.move_timeout_ms {
         config.move_timeout_ms = ms;
     }

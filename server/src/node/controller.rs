@@ -1,5 +1,7 @@
 //! The controller: placement decisions in one place, on the metadata group's leader (TiKV PD
-//! style). Every 2 s, and on every map change, it asks the map for its next placement step
+//! style). Every 2 s, and on every map change, it first marks nodes down that it has not heard
+//! from for `dead_node_timeout` (and up again when they answer), then asks the map for its next
+//! placement step
 //! (`ShardMap::next_placement_step`: drain decommissioning nodes, remove emptied ones, balance
 //! replicas, then preferred leaders) and records it as one map change, with its reason in the
 //! map's decision log. Moves it begins are carried out by the mover (`moves`), like an
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use ringkv_engine::{NodeId, ShardId};
-use ringkv_proto::ShardMap;
+use ringkv_proto::{NodeState, ShardMap};
 
 use super::host::Node;
 use super::moves::unix_ms;
@@ -26,7 +28,7 @@ pub(crate) const MAX_CONCURRENT_MOVES: usize = 2;
 const CHANGE_BUDGET: Duration = Duration::from_secs(10);
 
 /// Runs the controller until the node is dropped.
-pub(crate) fn spawn_controller(node: Weak<Node>) {
+pub(crate) fn spawn_controller(node: Weak<Node>, dead_node_timeout: Duration) {
     let Some(mut epochs) = node.upgrade().map(|node| node.map_epoch.subscribe()) else {
         return;
     };
@@ -38,6 +40,10 @@ pub(crate) fn spawn_controller(node: Weak<Node>) {
                 continue;
             }
             let map = node.shard_map();
+            if let Some(liveness) = liveness_change(&node, &map, dead_node_timeout) {
+                record_liveness(&node, &map, liveness).await;
+                continue;
+            }
             let Some(step) = map.next_placement_step(MAX_CONCURRENT_MOVES) else {
                 continue;
             };
@@ -58,6 +64,57 @@ pub(crate) fn spawn_controller(node: Weak<Node>) {
             }
         }
     });
+}
+
+/// A node heard again within this long after being marked down is marked up.
+const HEARD_AGAIN: Duration = Duration::from_secs(3);
+
+/// A node whose state should change with what this (the metadata leader) node hears of it: an up
+/// node unheard for longer than `dead_node_timeout` goes down, a down node heard again comes up.
+fn liveness_change(
+    node: &Node,
+    map: &ShardMap,
+    dead_node_timeout: Duration,
+) -> Option<(NodeId, NodeState, String)> {
+    for (&peer, info) in &map.nodes {
+        if peer == node.node_id() {
+            continue;
+        }
+        let heard = node.heard_from(peer);
+        // Never heard since this node started: silent all that time.
+        let silent = heard.unwrap_or_else(|| node.started.elapsed());
+        match info.state {
+            NodeState::Up if silent > dead_node_timeout => {
+                let reason = format!(
+                    "unheard for {} s (dead_node_timeout {} s): its replicas are re-created on other nodes",
+                    silent.as_secs(),
+                    dead_node_timeout.as_secs()
+                );
+                return Some((peer, NodeState::Down, reason));
+            }
+            NodeState::Down if heard.is_some_and(|silent| silent < HEARD_AGAIN) => {
+                let reason =
+                    "heard from again; its old replicas were replaced, so it starts empty".to_owned();
+                return Some((peer, NodeState::Up, reason));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+async fn record_liveness(node: &Node, map: &ShardMap, (peer, state, reason): (NodeId, NodeState, String)) {
+    let mut proposed = map.clone();
+    proposed.set_node_state(peer, state, &reason, unix_ms());
+    match node.propose_map(map.epoch, proposed, false, CHANGE_BUDGET).await {
+        Ok((true, changed)) => {
+            info!(epoch = changed.epoch, node_id = %peer, %state, %reason, "controller: node state changed")
+        }
+        Ok((false, _)) => {}
+        Err(error) => {
+            warn!(node_id = %peer, %state, %error, "controller: cannot record a node's state; retrying")
+        }
+    }
 }
 
 impl Node {

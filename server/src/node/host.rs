@@ -156,7 +156,7 @@ impl Node {
         spawn_leader_balancer(Arc::downgrade(&node));
         spawn_map_follower(Arc::downgrade(&node));
         spawn_reconciler(Arc::downgrade(&node));
-        spawn_controller(Arc::downgrade(&node));
+        spawn_controller(Arc::downgrade(&node), config.dead_node_timeout());
         spawn_mover(
             Arc::downgrade(&node),
             config.move_timeout(),

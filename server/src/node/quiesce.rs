@@ -274,11 +274,19 @@ impl Node {
     }
 
     /// Where to send a pulse to each peer node of the shard map.
+    /// How long `peer` has gone unheard (no pulse answered); `None` if this node never heard it.
+    pub(crate) fn heard_from(&self, peer: NodeId) -> Option<Duration> {
+        let peers = self.peers.lock().expect("peers lock");
+        peers.get(&peer).map(|liveness| liveness.last_heard.elapsed())
+    }
+
     fn peer_targets(&self) -> HashMap<NodeId, Target> {
         let map = self.map.read().expect("map lock");
         map.nodes
             .iter()
-            .filter(|(node_id, _)| **node_id != self.identity.node_id)
+            .filter(|(node_id, info)| {
+                **node_id != self.identity.node_id && info.state != ringkv_proto::NodeState::Removed
+            })
             .map(|(node_id, info)| {
                 let node = ReplicaNode {
                     node_id: *node_id,

@@ -2,6 +2,7 @@
 //! replicas moving between nodes, and decommissioning a node.
 //! Every test ends with the replica check, which covers the metadata group too.
 
+mod dead_node;
 mod decommission;
 mod metadata;
 mod moves;

@@ -1,0 +1,132 @@
+//! A node killed and kept down past `dead_node_timeout` (5 s here): the controller marks it down
+//! and re-creates its replicas on the other nodes, under load, until every shard has three
+//! replicas again. When the node comes back it is marked up, deletes the replicas it held (their
+//! ids are no longer members of any group, so they cannot vote or lead), and is filled again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use ringkv_client::{Client, NodeId, NodeState, ReplicaId, ShardMap};
+use ringkv_proto::pb;
+use ringkv_tests::{ProcessCluster, assert_replicas_identical};
+
+use crate::moves::Load;
+
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Waits until the map satisfies `done`, failing after `SETTLE_TIMEOUT` with what it last saw.
+async fn wait_map(
+    cluster: &ProcessCluster,
+    client: &Client,
+    what: &str,
+    done: impl Fn(&ShardMap) -> bool,
+) -> anyhow::Result<ShardMap> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if client.refresh_shard_map().await.is_ok() {
+            let map = client.shard_map().await;
+            if done(&map) {
+                return Ok(map);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: not within {SETTLE_TIMEOUT:?}; counts {:?}, moves {:?}, last decisions {:?}\n{}",
+                    map.replica_counts(),
+                    map.moves,
+                    map.decisions
+                        .iter()
+                        .rev()
+                        .take(5)
+                        .map(|d| &d.text)
+                        .collect::<Vec<_>>(),
+                    cluster.log_tails(20)
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_and_comes_back_empty() -> anyhow::Result<()> {
+    // Four nodes, eight shards of three replicas: six replicas per node.
+    let mut cluster = ProcessCluster::start(4, 8, &["--dead-node-timeout-ms", "5000"])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let load = Load::start(&cluster).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let dead = NodeId(4);
+    let old_replicas: Vec<ReplicaId> = client
+        .shard_map()
+        .await
+        .groups()
+        .filter_map(|group| group.replica_on(dead).map(|r| r.replica_id))
+        .collect();
+    assert_eq!(old_replicas.len(), 6);
+    cluster.kill(dead.0);
+
+    // Every shard is back to three replicas, on the three live nodes.
+    let map = wait_map(
+        &cluster,
+        &client,
+        "node 4's replicas re-created elsewhere",
+        |map| {
+            map.nodes[&dead].state == NodeState::Down
+                && map.moves.is_empty()
+                && map.groups().all(|g| g.replica_on(dead).is_none())
+        },
+    )
+    .await?;
+    for shard in &map.shards {
+        assert_eq!(
+            shard.voters.len(),
+            3,
+            "shard {} has {} voters",
+            shard.id,
+            shard.voters.len()
+        );
+    }
+    assert_eq!(
+        map.replica_counts().values().copied().collect::<Vec<_>>(),
+        vec![8, 8, 8]
+    );
+
+    // The dead node comes back: it is marked up, deletes its old replicas, and is filled again.
+    cluster.start_node(dead.0)?;
+    wait_map(&cluster, &client, "node 4 up and balanced again", |map| {
+        let counts = map.replica_counts();
+        map.nodes[&dead].state == NodeState::Up
+            && map.moves.is_empty()
+            && counts.values().max() == Some(&6)
+            && counts.values().min() == Some(&6)
+    })
+    .await?;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let status = pb::cluster_client::ClusterClient::connect(format!("http://{}", cluster.node(4).addr))
+            .await?
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner();
+        let stale: Vec<u64> = status
+            .replicas
+            .iter()
+            .map(|r| r.replica_id)
+            .filter(|id| old_replicas.contains(&ReplicaId(*id)))
+            .collect();
+        if stale.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 still runs its old replicas {stale:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (acknowledged, errors) = load.stop_and_verify(&client).await?;
+    assert!(acknowledged > 0, "the load wrote nothing");
+    assert!(errors.is_empty(), "callers saw errors: {errors:?}");
+    assert_replicas_identical(&client).await
+}
