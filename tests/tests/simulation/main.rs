@@ -5,6 +5,10 @@
 //! then wins a new term. Concurrent clients read and write all along over real gRPC. In odd seeds
 //! idle shards go quiet after 300 ms (`node::quiesce`), so quiet replicas meet the same faults.
 //!
+//! Membership seeds run four nodes, and their schedules also move replicas (`MoveReplica` to a
+//! random node, as an operator would; the controller then balances the nodes again with moves of
+//! its own), so moves meet crashes, partitions and loss at every step.
+//!
 //! After the schedule everything heals and each seed must show: every acknowledged write present,
 //! a linearizable history (operations recorded exactly as their results say: done, certainly not
 //! applied, or maybe applied), and identical replicas (the replica check).
@@ -12,6 +16,8 @@
 //! Environment:
 //! - `RINGKV_SIM_SEEDS=N` runs seeds 0..N (default 100);
 //! - `RINGKV_SIM_SEED=S` runs seed S alone (a failure prints its seed);
+//! - `RINGKV_SIM_MEMBERSHIP_SEEDS=N` runs membership seeds 0..N (default 16), and
+//!   `RINGKV_SIM_MEMBERSHIP_SEED=S` membership seed S alone;
 //! - `RINGKV_SIM_BUG=log-read-cap` switches the old 4096-entry log read cap back on in every
 //!   engine, to show the suite catches it (the burst seeds fail).
 //!
@@ -36,7 +42,12 @@ use ringkv_tests::local_cluster::TransportKind;
 use ringkv_tests::workload::{WorkerReport, run_worker};
 use ringkv_tests::{LocalCluster, assert_replicas_identical};
 
+/// Nodes of a seed; membership seeds have one more, so a replica has somewhere to move.
 const NODES: u64 = 3;
+const MEMBERSHIP_NODES: u64 = 4;
+/// Membership seeds draw their schedule from `seed ^ MEMBERSHIP_SALT`, so they differ from the
+/// plain seed of the same number.
+const MEMBERSHIP_SALT: u64 = 0x6d65_6d62;
 const SHARDS: u32 = 2;
 const WORKERS: usize = 3;
 const KEYS: usize = 4;
@@ -76,24 +87,48 @@ fn engine_options() -> EngineOptions {
 
 /// Runs every seed of `part`; fails listing each failed seed and how to replay it.
 async fn run_part(part: u64) {
+    run_seeds(seeds(part), false).await;
+}
+
+fn membership_seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("RINGKV_SIM_MEMBERSHIP_SEED") {
+        return vec![seed.parse().expect("RINGKV_SIM_MEMBERSHIP_SEED is a number")];
+    }
+    if std::env::var("RINGKV_SIM_SEED").is_ok() {
+        return Vec::new();
+    }
+    let count: u64 = std::env::var("RINGKV_SIM_MEMBERSHIP_SEEDS")
+        .ok()
+        .map(|n| n.parse().expect("RINGKV_SIM_MEMBERSHIP_SEEDS is a number"))
+        .unwrap_or(16);
+    (0..count).collect()
+}
+
+async fn run_seeds(seeds: Vec<u64>, membership: bool) {
+    let kind = if membership { "membership seed" } else { "seed" };
+    let replay = if membership {
+        "RINGKV_SIM_MEMBERSHIP_SEED"
+    } else {
+        "RINGKV_SIM_SEED"
+    };
     let mut failures = Vec::new();
-    for seed in seeds(part) {
+    for seed in seeds {
         let started = Instant::now();
-        match tokio::time::timeout(Duration::from_secs(300), run_seed(seed)).await {
-            Ok(Ok(summary)) => eprintln!("seed {seed}: ok in {:.1?}: {summary}", started.elapsed()),
+        match tokio::time::timeout(Duration::from_secs(300), run_seed(seed, membership)).await {
+            Ok(Ok(summary)) => eprintln!("{kind} {seed}: ok in {:.1?}: {summary}", started.elapsed()),
             Ok(Err(error)) => {
-                eprintln!("seed {seed}: FAILED after {:.1?}: {error:#}", started.elapsed());
-                failures.push(format!("seed {seed}: {error:#}"));
+                eprintln!("{kind} {seed}: FAILED after {:.1?}: {error:#}", started.elapsed());
+                failures.push(format!("{kind} {seed}: {error:#}"));
             }
             Err(_) => {
-                eprintln!("seed {seed}: FAILED: did not finish within 300 s");
-                failures.push(format!("seed {seed}: did not finish within 300 s"));
+                eprintln!("{kind} {seed}: FAILED: did not finish within 300 s");
+                failures.push(format!("{kind} {seed}: did not finish within 300 s"));
             }
         }
     }
     assert!(
         failures.is_empty(),
-        "{} seeds failed; replay one with RINGKV_SIM_SEED=<seed> cargo test -p ringkv-tests --test simulation -- --nocapture\n{}",
+        "{} seeds failed; replay one with {replay}=<seed> cargo test -p ringkv-tests --test simulation -- --nocapture\n{}",
         failures.len(),
         failures.join("\n")
     );
@@ -119,14 +154,22 @@ async fn seeds_part_3() {
     run_part(3).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_seeds_move_replicas_through_the_faults() {
+    run_seeds(membership_seeds(), true).await;
+}
+
 /// One seed: start, fault, heal, check. Returns a one-line summary.
-async fn run_seed(seed: u64) -> anyhow::Result<String> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let burst = seed % BURST_EVERY == 3;
-    let network = MemoryNetwork::new(seed);
+async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
+    let salted = if membership { seed ^ MEMBERSHIP_SALT } else { seed };
+    let nodes = if membership { MEMBERSHIP_NODES } else { NODES };
+    let mut rng = StdRng::seed_from_u64(salted);
+    // The burst scenario assumes three nodes.
+    let burst = !membership && seed % BURST_EVERY == 3;
+    let network = MemoryNetwork::new(salted);
     let snapshots = rng.random_bool(0.5);
     let mut cluster = LocalCluster::start_with(
-        NODES as usize,
+        nodes as usize,
         SHARDS,
         TransportKind::Memory(network.clone()),
         engine_options(),
@@ -174,7 +217,7 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
             burst_keys = committed;
             continue;
         }
-        let fault = random_fault(&mut rng, &mut cluster, &network, &mut down).await?;
+        let fault = random_fault(&mut rng, &mut cluster, &network, &mut down, nodes, membership).await?;
         faults.push(fault);
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..600))).await;
         // Most faults end with their step; crashed nodes come back a step or two later.
@@ -192,6 +235,9 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
     network.heal();
     for node in std::mem::take(&mut down) {
         cluster.start_node(node).await?;
+    }
+    if membership {
+        moves_settled(&cluster, nodes).await?;
     }
     cluster
         .wait_for_leaders(Duration::from_secs(60), false)
@@ -221,7 +267,7 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
         ),
     }
     assert_replicas_identical(&client).await?;
-    for node in 1..=NODES {
+    for node in 1..=nodes {
         let engine = cluster.running(node).node.engine().clone();
         let missing = burst_keys
             .iter()
@@ -246,17 +292,107 @@ async fn run_seed(seed: u64) -> anyhow::Result<String> {
     Ok(summary)
 }
 
-/// Injects one random fault; returns what it did.
+/// Waits until no move is in progress or pending (the controller has nothing left to do), every
+/// node runs exactly the replicas the map places on it, and every group's Raft membership is the
+/// map's voters (no learner left over).
+async fn moves_settled(cluster: &LocalCluster, nodes: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let map = cluster.running(1).node.shard_map();
+        let placed_everywhere = (1..=nodes).all(|n| {
+            let running = cluster.running(n).node.status().replicas;
+            let placed = map.groups().filter(|g| g.replica_on(NodeId(n)).is_some()).count();
+            running.len() == placed
+                && running.iter().all(|r| {
+                    map.shard(ShardId(r.shard_id))
+                        .and_then(|g| g.replica_on(NodeId(n)))
+                        .is_some_and(|p| p.replica_id.0 == r.replica_id)
+                })
+        });
+        if map.moves.is_empty() && map.next_placement_step(usize::MAX).is_none() && placed_everywhere {
+            // The map and Raft agree: every group's leader has exactly the map's voters.
+            let mut disagree = Vec::new();
+            for group in map.groups() {
+                let leader = (1..=nodes).find_map(|n| {
+                    let replica = cluster.running(n).node.replica(group.id)?;
+                    let metrics = replica.raft.metrics().borrow_watched().clone();
+                    (metrics.state == openraft::ServerState::Leader).then_some(metrics)
+                });
+                let Some(metrics) = leader else { continue };
+                let membership = metrics.membership_config.membership();
+                let voters: BTreeSet<u64> = membership.voter_ids().map(|id| id.0).collect();
+                let learners: BTreeSet<u64> = membership.learner_ids().map(|id| id.0).collect();
+                let mapped: BTreeSet<u64> = group.voters.iter().map(|v| v.replica_id.0).collect();
+                if voters != mapped || !learners.is_empty() {
+                    disagree.push(format!(
+                        "shard {}: map voters {mapped:?}, Raft voters {voters:?} learners {learners:?}",
+                        group.id
+                    ));
+                }
+            }
+            if disagree.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the map and Raft membership disagree: {}", disagree.join("; "));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "moves did not settle within 120 s after healing: moves {:?}, next step {:?}, every node runs its placed replicas: {placed_everywhere}",
+                map.moves,
+                map.next_placement_step(usize::MAX)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asks the cluster to move a random replica of a random shard to a random node without one.
+async fn random_move(rng: &mut StdRng, cluster: &LocalCluster, nodes: u64) -> anyhow::Result<String> {
+    let client = cluster.client_with_timeout(Duration::from_secs(2)).await?;
+    let _ = client.refresh_shard_map().await;
+    let map = client.shard_map().await;
+    let shard = &map.shards[rng.random_range(0..map.shards.len())];
+    let from = shard.voters[rng.random_range(0..shard.voters.len())].node_id;
+    let targets: Vec<NodeId> = (1..=nodes)
+        .map(NodeId)
+        .filter(|n| shard.replica_on(*n).is_none())
+        .collect();
+    if targets.is_empty() {
+        // Every node holds a replica of it already: a move of it is under way.
+        return Ok(format!("no move ({} is moving)", shard.id));
+    }
+    let to = targets[rng.random_range(0..targets.len())];
+    Ok(match client.move_replica(shard.id, from, to).await {
+        Ok(_) => format!("move {} {from}->{to}", shard.id),
+        Err(ringkv_client::Error::InvalidArgument(_)) => format!("move {} {from}->{to} refused", shard.id),
+        Err(_) => format!("move {} {from}->{to} unanswered", shard.id),
+    })
+}
+
+/// Injects one random fault (or, in membership seeds, a move too); returns what it did.
 async fn random_fault(
     rng: &mut StdRng,
     cluster: &mut LocalCluster,
     network: &MemoryNetwork,
     down: &mut BTreeSet<u64>,
+    nodes: u64,
+    membership: bool,
 ) -> anyhow::Result<String> {
-    let node = rng.random_range(1..=NODES);
-    let other = (node % NODES) + 1;
-    let rest: Vec<NodeId> = (1..=NODES).filter(|&n| n != node).map(NodeId).collect();
-    Ok(match rng.random_range(0..7) {
+    let node = rng.random_range(1..=nodes);
+    let other = (node % nodes) + 1;
+    let rest: Vec<NodeId> = (1..=nodes).filter(|&n| n != node).map(NodeId).collect();
+    let kinds = if membership { 10 } else { 7 };
+    Ok(match rng.random_range(0..kinds) {
+        7.. => {
+            let moved = random_move(rng, cluster, nodes).await?;
+            // And a fault on top, so the move meets it.
+            let fault = Box::pin(random_fault(rng, cluster, network, down, nodes, false)).await?;
+            format!("{moved} + {fault}")
+        }
         0 => {
             network.partition(&[NodeId(node)], &rest);
             format!("isolate {node}")
@@ -286,9 +422,9 @@ async fn random_fault(
         }
         _ => {
             // Partition the other two from each other, and lose some messages too.
-            network.partition(&[NodeId(other)], &[NodeId((other % NODES) + 1)]);
+            network.partition(&[NodeId(other)], &[NodeId((other % nodes) + 1)]);
             network.set_loss(0.1);
-            format!("split {other}|{} with loss", (other % NODES) + 1)
+            format!("split {other}|{} with loss", (other % nodes) + 1)
         }
     })
 }
