@@ -29,6 +29,9 @@ pub struct NodeConfig {
     /// Every node of the cluster at bootstrap, this one included: node id -> address. Empty means a
     /// single-node cluster made of this node alone.
     pub peers: BTreeMap<String, String>,
+    /// Address of any node of a running cluster to join (instead of forming one with `peers`).
+    /// With it, `node_id` 0 asks the cluster to assign an id.
+    pub join: Option<String>,
     /// Number of shards the ring is cut into when the cluster is first created.
     pub shards: u32,
     /// Replicas per shard when the cluster is first created; at most the number of nodes.
@@ -91,6 +94,7 @@ impl Default for NodeConfig {
             advertise: None,
             data_dir: PathBuf::from("ringkv-data"),
             peers: BTreeMap::new(),
+            join: None,
             shards: 16,
             replication: None,
             request_timeout_ms: 5_000,
@@ -218,7 +222,23 @@ impl NodeConfig {
     /// which setting is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
-        if self.node_id == 0 || self.node_id > u64::from(u32::MAX) {
+        if let Some(join) = &self.join {
+            if !self.peers.is_empty() {
+                return invalid(
+                    "join and peers exclude each other: peers form a new cluster, join enters a running one"
+                        .into(),
+                );
+            }
+            if join
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return invalid(format!("join address {join:?} is not HOST:PORT"));
+            }
+        }
+        let assigned = self.join.is_some() && self.node_id == 0;
+        if !assigned && (self.node_id == 0 || self.node_id > u64::from(u32::MAX)) {
             return invalid(format!(
                 "node_id {} is out of range: use 1 to {}",
                 self.node_id,
@@ -234,7 +254,12 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir is empty".into());
         }
-        let nodes = self.bootstrap_nodes()?;
+        // A joining node takes the cluster's shard and replica settings; only its own are checked.
+        let nodes = if self.join.is_some() {
+            BTreeMap::new()
+        } else {
+            self.bootstrap_nodes()?
+        };
         for (id, addr) in &nodes {
             if id.0 == 0 || id.0 > u64::from(u32::MAX) {
                 return invalid(format!("peer id {id} is out of range: use 1 to {}", u32::MAX));
@@ -248,6 +273,7 @@ impl NodeConfig {
             }
         }
         match nodes.get(&self.id()) {
+            None if self.join.is_some() => {}
             None => {
                 return invalid(format!(
                     "peers do not include this node's id {}; list every node, this one too",
@@ -270,7 +296,7 @@ impl NodeConfig {
             ));
         }
         let replication = self.replication_factor()?;
-        if replication == 0 || replication > nodes.len() {
+        if self.join.is_none() && (replication == 0 || replication > nodes.len()) {
             return invalid(format!(
                 "replication = {replication} is impossible with {} node(s): use 1 to {}",
                 nodes.len(),

@@ -208,8 +208,15 @@ pub fn create_node(engine: &Engine, node_id: NodeId) -> anyhow::Result<NodeRecor
         node_id,
         incarnation: random_nonzero(),
     };
-    engine.put_meta(META_NODE, &postcard::to_stdvec(&record)?)?;
+    save_node(engine, record)?;
     Ok(record)
+}
+
+/// Writes the node record (a joining node's, whose id the cluster may have assigned). Durable on
+/// return.
+pub fn save_node(engine: &Engine, record: NodeRecord) -> anyhow::Result<()> {
+    engine.put_meta(META_NODE, &postcard::to_stdvec(&record)?)?;
+    Ok(())
 }
 
 /// Records that this node belongs to the cluster of `map`, created with `params`. Durable on

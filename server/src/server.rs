@@ -138,25 +138,51 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
         let (data_dir, engine_options) = (config.data_dir.clone(), options.engine);
         tokio::task::spawn_blocking(move || Engine::open_with(&data_dir, engine_options)).await??
     };
-    let params = BootstrapParams::from_config(config)?;
+    let mut params = BootstrapParams::from_config(config)?;
     let data_dir = config.data_dir.display().to_string();
+    let listener = TcpListener::bind(&config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another process using this port? choose another --listen",
+            config.listen
+        )
+    })?;
     let stored = engine.run_blocking(identity::load).await?;
-    let (record, member) = match stored {
-        Stored::Fresh => {
+    let (record, member) = match (stored, &config.join) {
+        (Stored::Fresh, Some(join)) => {
+            let record =
+                bootstrap::join_cluster(&engine, join, config.id(), config.advertised_addr(), None).await?;
+            (record.0, Some(record.1))
+        }
+        (Stored::Waiting(record), Some(join)) => {
+            let joined = bootstrap::join_cluster(
+                &engine,
+                join,
+                record.node_id,
+                config.advertised_addr(),
+                Some(record),
+            )
+            .await?;
+            (joined.0, Some(joined.1))
+        }
+        (Stored::Fresh, None) => {
             let node_id = config.id();
             let record = engine
                 .run_blocking(move |engine| identity::create_node(engine, node_id))
                 .await?;
             (record, None)
         }
-        Stored::Waiting(record) => (record, None),
-        Stored::Member {
-            node,
-            params: stored,
-            map,
-        } => {
+        (Stored::Waiting(record), None) => (record, None),
+        (
+            Stored::Member {
+                node,
+                params: stored,
+                map,
+            },
+            join,
+        ) => {
+            // A node that joined took the cluster's settings; a node that formed it is held to them.
             let differences = params.differences(&stored, "the cluster in this data directory");
-            if node.node_id == config.id() && !differences.is_empty() {
+            if join.is_none() && node.node_id == config.id() && !differences.is_empty() {
                 bail!(
                     "node {} refuses to start with settings that differ from its cluster's (data directory \
                      {data_dir}): {}. Start it with the cluster's settings",
@@ -164,10 +190,12 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
                     differences.join("; ")
                 );
             }
-            (node, Some(*map))
+            (node, Some((stored, *map)))
         }
     };
-    if record.node_id != config.id() {
+    // A joining node started without --node-id takes the id its data directory records.
+    let assigned = config.join.is_some() && config.node_id == 0;
+    if record.node_id != config.id() && !assigned {
         bail!(
             "data directory {data_dir} belongs to node {}, but this node was started as node {}; use --node-id {} \
              or another --data-dir",
@@ -176,13 +204,11 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
             record.node_id
         );
     }
+    let member = member.map(|(stored, map)| {
+        params = stored;
+        map
+    });
 
-    let listener = TcpListener::bind(&config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}: is another process using this port? choose another --listen",
-            config.listen
-        )
-    })?;
     let local_addr = listener.local_addr()?;
     let slot = NodeSlot::new(record, params.clone(), member.clone());
     let (stop, stopping) = watch::channel(false);

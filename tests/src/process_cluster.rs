@@ -42,6 +42,10 @@ pub struct ProcessNode {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The member it joins through (`--join`), for a node added after the cluster formed.
+    join: Option<String>,
+    /// Started without `--node-id` (the cluster assigns it).
+    assigned_id: bool,
     child: Option<Child>,
 }
 
@@ -88,6 +92,8 @@ impl ProcessCluster {
                 addr: format!("127.0.0.1:{port}"),
                 data_dir: root.join(format!("node-{node_id}")),
                 log_path: root.join(format!("node-{node_id}.log")),
+                join: None,
+                assigned_id: false,
                 child: None,
             });
         }
@@ -95,6 +101,25 @@ impl ProcessCluster {
             cluster.start_node(node_id)?;
         }
         Ok(cluster)
+    }
+
+    /// Adds node `node_id` with an empty data directory, joining through node 1 (`ringkv start
+    /// --join`), and starts it. With `assigned`, it is started without `--node-id`: the cluster
+    /// must assign it `node_id` (the next id after every node it has had).
+    pub fn add_joining_node(&mut self, node_id: u64, assigned: bool) -> anyhow::Result<()> {
+        let port = free_ports(1)[0];
+        let root = self._dir.path();
+        let join = self.node(1).addr.clone();
+        self.nodes.push(ProcessNode {
+            node_id,
+            addr: format!("127.0.0.1:{port}"),
+            data_dir: root.join(format!("node-{node_id}")),
+            log_path: root.join(format!("node-{node_id}.log")),
+            join: Some(join),
+            assigned_id: assigned,
+            child: None,
+        });
+        self.start_node(node_id)
     }
 
     fn node_mut(&mut self, node_id: u64) -> &mut ProcessNode {
@@ -120,16 +145,12 @@ impl ProcessCluster {
     pub fn start_command_listening(&self, node_id: u64, listen: &str) -> Command {
         let node = self.node(node_id);
         let mut command = Command::new(ringkv_binary());
+        command.arg("start");
+        if !node.assigned_id {
+            command.args(["--node-id", &node_id.to_string()]);
+        }
         command
-            .arg("start")
-            .args([
-                "--node-id",
-                &node_id.to_string(),
-                "--listen",
-                listen,
-                "--advertise",
-                &node.addr,
-            ])
+            .args(["--listen", listen, "--advertise", &node.addr])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--shards", &self.shards.to_string()])
@@ -138,7 +159,9 @@ impl ProcessCluster {
                 "RINGKV_LOG",
                 std::env::var("RINGKV_NODE_LOG").unwrap_or_else(|_| "info".into()),
             );
-        if !self.extra_args.iter().any(|arg| arg == "--peers") {
+        if let Some(join) = &node.join {
+            command.args(["--join", join]);
+        } else if !self.extra_args.iter().any(|arg| arg == "--peers") {
             command.args(["--peers", &self.peers]);
         }
         command

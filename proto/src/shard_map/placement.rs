@@ -217,6 +217,64 @@ impl ShardMap {
         }
     }
 
+    /// Adds a node with an empty data directory, as the change to the next epoch; `node` `None`
+    /// assigns the next id after every id the map has held. Returns its id, and whether the map
+    /// changed (a node already added with this incarnation is answered as when it was added).
+    /// Refuses, saying why, an id held by another data directory or an address another node uses.
+    pub fn add_node(
+        &mut self,
+        node: Option<NodeId>,
+        addr: &str,
+        incarnation: u64,
+        now_unix_ms: u64,
+    ) -> Result<(NodeId, bool), String> {
+        if incarnation == 0 {
+            return Err("a joining node needs a nonzero incarnation".into());
+        }
+        // Asked again by a node already added (its answer was lost): the same answer.
+        if let Some((id, _)) = self
+            .nodes
+            .iter()
+            .find(|(_, info)| info.incarnation == incarnation)
+            && node.is_none_or(|node| node == *id)
+        {
+            return Ok((*id, false));
+        }
+        if let Some(id) = node
+            && let Some(info) = self.nodes.get(&id)
+        {
+            return Err(format!(
+                "node {id} is already a member of this cluster with another data directory (incarnation \
+                 {:016x}); start the new node with another --node-id, or without one to get an id assigned",
+                info.incarnation
+            ));
+        }
+        if let Some((other, _)) = self
+            .nodes
+            .iter()
+            .find(|(_, info)| info.addr == addr && info.state != NodeState::Removed)
+        {
+            return Err(format!("node {other} already uses the address {addr}"));
+        }
+        let id = match node {
+            Some(id) => id,
+            None => NodeId(self.nodes.keys().last().map_or(1, |last| last.0 + 1)),
+        };
+        if id.0 == 0 || id.0 > u64::from(u32::MAX) {
+            return Err(format!("node id {id} is out of range: use 1 to {}", u32::MAX));
+        }
+        self.nodes.insert(
+            id,
+            super::NodeInfo {
+                addr: addr.to_owned(),
+                incarnation,
+                state: NodeState::Up,
+            },
+        );
+        self.record_decision(self.epoch + 1, now_unix_ms, format!("node {id} joined at {addr}"));
+        Ok((id, true))
+    }
+
     /// Sets `node`'s state (up or down, as the controller hears it), recording `reason`.
     pub fn set_node_state(&mut self, node: NodeId, state: NodeState, reason: &str, now_unix_ms: u64) {
         if let Some(info) = self.nodes.get_mut(&node) {
@@ -340,6 +398,34 @@ mod tests {
         );
         // 48 replicas over 5 nodes: the two new ones need 9 each at least (48 / 5 rounded down).
         assert_eq!(moves, 18, "moves made (the minimum is 18)");
+    }
+
+    #[test]
+    fn a_joining_node_gets_the_next_id_and_asking_again_changes_nothing() {
+        let mut map = cluster(3, 4);
+        assert_eq!(
+            map.add_node(None, "127.0.0.1:9004", 404, 0),
+            Ok((NodeId(4), true))
+        );
+        assert_eq!(map.nodes[&NodeId(4)].state, NodeState::Up);
+        // The same data directory asking again (its answer was lost) gets the same answer.
+        assert_eq!(
+            map.add_node(None, "127.0.0.1:9004", 404, 0),
+            Ok((NodeId(4), false))
+        );
+        let taken = map
+            .add_node(Some(NodeId(2)), "127.0.0.1:9009", 909, 0)
+            .unwrap_err();
+        assert!(taken.contains("node 2 is already a member"), "{taken}");
+        let address = map.add_node(None, "127.0.0.1:9004", 505, 0).unwrap_err();
+        assert!(address.contains("already uses the address"), "{address}");
+        // Ids are never reused: after node 4 is removed, the next node is 5.
+        map.nodes.get_mut(&NodeId(4)).unwrap().state = NodeState::Removed;
+        assert_eq!(
+            map.add_node(None, "127.0.0.1:9004", 606, 0),
+            Ok((NodeId(5), true))
+        );
+        map.validate().expect("valid");
     }
 
     #[test]

@@ -145,6 +145,11 @@ pub(super) struct StartArgs {
     /// Replicas per shard when the cluster is first started.
     #[arg(long)]
     pub(super) replication: Option<usize>,
+    /// Join the running cluster that the node at this address (HOST:PORT) belongs to, instead of
+    /// forming one with --peers. Needs an empty --data-dir; without --node-id the cluster assigns
+    /// one.
+    #[arg(long)]
+    pub(super) join: Option<String>,
     /// Raft snapshot threshold: build a snapshot after this many log entries.
     #[arg(long)]
     pub(super) snapshot_after_logs: Option<u64>,

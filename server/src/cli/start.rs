@@ -68,6 +68,13 @@ fn config_from(args: StartArgs) -> anyhow::Result<NodeConfig> {
     if let Some(n) = args.snapshot_after_logs {
         config.raft.snapshot_after_logs = n;
     }
+    if args.join.is_some() {
+        config.join = args.join;
+        if args.node_id.is_none() {
+            // 0: the cluster assigns the id.
+            config.node_id = 0;
+        }
+    }
     if let Some(ms) = args.dead_node_timeout_ms {
         config.dead_node_timeout_ms = ms;
     }

@@ -1,5 +1,5 @@
 //! How a node finds its cluster when its data directory holds none: it never creates replicas of a
-//! cluster that already exists.
+//! cluster that already exists. `join_cluster` is the other way in: joining a running cluster.
 //!
 //! Process overview (a node whose data directory has a node record but no cluster):
 //! 1. Ask every peer in `--peers` who it is (`Cluster.Hello`), over and over, until one of the
@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tracing::info;
 
-use ringkv_engine::NodeId;
+use ringkv_engine::{Engine, NodeId};
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
 use ringkv_proto::{ShardMap, limits::MAX_MESSAGE_BYTES};
 
-use crate::identity::{BootstrapParams, NodeRecord, random_nonzero};
+use crate::identity::{self, BootstrapParams, NodeRecord, random_nonzero};
 
 /// How long one Hello to a peer may take.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,6 +35,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 const ROUND_PAUSE: Duration = Duration::from_millis(300);
 /// How often the wait is reported in the log.
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the member may take to record a joining node in the map.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a peer said about itself.
 enum PeerState {
@@ -211,4 +213,100 @@ fn check_peer(
         ),
         Some(_) => Ok(PeerState::Member { map }),
     }
+}
+
+/// Joins a running cluster through the member at `join` (`ringkv start --join`): asks it to add
+/// this node (`Cluster.Join`), then records the node, the cluster's settings and the map in the
+/// data directory. With an id given (`node_id` not 0), the node record is written before asking,
+/// so a node that crashes before the answer asks again as the same node (`existing`). Waits as
+/// long as the member does not answer; a refusal ends it with the member's reason.
+pub async fn join_cluster(
+    engine: &Engine,
+    join: &str,
+    node_id: NodeId,
+    addr: &str,
+    existing: Option<NodeRecord>,
+) -> anyhow::Result<(NodeRecord, (BootstrapParams, ShardMap))> {
+    let incarnation = existing.map_or_else(random_nonzero, |record| record.incarnation);
+    if existing.is_none() && node_id.0 != 0 {
+        let record = NodeRecord { node_id, incarnation };
+        engine
+            .run_blocking(move |engine| identity::save_node(engine, record))
+            .await?;
+    }
+    let mut last_report = Instant::now();
+    loop {
+        let request = pb::JoinRequest {
+            node_id: node_id.0,
+            addr: addr.to_owned(),
+            incarnation,
+        };
+        match ask_to_join(join, request).await {
+            Ok(response) => {
+                let map =
+                    ShardMap::from_proto(&response.map.ok_or_else(|| {
+                        anyhow::anyhow!("the node at {join} answered the join without a map")
+                    })?)?;
+                let params = BootstrapParams::from_proto(&response.params.unwrap_or_default());
+                let record = NodeRecord {
+                    node_id: NodeId(response.node_id),
+                    incarnation,
+                };
+                let (saved_params, saved_map) = (params.clone(), map.clone());
+                engine
+                    .run_blocking(move |engine| -> anyhow::Result<()> {
+                        identity::save_node(engine, record)?;
+                        identity::save_cluster(engine, &saved_params, &saved_map)
+                    })
+                    .await?;
+                info!(
+                    node_id = %record.node_id,
+                    cluster_id = format_args!("{:016x}", map.cluster_id),
+                    via = join,
+                    "joined a running cluster; the controller moves replicas here"
+                );
+                return Ok((record, (params, map)));
+            }
+            Err(Ok(refusal)) => bail!("the cluster at {join} refused this node: {refusal}"),
+            Err(Err(unreachable)) => {
+                if last_report.elapsed() >= REPORT_INTERVAL {
+                    last_report = Instant::now();
+                    info!(via = join, error = %unreachable, "waiting to join the cluster: the node to join through does not answer");
+                }
+                tokio::time::sleep(ROUND_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// One `Join` call. `Err(Ok(reason))`: refused; `Err(Err(error))`: no answer, ask again.
+async fn ask_to_join(
+    addr: &str,
+    request: pb::JoinRequest,
+) -> Result<pb::JoinResponse, Result<String, String>> {
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Ok(e.to_string()))?
+            .connect_timeout(HELLO_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| Err(format!("cannot connect: {e}")))?;
+        let mut client = ClusterClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(JOIN_TIMEOUT);
+        client
+            .join(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                if status.code() == tonic::Code::InvalidArgument {
+                    Ok(status.message().to_owned())
+                } else {
+                    Err(status.message().to_owned())
+                }
+            })
+    };
+    tokio::time::timeout(JOIN_TIMEOUT + HELLO_TIMEOUT, call)
+        .await
+        .map_err(|_| Err("no answer".to_owned()))?
 }

@@ -118,6 +118,42 @@ async fn record_liveness(node: &Node, map: &ShardMap, (peer, state, reason): (No
 }
 
 impl Node {
+    /// Serves `Join`: records a node with an empty data directory in the map (see
+    /// `ShardMap::add_node`). Returns its id and the map that has it.
+    pub async fn join_node(
+        &self,
+        node: Option<NodeId>,
+        addr: &str,
+        incarnation: u64,
+        budget: Duration,
+    ) -> Result<(NodeId, ShardMap), ServiceError> {
+        let started = Instant::now();
+        let mut map = self.shard_map();
+        loop {
+            let mut proposed = map.clone();
+            let (id, changed) = proposed
+                .add_node(node, addr, incarnation, unix_ms())
+                .map_err(ServiceError::InvalidArgument)?;
+            if !changed {
+                return Ok((id, map));
+            }
+            let remaining = budget.saturating_sub(started.elapsed());
+            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
+            if succeeded {
+                info!(node_id = %id, %addr, "a node joined the cluster");
+                return Ok((id, current));
+            }
+            if started.elapsed() >= budget {
+                return Err(ServiceError::Unavailable {
+                    shard_id: ShardId::META,
+                    outcome_unknown: false,
+                    reason: "the map kept changing while the join was being recorded; retry".into(),
+                });
+            }
+            map = current;
+        }
+    }
+
     /// Serves `DecommissionNode`: marks the node decommissioning in the map (the controller then
     /// drains it). Retries when another change lands first.
     pub async fn decommission_node(

@@ -2,7 +2,7 @@
 //! changed with `ProposeMap`), this node's status, cluster formation (`Hello`), the replica check
 //! (`CheckShard` proposes a digest on the leader, `ReplicaDigest` reads one replica's result), and
 //! replica moves (`MoveReplica` begins one, `ChangeReplicas` is one step on a shard's leader), and
-//! `DecommissionNode`.
+//! `Join` and `DecommissionNode`.
 
 use std::sync::Arc;
 
@@ -107,6 +107,21 @@ impl Cluster for ClusterService {
             .await?;
         Ok(Response::new(pb::MoveReplicaResponse {
             map: Some(map.to_proto()),
+        }))
+    }
+
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let wanted = (request.node_id != 0).then_some(NodeId(request.node_id));
+        let (node_id, map) = node
+            .join_node(wanted, &request.addr, request.incarnation, budget)
+            .await?;
+        Ok(Response::new(pb::JoinResponse {
+            node_id: node_id.0,
+            map: Some(map.to_proto()),
+            params: Some(node.params().to_proto()),
         }))
     }
 

@@ -4,5 +4,6 @@
 
 mod dead_node;
 mod decommission;
+mod grow;
 mod metadata;
 mod moves;
