@@ -34,6 +34,10 @@ const MAX_ATTEMPT: Duration = Duration::from_secs(2);
 /// How much longer than the budget it gives the node the client waits for the node's answer; at
 /// most a quarter of what remains, so short deadlines keep most of their time for the node.
 const ANSWER_GRACE: Duration = Duration::from_millis(300);
+/// An attempt needs at least this much of the deadline left to be worth sending: with less, the
+/// node's answer races the client's wait, and a write whose answer is lost that way must be
+/// reported as maybe applied. The last attempt's own answer stands instead.
+const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 /// NotLeader hints followed in a row before backing off (hints can ping-pong during elections).
 const MAX_HINT_HOPS: u32 = 3;
 /// A write is retried for at most this long, whatever its deadline: half the time a shard keeps
@@ -135,7 +139,9 @@ impl Plan<'_> {
                 (shard_id, routes.route_shard(shard_id, attempts))
             };
             let now = Instant::now();
-            if now >= self.deadline {
+            // The first attempt is always sent, however short the deadline.
+            let too_late = self.deadline.saturating_duration_since(now) < MIN_ATTEMPT && attempts > 0;
+            if now >= self.deadline || too_late {
                 let ended = Error::Unavailable {
                     shard_id,
                     attempts,
