@@ -218,8 +218,8 @@ impl ShardMap {
     }
 
     /// Adds a node with an empty data directory, as the change to the next epoch; `node` `None`
-    /// assigns the next id after every id the map has held. Returns its id, and whether the map
-    /// changed (a node already added with this incarnation is answered as when it was added).
+    /// assigns the next id after every id the map has held. Returns its id; a node already added
+    /// with this incarnation is answered as when it was added, and the map is left as it is.
     /// Refuses, saying why, an id held by another data directory or an address another node uses.
     pub fn add_node(
         &mut self,
@@ -227,7 +227,7 @@ impl ShardMap {
         addr: &str,
         incarnation: u64,
         now_unix_ms: u64,
-    ) -> Result<(NodeId, bool), String> {
+    ) -> Result<NodeId, String> {
         if incarnation == 0 {
             return Err("a joining node needs a nonzero incarnation".into());
         }
@@ -238,7 +238,7 @@ impl ShardMap {
             .find(|(_, info)| info.incarnation == incarnation)
             && node.is_none_or(|node| node == *id)
         {
-            return Ok((*id, false));
+            return Ok(*id);
         }
         if let Some(id) = node
             && let Some(info) = self.nodes.get(&id)
@@ -272,7 +272,7 @@ impl ShardMap {
             },
         );
         self.record_decision(self.epoch + 1, now_unix_ms, format!("node {id} joined at {addr}"));
-        Ok((id, true))
+        Ok(id)
     }
 
     /// Sets `node`'s state (up or down, as the controller hears it), recording `reason`.
@@ -335,17 +335,7 @@ mod tests {
     use crate::NodeInfo;
 
     fn cluster(nodes: u64, shards: u32) -> ShardMap {
-        let nodes: BTreeMap<NodeId, NodeInfo> = (1..=nodes)
-            .map(|id| {
-                let info = NodeInfo {
-                    addr: format!("127.0.0.1:{}", 7000 + id),
-                    incarnation: 100 + id,
-                    state: NodeState::Up,
-                };
-                (NodeId(id), info)
-            })
-            .collect();
-        ShardMap::bootstrap(9, &nodes, shards, 3).expect("bootstrap")
+        ShardMap::bootstrap(9, &crate::shard_map::tests::nodes(nodes), shards, 3).expect("bootstrap")
     }
 
     /// Plays the controller: takes every step, finishing each move at once. Returns the moves made.
@@ -403,16 +393,13 @@ mod tests {
     #[test]
     fn a_joining_node_gets_the_next_id_and_asking_again_changes_nothing() {
         let mut map = cluster(3, 4);
-        assert_eq!(
-            map.add_node(None, "127.0.0.1:9004", 404, 0),
-            Ok((NodeId(4), true))
-        );
+        assert_eq!(map.add_node(None, "127.0.0.1:9004", 404, 0), Ok(NodeId(4)));
         assert_eq!(map.nodes[&NodeId(4)].state, NodeState::Up);
-        // The same data directory asking again (its answer was lost) gets the same answer.
-        assert_eq!(
-            map.add_node(None, "127.0.0.1:9004", 404, 0),
-            Ok((NodeId(4), false))
-        );
+        // The same data directory asking again (its answer was lost) gets the same answer, and
+        // the map stays as it is.
+        let joined = map.clone();
+        assert_eq!(map.add_node(None, "127.0.0.1:9004", 404, 0), Ok(NodeId(4)));
+        assert_eq!(map, joined);
         let taken = map
             .add_node(Some(NodeId(2)), "127.0.0.1:9009", 909, 0)
             .unwrap_err();
@@ -421,10 +408,7 @@ mod tests {
         assert!(address.contains("already uses the address"), "{address}");
         // Ids are never reused: after node 4 is removed, the next node is 5.
         map.nodes.get_mut(&NodeId(4)).unwrap().state = NodeState::Removed;
-        assert_eq!(
-            map.add_node(None, "127.0.0.1:9004", 606, 0),
-            Ok((NodeId(5), true))
-        );
+        assert_eq!(map.add_node(None, "127.0.0.1:9004", 606, 0), Ok(NodeId(5)));
         map.validate().expect("valid");
     }
 

@@ -9,11 +9,11 @@
 //! over from the map.
 
 use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
-use ringkv_engine::{NodeId, ShardId};
+use ringkv_engine::NodeId;
 use ringkv_proto::{NodeState, ShardMap};
 
 use super::host::Node;
@@ -127,61 +127,28 @@ impl Node {
         incarnation: u64,
         budget: Duration,
     ) -> Result<(NodeId, ShardMap), ServiceError> {
-        let started = Instant::now();
-        let mut map = self.shard_map();
-        loop {
-            let mut proposed = map.clone();
-            let (id, changed) = proposed
-                .add_node(node, addr, incarnation, unix_ms())
-                .map_err(ServiceError::InvalidArgument)?;
-            if !changed {
-                return Ok((id, map));
-            }
-            let remaining = budget.saturating_sub(started.elapsed());
-            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
-            if succeeded {
-                info!(node_id = %id, %addr, "a node joined the cluster");
-                return Ok((id, current));
-            }
-            if started.elapsed() >= budget {
-                return Err(ServiceError::Unavailable {
-                    shard_id: ShardId::META,
-                    outcome_unknown: false,
-                    reason: "the map kept changing while the join was being recorded; retry".into(),
-                });
-            }
-            map = current;
-        }
+        let (id, map) = self
+            .change_map("the join", budget, |map| {
+                map.add_node(node, addr, incarnation, unix_ms())
+            })
+            .await?;
+        info!(node_id = %id, %addr, "a node is a member of the cluster");
+        Ok((id, map))
     }
 
     /// Serves `DecommissionNode`: marks the node decommissioning in the map (the controller then
-    /// drains it). Retries when another change lands first.
+    /// drains it).
     pub async fn decommission_node(
         &self,
         target: NodeId,
         budget: Duration,
     ) -> Result<ShardMap, ServiceError> {
-        let started = Instant::now();
-        let mut map = self.shard_map();
-        loop {
-            let mut proposed = map.clone();
-            proposed
-                .decommission(target, unix_ms())
-                .map_err(ServiceError::InvalidArgument)?;
-            let remaining = budget.saturating_sub(started.elapsed());
-            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
-            if succeeded {
-                info!(node_id = %target, "node marked decommissioning");
-                return Ok(current);
-            }
-            if started.elapsed() >= budget {
-                return Err(ServiceError::Unavailable {
-                    shard_id: ShardId::META,
-                    outcome_unknown: false,
-                    reason: "the map kept changing while the decommission was being recorded; retry".into(),
-                });
-            }
-            map = current;
-        }
+        let ((), map) = self
+            .change_map("the decommission", budget, |map| {
+                map.decommission(target, unix_ms())
+            })
+            .await?;
+        info!(node_id = %target, "node marked decommissioning");
+        Ok(map)
     }
 }

@@ -184,6 +184,41 @@ impl Node {
         }
     }
 
+    /// Applies `edit` to this node's map and proposes the result; when another change lands first,
+    /// applies `edit` again to the map that won, within `budget`. `edit` refuses, saying why, a
+    /// change that does not (or no longer) make sense: answered as `InvalidArgument`, nothing
+    /// written. A map `edit` leaves as it was is not proposed (the change is already there).
+    /// Returns what `edit` returned and the map after. `what` names the change in errors.
+    pub(crate) async fn change_map<T>(
+        &self,
+        what: &str,
+        budget: Duration,
+        mut edit: impl FnMut(&mut ShardMap) -> Result<T, String>,
+    ) -> Result<(T, ShardMap), ServiceError> {
+        let started = std::time::Instant::now();
+        let mut map = self.shard_map();
+        loop {
+            let mut proposed = map.clone();
+            let answer = edit(&mut proposed).map_err(ServiceError::InvalidArgument)?;
+            if proposed == map {
+                return Ok((answer, map));
+            }
+            let remaining = budget.saturating_sub(started.elapsed());
+            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
+            if succeeded {
+                return Ok((answer, current));
+            }
+            if started.elapsed() >= budget {
+                return Err(ServiceError::Unavailable {
+                    shard_id: ShardId::META,
+                    outcome_unknown: false,
+                    reason: format!("the map kept changing while {what} was being recorded; retry"),
+                });
+            }
+            map = current;
+        }
+    }
+
     /// `propose_map` on a node hosting no metadata replica: asks each metadata node in turn,
     /// within the budget, and returns the first answer that is not "unreachable".
     async fn forward_to_meta_nodes(

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
 use openraft::ServerState;
@@ -222,8 +222,7 @@ impl Node {
         })
     }
 
-    /// Serves `MoveReplica`: records the move in the map (step 1). Retries when another change
-    /// lands first, as long as the move still makes sense.
+    /// Serves `MoveReplica`: records the move in the map (step 1).
     pub async fn begin_move(
         &self,
         shard_id: ShardId,
@@ -232,27 +231,12 @@ impl Node {
         reason: &str,
         budget: Duration,
     ) -> Result<ShardMap, ServiceError> {
-        let started = Instant::now();
-        let mut map = self.shard_map();
-        loop {
-            let mut proposed = map.clone();
-            proposed
-                .begin_move(shard_id, from, to, unix_ms(), reason)
-                .map_err(ServiceError::InvalidArgument)?;
-            let remaining = budget.saturating_sub(started.elapsed());
-            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
-            if succeeded {
-                return Ok(current);
-            }
-            if started.elapsed() >= budget {
-                return Err(ServiceError::Unavailable {
-                    shard_id: ShardId::META,
-                    outcome_unknown: false,
-                    reason: "the map kept changing while the move was being recorded; retry".into(),
-                });
-            }
-            map = current;
-        }
+        let (_, map) = self
+            .change_map("the move", budget, |map| {
+                map.begin_move(shard_id, from, to, unix_ms(), reason)
+            })
+            .await?;
+        Ok(map)
     }
 }
 
