@@ -452,7 +452,8 @@ fn rendezvous(shard: ShardId, node: NodeId) -> u64 {
 mod tests {
     use super::*;
 
-    fn nodes(n: u64) -> BTreeMap<NodeId, NodeInfo> {
+    /// Nodes 1..=n, up, at 127.0.0.1:7001.. (shared with the submodules' tests).
+    pub(super) fn nodes(n: u64) -> BTreeMap<NodeId, NodeInfo> {
         (1..=n)
             .map(|id| {
                 let info = NodeInfo {

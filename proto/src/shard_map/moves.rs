@@ -202,23 +202,10 @@ impl ShardMap {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::NodeInfo;
 
     fn four_nodes_three_replicas() -> ShardMap {
-        let nodes: BTreeMap<NodeId, NodeInfo> = (1..=4)
-            .map(|id| {
-                let info = NodeInfo {
-                    addr: format!("127.0.0.1:{}", 7000 + id),
-                    incarnation: 100 + id,
-                    state: Default::default(),
-                };
-                (NodeId(id), info)
-            })
-            .collect();
-        ShardMap::bootstrap(9, &nodes, 4, 3).expect("bootstrap")
+        ShardMap::bootstrap(9, &crate::shard_map::tests::nodes(4), 4, 3).expect("bootstrap")
     }
 
     /// A node of the cluster that holds no replica of `shard`, and one of its voters.

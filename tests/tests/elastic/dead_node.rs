@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use ringkv_client::{Client, NodeId, NodeState, ReplicaId, ShardMap};
-use ringkv_proto::pb;
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
 use crate::moves::Load;
+use crate::wait_replicas;
 
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -102,28 +102,17 @@ async fn a_dead_node_is_replaced_and_comes_back_empty() -> anyhow::Result<()> {
             && counts.values().min() == Some(&6)
     })
     .await?;
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let status = pb::cluster_client::ClusterClient::connect(format!("http://{}", cluster.node(4).addr))
-            .await?
-            .status(pb::StatusRequest {})
-            .await?
-            .into_inner();
-        let stale: Vec<u64> = status
-            .replicas
-            .iter()
-            .map(|r| r.replica_id)
-            .filter(|id| old_replicas.contains(&ReplicaId(*id)))
-            .collect();
-        if stale.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4 still runs its old replicas {stale:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_replicas(
+        &cluster.node(4).addr,
+        SETTLE_TIMEOUT,
+        "node 4 deletes its old replicas",
+        |replicas| {
+            replicas
+                .iter()
+                .all(|r| !old_replicas.contains(&ReplicaId(r.replica_id)))
+        },
+    )
+    .await?;
 
     let (acknowledged, errors) = load.stop_and_verify(&client).await?;
     assert!(acknowledged > 0, "the load wrote nothing");

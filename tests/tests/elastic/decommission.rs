@@ -1,15 +1,15 @@
 //! Decommissioning a node under load: the controller moves every replica off it, marks it
 //! removed, and the remaining nodes hold every acknowledged write once it is gone.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ringkv_client::{Error, NodeId, NodeState};
-use ringkv_proto::pb;
 use ringkv_tests::process_cluster::ringkv_binary;
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
 use crate::moves::Load;
+use crate::wait_replicas;
 
 /// How long draining a node of 8 replicas may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -60,23 +60,13 @@ async fn a_decommissioned_node_is_drained_under_load_and_the_rest_hold_every_wri
     );
 
     // The node deletes its replicas once the map no longer places them there.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let status = pb::cluster_client::ClusterClient::connect(format!("http://{}", cluster.node(4).addr))
-            .await?
-            .status(pb::StatusRequest {})
-            .await?
-            .into_inner();
-        if status.replicas.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4 still runs {} replicas",
-            status.replicas.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_replicas(
+        &cluster.node(4).addr,
+        DRAIN_TIMEOUT,
+        "node 4 deletes its replicas",
+        |replicas| replicas.is_empty(),
+    )
+    .await?;
 
     // `ringkv node list` shows it removed.
     let out = std::process::Command::new(ringkv_binary())

@@ -7,3 +7,59 @@ mod decommission;
 mod grow;
 mod metadata;
 mod moves;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ringkv_proto::ShardId;
+use ringkv_proto::pb::{self, ReplicaStatus};
+use ringkv_tests::ProcessCluster;
+
+/// The replicas the node at `addr` runs, by its own status.
+async fn running_replicas(addr: &str) -> anyhow::Result<Vec<ReplicaStatus>> {
+    let status = pb::cluster_client::ClusterClient::connect(format!("http://{addr}"))
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?
+        .status(pb::StatusRequest {})
+        .await?
+        .into_inner();
+    Ok(status.replicas)
+}
+
+/// Waits until the replicas the node at `addr` runs satisfy `done`; fails after `timeout` with
+/// `what` and the replica ids it last saw.
+async fn wait_replicas(
+    addr: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[ReplicaStatus]) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let replicas = running_replicas(addr).await?;
+        if done(&replicas) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let ids: Vec<u64> = replicas.iter().map(|r| r.replica_id).collect();
+            bail!("{what}: not within {timeout:?}; the node runs replicas {ids:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The node leading the metadata group, by the running nodes' own status.
+async fn meta_leader(cluster: &ProcessCluster) -> anyhow::Result<u64> {
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        let Ok(replicas) = running_replicas(&node.addr).await else {
+            continue;
+        };
+        if replicas
+            .iter()
+            .any(|r| r.shard_id == ShardId::META.0 && r.role == "leader")
+        {
+            return Ok(node.node_id);
+        }
+    }
+    bail!("no node leads the metadata group")
+}

@@ -6,9 +6,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ringkv_proto::ShardMap;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
-use ringkv_proto::{ShardId, ShardMap};
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
+
+use crate::meta_leader;
 
 /// How long a map change may take to reach a node.
 const SPREAD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -115,25 +117,6 @@ fn without_hints(mut map: ShardMap) -> ShardMap {
     }
     map.meta.leader = None;
     map
-}
-
-/// The node leading the metadata group, by the nodes' own status.
-async fn meta_leader(cluster: &ProcessCluster) -> anyhow::Result<u64> {
-    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-        let status = cluster_client(&node.addr)
-            .await?
-            .status(pb::StatusRequest {})
-            .await?
-            .into_inner();
-        let leads = status
-            .replicas
-            .iter()
-            .any(|r| r.shard_id == ShardId::META.0 && r.role == "leader");
-        if leads {
-            return Ok(node.node_id);
-        }
-    }
-    bail!("no node leads the metadata group")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

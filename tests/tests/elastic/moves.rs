@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ringkv_client::{Client, NodeId, ShardId, ShardMap};
 use ringkv_proto::MoveStep;
-use ringkv_proto::pb;
 use ringkv_tests::process_cluster::ringkv_binary;
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
+
+use crate::{meta_leader, running_replicas};
 
 /// How long a move may take, node restarts included.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -109,13 +110,10 @@ fn pick_move(map: &ShardMap) -> (ShardId, NodeId, NodeId) {
 
 /// Whether the node at `addr` runs a replica of `shard`.
 async fn hosts(addr: &str, shard: ShardId) -> anyhow::Result<bool> {
-    let status = pb::cluster_client::ClusterClient::connect(format!("http://{addr}"))
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?
-        .status(pb::StatusRequest {})
+    Ok(running_replicas(addr)
         .await?
-        .into_inner();
-    Ok(status.replicas.iter().any(|r| r.shard_id == shard.0))
+        .iter()
+        .any(|r| r.shard_id == shard.0))
 }
 
 /// Waits until the move of `shard` has ended as a finished move to `to`, and the nodes agree:
@@ -159,25 +157,6 @@ async fn wait_moved(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The node leading the metadata group, by the nodes' own status.
-async fn meta_leader(cluster: &ProcessCluster) -> anyhow::Result<u64> {
-    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
-        if let Ok(mut client) =
-            pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr)).await
-        {
-            let status = client.status(pb::StatusRequest {}).await?.into_inner();
-            if status
-                .replicas
-                .iter()
-                .any(|r| r.shard_id == ShardId::META.0 && r.role == "leader")
-            {
-                return Ok(node.node_id);
-            }
-        }
-    }
-    bail!("no node leads the metadata group")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
