@@ -32,6 +32,12 @@ pub enum Error {
          durability can no longer be promised; restart the node after checking the disk"
     )]
     Poisoned(String),
+    /// A write of a replica that was removed from this node, by a task that outlived its group.
+    #[error(
+        "shard {shard}: this node's replica of the shard was removed, so its late writes are refused \
+         (nothing to do: the map places the shard elsewhere)"
+    )]
+    Retired { shard: crate::types::ShardId },
     #[error("snapshot {path}: {message}")]
     Snapshot { path: PathBuf, message: String },
 }
@@ -41,7 +47,10 @@ impl Error {
     /// corruption, failed disk reads and writes, a failed fsync. False for refusals that leave the
     /// engine healthy and for passing conditions.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Error::DataDirInUse { .. } | Error::Read(_))
+        !matches!(
+            self,
+            Error::DataDirInUse { .. } | Error::Read(_) | Error::Retired { .. }
+        )
     }
 }
 

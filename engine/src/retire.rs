@@ -7,8 +7,15 @@
 //! from nothing: openraft would otherwise replay the old replica's log and vote as its own. The
 //! owner record (`META_OWNER`) says which replica id the stored state belongs to, and
 //! `delete_replica` removes all of it in one durable batch: a crash leaves the state whole or gone.
+//!
+//! Stopping a Raft group does not stop every task that writes for it: openraft's state-machine
+//! worker and snapshot builds run on until they notice. A write landing after the deletion would
+//! leave state with no owner, or worse, mixed into a new replica's. So a replica's log, state
+//! machine and snapshots write through an engine handle carrying the replica's fence, and
+//! `retire_replica` closes the fence (waiting for writes under way) before it deletes.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::codec;
 use crate::error::Error;
@@ -16,7 +23,54 @@ use crate::keys::{self, META_OWNER};
 use crate::rocks::{Cf, Engine, HashRange, WriteOps};
 use crate::types::{ReplicaId, ShardId};
 
+/// Shared by the engine handles one replica writes through. Writes hold it open (shared);
+/// retiring the replica closes it (exclusive), after which every write is refused.
+#[derive(Clone, Debug)]
+pub(crate) struct Fence {
+    shard: ShardId,
+    retired: Arc<RwLock<bool>>,
+}
+
+impl Fence {
+    pub(crate) fn new(shard: ShardId) -> Fence {
+        Fence {
+            shard,
+            retired: Arc::default(),
+        }
+    }
+
+    /// Holds the fence open for one write; refuses if the replica was retired.
+    pub(crate) fn enter(&self) -> Result<RwLockReadGuard<'_, bool>, Error> {
+        let retired = self
+            .retired
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *retired {
+            return Err(Error::Retired { shard: self.shard });
+        }
+        Ok(retired)
+    }
+
+    /// Refuses every later write; returns once writes under way have finished.
+    fn close(&self) {
+        *self
+            .retired
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+    }
+}
+
 impl Engine {
+    /// Retires this node's replica of `shard` and deletes its state (see `delete_replica`): no
+    /// write through a handle the replica was given lands after this returns. A replica started
+    /// here later gets a new fence. Call on the blocking pool: it waits for writes under way.
+    pub fn retire_replica(&self, shard: ShardId, range: HashRange) -> Result<(), Error> {
+        if let Some(fence) = self.fences().remove(&shard) {
+            fence.close();
+        }
+        self.delete_replica(shard, range)
+    }
+
     /// The replica id whose state this node holds for `shard`, if it recorded one. State written
     /// before owners were recorded has none.
     pub fn replica_owner(&self, shard: ShardId) -> Result<Option<ReplicaId>, Error> {

@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::faults::{EngineOptions, SyncEvent, TestFaults};
 use crate::keys;
 use crate::log_store::LogStore;
+use crate::retire::Fence;
 use crate::state_machine::StateMachine;
 use crate::syncer::Syncer;
 use crate::types::{LogIndex, ShardId, Versioned};
@@ -151,6 +152,9 @@ const DIGESTS_KEPT: usize = 8;
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Set on the handles a replica's log, state machine and snapshots write through: once the
+    /// replica is retired (removed from this node), their writes are refused.
+    fence: Option<Fence>,
 }
 
 struct Inner {
@@ -165,6 +169,8 @@ struct Inner {
     options: EngineOptions,
     /// Replica-check digests by shard and log index. A std lock: held only to read or insert.
     digests: Mutex<HashMap<ShardId, BTreeMap<LogIndex, DigestState>>>,
+    /// The fence of the replica each shard's state belongs to now (see `retire.rs`).
+    fences: Mutex<HashMap<ShardId, Fence>>,
     _lock: File,
 }
 
@@ -281,8 +287,10 @@ impl Engine {
                 faults: options.faults.clone(),
                 options,
                 digests: Mutex::new(HashMap::new()),
+                fences: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
+            fence: None,
         })
     }
 
@@ -323,12 +331,12 @@ impl Engine {
 
     /// The Raft log storage of one shard.
     pub fn log_store(&self, shard: ShardId) -> LogStore {
-        LogStore::new(self.clone(), shard)
+        LogStore::new(self.fenced(shard), shard)
     }
 
     /// The state machine of one shard, owning the data keys of `range`.
     pub fn state_machine(&self, shard: ShardId, range: HashRange) -> Result<StateMachine, Error> {
-        StateMachine::open(self.clone(), shard, range)
+        StateMachine::open(self.fenced(shard), shard, range)
     }
 
     /// Reads a key from local storage, with no consistency check (the caller confirms it).
@@ -544,6 +552,28 @@ impl Engine {
         }
     }
 
+    /// A handle that writes as the current replica of `shard` on this node: its writes are
+    /// refused once that replica is retired.
+    pub(crate) fn fenced(&self, shard: ShardId) -> Engine {
+        let fence = self
+            .fences()
+            .entry(shard)
+            .or_insert_with(|| Fence::new(shard))
+            .clone();
+        Engine {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+
+    /// The fences of the replicas this node runs, by shard (see `retire.rs`).
+    pub(crate) fn fences(&self) -> std::sync::MutexGuard<'_, HashMap<ShardId, Fence>> {
+        self.inner
+            .fences
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Forgets the digests of `shard` (its state was replaced by a snapshot).
     pub(crate) fn clear_digests(&self, shard: ShardId) {
         self.inner.digests.lock().expect("digests lock").remove(&shard);
@@ -563,6 +593,7 @@ impl Engine {
     /// Writes `ops` atomically. With `sync`, durable on return (an fsync of its own); without,
     /// readable at once and durable after the syncer's next fsync.
     pub(crate) fn write_ops(&self, ops: WriteOps, sync: bool) -> Result<(), Error> {
+        let _entered = self.fence.as_ref().map(Fence::enter).transpose()?;
         self.inner.syncer.check_healthy()?;
         let mut options = WriteOptions::default();
         options.set_sync(sync);
@@ -595,6 +626,7 @@ impl Engine {
     /// WAL `write()`: microseconds, where a trip to the blocking pool costs two thread wake-ups.
     pub(crate) async fn write_unsynced(&self, ops: WriteOps) -> Result<(), Error> {
         if !self.inner.faults.force_blocking_pool.load(Ordering::Relaxed) {
+            let _entered = self.fence.as_ref().map(Fence::enter).transpose()?;
             self.inner.syncer.check_healthy()?;
             let mut options = WriteOptions::default();
             options.set_no_slowdown(true);

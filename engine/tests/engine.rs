@@ -565,3 +565,49 @@ async fn the_metadata_group_keys_live_apart_from_every_shards_data() {
         "installing the metadata group's snapshot cleared shard data"
     );
 }
+
+/// A replica removed from a node leaves nothing behind, even when a task of its Raft group (the
+/// state-machine worker, which outlives the group's shutdown) writes after the deletion; and a
+/// new replica of the same shard on the node writes normally.
+#[tokio::test]
+async fn a_retired_replica_writes_nothing_after_its_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let shard = ShardId(3);
+    let mut log = engine.log_store(shard);
+    let mut sm = engine.state_machine(shard, WHOLE_RING).unwrap();
+    append(&mut log, vec![normal(1, put("a", "1"))]).await;
+    apply(&mut sm, vec![normal(1, put("a", "1"))]).await;
+    assert!(engine.has_replica_state(shard).unwrap());
+
+    engine.retire_replica(shard, WHOLE_RING).unwrap();
+    assert!(!engine.has_replica_state(shard).unwrap());
+
+    // Late writes of the retired replica: an apply, a log append, a vote.
+    let stream = futures::stream::iter([Ok((normal(2, put("b", "2")), None))]);
+    let refused = sm.apply(stream).await.expect_err("an apply after retirement");
+    assert!(
+        refused.to_string().contains("was removed"),
+        "unexpected error: {refused}"
+    );
+    let (flushed, _done) = callback();
+    log.append(vec![normal(2, put("b", "2"))], flushed)
+        .await
+        .expect_err("an append after retirement");
+    log.save_vote(&openraft::impls::Vote::new(2, ReplicaId(1)))
+        .await
+        .expect_err("a vote after retirement");
+    assert!(
+        !engine.has_replica_state(shard).unwrap(),
+        "the retired replica wrote after its deletion"
+    );
+    assert_eq!(engine.get(b"b").unwrap(), None);
+
+    // A new replica of the shard starts from nothing and writes.
+    let mut log = engine.log_store(shard);
+    let mut sm = engine.state_machine(shard, WHOLE_RING).unwrap();
+    append(&mut log, vec![normal(1, put("c", "3"))]).await;
+    apply(&mut sm, vec![normal(1, put("c", "3"))]).await;
+    assert!(engine.get(b"c").unwrap().is_some());
+    assert_eq!(engine.get(b"a").unwrap(), None);
+}

@@ -100,6 +100,10 @@ pub struct Node {
     pub(crate) placing: tokio::sync::Mutex<()>,
     /// Set once the node has logged that the map marks it removed.
     pub(crate) removed_logged: AtomicBool,
+    /// Held by a `ChangeReplicas` step from its check against the map to its end.
+    pub(crate) membership_changes: tokio::sync::Mutex<()>,
+    /// Set when deleting a replica's state failed: the reconciler looks for leftover state again.
+    pub(crate) leftovers: AtomicBool,
     /// When the node started: the clock of request times (`QuietState`).
     pub(crate) started: Instant,
     /// Random per process start, sent in every pulse: peers see a restart as a new one.
@@ -143,6 +147,8 @@ impl Node {
             leader_lease: config.leader_lease(),
             placing: tokio::sync::Mutex::new(()),
             removed_logged: AtomicBool::new(false),
+            leftovers: AtomicBool::new(false),
+            membership_changes: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             boot_id: rand::random(),
             generation: AtomicU64::new(0),
@@ -209,9 +215,19 @@ impl Node {
                             %shard_id, old_replica_id = %owner, %replica_id,
                             "deleting the state of an earlier replica of this shard before starting the new one"
                         );
-                        engine.delete_replica(shard_id, range)?;
+                        engine.retire_replica(shard_id, range)?;
                     }
-                    // State from before owners were recorded belongs to the replica the map names.
+                    // State with no owner record is from before owners were recorded, when every
+                    // replica had its bootstrap id: it can belong only to that replica.
+                    None if replica_id != bootstrap_replica_id(shard_id, identity.node_id)
+                        && engine.has_replica_state(shard_id)? =>
+                    {
+                        info!(
+                            %shard_id, %replica_id,
+                            "deleting state of this shard that no replica owns before starting a new replica"
+                        );
+                        engine.retire_replica(shard_id, range)?;
+                    }
                     None => {}
                 }
                 engine.set_replica_owner(shard_id, replica_id)?;

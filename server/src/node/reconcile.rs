@@ -39,8 +39,13 @@ pub(crate) fn spawn_reconciler(node: Weak<Node>) {
             if node.stopping.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
-            if first {
-                first = !node.delete_leftovers().await;
+            // At start, and after a deletion failed: a replica no longer registered is found
+            // only by its stored state.
+            if first || node.leftovers.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                first = false;
+                if !node.delete_leftovers().await {
+                    node.leftovers.store(true, std::sync::atomic::Ordering::Release);
+                }
             }
             node.reconcile().await;
             drop(node);
@@ -84,6 +89,7 @@ impl Node {
                 continue;
             }
             if let Err(error) = self.remove_replica(&replica, map.epoch).await {
+                self.leftovers.store(true, std::sync::atomic::Ordering::Release);
                 warn!(
                     shard_id = %replica.shard_id, replica_id = %replica.replica_id, %error,
                     "cannot delete a replica the map no longer places on this node; retrying in {} s",
@@ -141,7 +147,7 @@ impl Node {
                         start: shard.arc.start,
                         end: shard.arc.end,
                     };
-                    engine.delete_replica(shard_id, range)?;
+                    engine.retire_replica(shard_id, range)?;
                     deleted.push(shard_id);
                 }
                 Ok(deleted)
@@ -161,7 +167,9 @@ impl Node {
         }
     }
 
-    /// Shuts `replica` down and deletes everything stored for it.
+    /// Shuts `replica` down and deletes everything stored for it. Tasks of the group that outlive
+    /// the shutdown (openraft's state-machine worker, a snapshot build) find their writes refused
+    /// from the retirement on, so nothing of the replica is written after its deletion.
     async fn remove_replica(&self, replica: &Arc<ShardReplica>, epoch: u64) -> anyhow::Result<()> {
         self.replicas
             .write()
@@ -172,7 +180,7 @@ impl Node {
         }
         let (shard_id, range) = (replica.shard_id, replica.range);
         self.engine
-            .run_blocking(move |engine| engine.delete_replica(shard_id, range))
+            .run_blocking(move |engine| engine.retire_replica(shard_id, range))
             .await?;
         info!(
             %shard_id, replica_id = %replica.replica_id, epoch,
