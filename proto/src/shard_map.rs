@@ -25,10 +25,12 @@ use ringkv_core::{NodeId, ReplicaId, ShardId};
 
 mod moves;
 mod placement;
+mod splits;
 mod wire;
 
 pub use moves::{FIRST_FRESH_REPLICA_ID, Move, MoveStep};
 pub use placement::PlacementStep;
+pub use splits::Split;
 
 /// Inclusive range of hash values `[start, end]` owned by one shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,6 +137,8 @@ pub struct ShardMap {
     pub next_replica_id: u64,
     /// Replica moves in progress, at most one per shard.
     pub moves: Vec<Move>,
+    /// Shard splits in progress, at most one per shard (and never with a move).
+    pub splits: Vec<Split>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -250,6 +254,7 @@ impl ShardMap {
             decisions: Vec::new(),
             next_replica_id: FIRST_FRESH_REPLICA_ID,
             moves: Vec::new(),
+            splits: Vec::new(),
         };
         map.validate()?;
         Ok(map)
@@ -384,6 +389,9 @@ impl ShardMap {
             }
         }
         if let Some(problem) = self.check_moves() {
+            return malformed(problem);
+        }
+        if let Some(problem) = self.check_splits() {
             return malformed(problem);
         }
         for group in self.groups() {

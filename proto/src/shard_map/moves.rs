@@ -42,6 +42,17 @@ impl ShardMap {
         self.moves.iter().find(|m| m.shard == shard)
     }
 
+    /// The voter the leader balancer hands `shard`'s leadership to: its first voter, passing over
+    /// one that a move in progress takes away (that one hands leadership off before it goes).
+    pub fn preferred_leader(&self, shard: ShardId) -> Option<Replica> {
+        let leaving = self.move_of(shard).map(|moving| moving.from.replica_id);
+        self.shard(shard)?
+            .voters
+            .iter()
+            .find(|voter| Some(voter.replica_id) != leaving)
+            .copied()
+    }
+
     /// Records a new move of `shard`'s voter on `from_node` to a fresh replica on `to_node`, as
     /// the change to the next epoch. Refuses, saying why, a move that cannot be made.
     pub fn begin_move(
@@ -52,6 +63,11 @@ impl ShardMap {
         now_unix_ms: u64,
         reason: &str,
     ) -> Result<Move, String> {
+        if self.split_of(shard).is_some() {
+            return Err(format!(
+                "shard {shard} is splitting; move its replicas once the split ends"
+            ));
+        }
         if let Some(existing) = self.move_of(shard) {
             return Err(format!(
                 "shard {shard} is already moving a replica from node {} to node {}; wait for it to end",
@@ -213,6 +229,22 @@ mod tests {
         let group = map.shard(shard).expect("shard");
         let empty = map.nodes.keys().copied().find(|&n| group.replica_on(n).is_none());
         (group.voters[0].node_id, empty.expect("a node without a replica"))
+    }
+
+    #[test]
+    fn a_voter_that_a_move_takes_away_is_not_the_preferred_leader() {
+        let mut map = four_nodes_three_replicas();
+        let first = map.shard(ShardId(2)).unwrap().voters[0];
+        let second = map.shard(ShardId(2)).unwrap().voters[1];
+        assert_eq!(map.preferred_leader(ShardId(2)), Some(first));
+        // Moving the first voter away: leadership goes to (and stays with) the next one.
+        let (from, to) = nodes_for_a_move(&map, ShardId(2));
+        assert_eq!(from, first.node_id);
+        let begun = map.begin_move(ShardId(2), from, to, 1, "test").expect("begin");
+        assert_eq!(map.preferred_leader(ShardId(2)), Some(second));
+        // Once finished, the new replica takes the first voter's place.
+        map.finish_move(ShardId(2), 2);
+        assert_eq!(map.preferred_leader(ShardId(2)), Some(begun.to));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ringkv_core::{NodeId, ReplicaId, ShardId};
 
-use super::{Arc, Decision, MapError, Move, MoveStep, NodeInfo, NodeState, Replica, Shard, ShardMap};
+use super::{Arc, Decision, MapError, Move, MoveStep, NodeInfo, NodeState, Replica, Shard, ShardMap, Split};
 use crate::pb;
 
 impl ShardMap {
@@ -41,6 +41,7 @@ impl ShardMap {
             shards: self.shards.iter().map(shard_to_proto).collect(),
             next_replica_id: self.next_replica_id,
             moves: self.moves.iter().map(move_to_proto).collect(),
+            splits: self.splits.iter().map(split_to_proto).collect(),
         }
     }
 
@@ -93,6 +94,7 @@ impl ShardMap {
                 .collect(),
             next_replica_id: map.next_replica_id,
             moves: map.moves.iter().map(move_from_proto).collect::<Result<_, _>>()?,
+            splits: map.splits.iter().map(split_from_proto).collect(),
         };
         map.validate()?;
         Ok(map)
@@ -173,4 +175,26 @@ fn move_from_proto(m: &pb::Move) -> Result<Move, MapError> {
         started_unix_ms: m.started_unix_ms,
         reason: m.reason.clone(),
     })
+}
+
+fn split_to_proto(split: &Split) -> pb::Split {
+    pb::Split {
+        parent_shard_id: split.parent.0,
+        child_shard_id: split.child.0,
+        at: split.at,
+        replicas: split.replicas.iter().map(replica_to_proto).collect(),
+        started_unix_ms: split.started_unix_ms,
+        reason: split.reason.clone(),
+    }
+}
+
+fn split_from_proto(split: &pb::Split) -> Split {
+    Split {
+        parent: ShardId(split.parent_shard_id),
+        child: ShardId(split.child_shard_id),
+        at: split.at,
+        replicas: split.replicas.iter().map(replica_from_proto).collect(),
+        started_unix_ms: split.started_unix_ms,
+        reason: split.reason.clone(),
+    }
 }

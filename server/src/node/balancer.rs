@@ -1,5 +1,5 @@
 //! The leader balancer: every node hands leadership of a shard back to the shard's preferred node
-//! (its first voter; bootstrap spreads them evenly) whenever that replica has the whole log, so
+//! (its first voter, unless a move takes that one away; the controller spreads them evenly) whenever that replica has the whole log, so
 //! leaders stay spread after elections and restarts. A preferred replica that is down or behind is
 //! left alone, so balancing never costs availability; a node that is stopping balances nothing.
 
@@ -33,10 +33,7 @@ pub(crate) fn spawn_leader_balancer(node: Weak<Node>) {
                 if metrics.state != ServerState::Leader {
                     continue;
                 }
-                let Some(preferred) = map
-                    .shard(replica.shard_id)
-                    .and_then(|shard| shard.voters.first().copied())
-                else {
+                let Some(preferred) = map.preferred_leader(replica.shard_id) else {
                     continue;
                 };
                 if preferred.replica_id == replica.replica_id {

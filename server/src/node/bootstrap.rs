@@ -41,7 +41,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a peer said about itself.
 enum PeerState {
     Waiting { incarnation: u64 },
-    Member { map: ShardMap },
+    Member { map: Box<ShardMap> },
 }
 
 /// Forms the cluster with the peers, or adopts the one they formed; returns its shard map.
@@ -82,7 +82,7 @@ pub async fn join_or_form(
                         from_node = %peer,
                         "joined the cluster its peers formed"
                     );
-                    return Ok(map);
+                    return Ok(*map);
                 }
                 PeerState::Waiting { incarnation } => {
                     incarnations.insert(peer, incarnation);
@@ -211,7 +211,7 @@ fn check_peer(
             new = me.incarnation,
             old = info.incarnation,
         ),
-        Some(_) => Ok(PeerState::Member { map }),
+        Some(_) => Ok(PeerState::Member { map: Box::new(map) }),
     }
 }
 

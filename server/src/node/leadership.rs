@@ -49,6 +49,25 @@ pub(crate) fn caught_up_voters(replica: &ShardReplica) -> Vec<ReplicaId> {
         .collect()
 }
 
+/// The voter of the replica's shard, other than itself and `except`, that holds the most of the
+/// leader's log (none unless this replica leads). A transfer target need not hold all of it: a
+/// transferring leader takes no writes, so the target catches up and then campaigns.
+pub(crate) fn most_caught_up_voter(replica: &ShardReplica, except: ReplicaId) -> Option<ReplicaId> {
+    let metrics = replica.raft.metrics().borrow_watched().clone();
+    if metrics.state != ServerState::Leader {
+        return None;
+    }
+    let voters: Vec<ReplicaId> = metrics.membership_config.membership().voter_ids().collect();
+    metrics
+        .replication
+        .as_ref()
+        .into_iter()
+        .flatten()
+        .filter(|(id, _)| **id != replica.replica_id && **id != except && voters.contains(id))
+        .max_by_key(|(_, matched)| matched.as_ref().map(|m| m.index))
+        .map(|(id, _)| *id)
+}
+
 /// Asks `replica` (a leader) to hand its shard to `to`, and watches: while it still leads the
 /// same term `STUCK_AFTER` later, it hands over to another caught-up voter (or `to` again).
 pub(crate) fn transfer_watched(replica: Arc<ShardReplica>, to: ReplicaId) {

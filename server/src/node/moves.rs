@@ -10,22 +10,28 @@
 //!    leader had when Y was added (sent as entries or as a snapshot).
 //! 4. It records step `Promote`, then asks S's leader to make the voters `voters − X + Y`. openraft
 //!    goes through the joint configuration and then the new one. If X leads, it first hands
-//!    leadership to another voter.
-//! 5. It records the move as finished: Y replaces X among S's voters in the map. Clients that
-//!    still go to A get `NotLeader` or an error and re-route.
-//! 6. A's reconciler sees X gone from the map, shuts X down and deletes its data.
+//!    leadership to the voter holding most of the log (the leader balancer passes over X while
+//!    the move lasts, so it does not hand it back).
+//! 5. Once the new configuration has committed, it records the move as finished: Y replaces X
+//!    among S's voters in the map. Clients that still go to A get `NotLeader` or an error and
+//!    re-route.
+//! 6. A's reconciler sees X gone from the map, shuts X down, and retires and deletes its data.
 //!
 //! Every step is idempotent and recorded before it is taken, so a mover that starts after a crash
-//! (of A, of B, of the metadata leader) goes on from the recorded step, guided by S's actual
-//! membership: a change already made is reported as done. A move still at `CatchUp` after
-//! `move_timeout` is rolled back: step `RollBack` is recorded, Y is removed from S's membership,
-//! and the move is dropped from the map (B then deletes Y). A move at `Promote` is only ever
-//! finished: once the joint configuration may exist, finishing is the way out of it.
+//! (of A, of B, of the metadata leader) goes on from the recorded step, guided by S's committed
+//! membership (never by a membership entry that a new leader may still replace): a change
+//! already made is reported as done. S's leader checks each learner step against its own map
+//! and refuses one the map does not call for, so a stale mover (a former metadata leader) cannot
+//! add back a learner that a rollback removed. A move still at `CatchUp` `move_timeout` after
+//! this mover took it over is rolled back, whether or not S's leader answers: step `RollBack` is
+//! recorded, Y is removed from S's membership, and the move is dropped from the map (B then
+//! deletes Y). A move at `Promote` is only ever finished: once the joint configuration may exist,
+//! finishing is the way out of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
 use openraft::ServerState;
@@ -37,7 +43,7 @@ use ringkv_proto::pb::{self, ChangeReplicasAction};
 use ringkv_proto::{Move, MoveStep, Replica, ShardMap};
 
 use super::host::{Node, ShardReplica};
-use super::leadership::caught_up_voters;
+use super::leadership::{most_caught_up_voter, transfer_watched};
 use crate::error::ServiceError;
 
 /// How often the mover looks for moves to drive, besides on every new map.
@@ -46,6 +52,8 @@ const MOVER_TICK: Duration = Duration::from_secs(1);
 const STEP_PAUSE: Duration = Duration::from_millis(300);
 /// Budget of one `ChangeReplicas` call and of one map change.
 const STEP_BUDGET: Duration = Duration::from_secs(10);
+/// How much longer than `STEP_BUDGET` the mover waits for a node's answer to arrive.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
 
 /// What the shard's leader reported about its membership.
 #[derive(Debug)]
@@ -95,6 +103,10 @@ impl Node {
         if replica.raft.metrics().borrow_watched().state != ServerState::Leader {
             return Err(not_leader(self, Some(&replica)));
         }
+        // One membership step at a time on this node, each checked against the map it holds,
+        // so a step the map has moved past (a stale mover's) never lands after the step that
+        // replaced it.
+        let _changing = self.membership_changes.lock().await;
         self.wake(&replica, "a membership change");
         let unavailable = |reason: String| ServiceError::Unavailable {
             shard_id,
@@ -113,6 +125,7 @@ impl Node {
                 ChangeReplicasAction::ChangeReplicasQuery => {}
                 ChangeReplicasAction::ChangeReplicasAddLearner => {
                     let add = needs_add()?;
+                    self.move_listed(shard_id, add.replica_id, MoveStep::CatchUp)?;
                     if membership.get_node(&add.replica_id).is_none() {
                         let node = self.replica_node(add.node_id)?;
                         replica
@@ -142,14 +155,33 @@ impl Node {
                         if replica.replica_id == remove || !target.contains(&replica.replica_id) {
                             // The leaving replica leads: hand over first, then the new leader
                             // makes the change.
-                            let to = caught_up_voters(&replica).into_iter().find(|id| *id != remove);
+                            let to = most_caught_up_voter(&replica, remove);
                             if let Some(to) = to {
-                                let _ = replica.raft.trigger().transfer_leader(to).await;
+                                transfer_watched(replica.clone(), to);
                             }
-                            return Err(ServiceError::NotLeader {
+                            return Err(ServiceError::Unavailable {
                                 shard_id,
-                                leader: None,
+                                outcome_unknown: false,
+                                reason: format!(
+                                    "replica {remove} leaves the shard's voters and leads it: handing leadership to \
+                                     {}; the change is made by the next leader",
+                                    to.map_or(
+                                        "another voter (none is reachable yet)".to_string(),
+                                        |to| format!("replica {to}")
+                                    )
+                                ),
                             });
+                        }
+                        if membership.get_node(&add.replica_id).is_none() {
+                            // The learner's addition was lost (a leader change before it
+                            // committed): add it again; the joint configuration then waits for it.
+                            let node = self.replica_node(add.node_id)?;
+                            replica
+                                .raft
+                                .add_learner(add.replica_id, node, false)
+                                .await
+                                .map_err(|error| raft_error("adding the learner again", &error))?;
+                            info!(%shard_id, replica_id = %add.replica_id, "added a lost learner again before promoting it");
                         }
                         replica
                             .raft
@@ -161,6 +193,12 @@ impl Node {
                 }
                 ChangeReplicasAction::ChangeReplicasRemoveLearner => {
                     let add = needs_add()?;
+                    if self
+                        .move_listed(shard_id, add.replica_id, MoveStep::CatchUp)
+                        .is_ok()
+                    {
+                        return Err(self.map_behind(shard_id, add.replica_id, "rolled back"));
+                    }
                     let is_voter = membership.voter_ids().any(|id| id == add.replica_id);
                     if is_voter {
                         return Err(ServiceError::InvalidArgument(format!(
@@ -189,8 +227,10 @@ impl Node {
                 budget.as_millis()
             )))
         })?;
+        // Only what has committed: a membership entry that has not may still be replaced by a
+        // new leader, and the mover deletes replicas on what it is told here.
         let metrics = replica.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
+        let membership = metrics.committed_membership_config.membership();
         let add_matched_index = add
             .and_then(|add| {
                 metrics
@@ -209,11 +249,47 @@ impl Node {
         })
     }
 
+    /// Ok if this node's map lists the move of `shard` to `replica` at `step`; else says why not.
+    fn move_listed(&self, shard: ShardId, replica: ReplicaId, step: MoveStep) -> Result<(), ServiceError> {
+        let map = self.map.read().expect("map lock");
+        match map.move_of(shard) {
+            Some(moving) if moving.to.replica_id == replica && moving.step == step => Ok(()),
+            _ => Err(self.map_behind(shard, replica, "added as a learner")),
+        }
+    }
+
+    /// The refusal of a membership step this node's map does not call for (yet).
+    fn map_behind(&self, shard: ShardId, replica: ReplicaId, what: &str) -> ServiceError {
+        let map = self.map.read().expect("map lock");
+        let listed = map
+            .move_of(shard)
+            .map_or("no move of the shard".to_string(), |moving| {
+                format!(
+                    "the move to replica {} at step {:?}",
+                    moving.to.replica_id, moving.step
+                )
+            });
+        ServiceError::Unavailable {
+            shard_id: shard,
+            outcome_unknown: false,
+            reason: format!(
+                "not done: replica {replica} is to be {what}, but this node's shard map (epoch {}) lists {listed}; \
+                 a step the map has not reached yet, or has moved past",
+                map.epoch
+            ),
+        }
+    }
+
     /// The openraft node record of a replica on `node`, from the map.
     fn replica_node(&self, node: NodeId) -> Result<ReplicaNode, ServiceError> {
         let map = self.map.read().expect("map lock");
-        let info = map.nodes.get(&node).ok_or_else(|| {
-            ServiceError::InvalidArgument(format!("node {node} is not in this node's shard map"))
+        let info = map.nodes.get(&node).ok_or_else(|| ServiceError::Unavailable {
+            shard_id: ShardId::META,
+            outcome_unknown: false,
+            reason: format!(
+                "node {node} is not in this node's shard map (epoch {}) yet; it joined moments ago",
+                map.epoch
+            ),
         })?;
         Ok(ReplicaNode {
             node_id: node,
@@ -278,6 +354,9 @@ impl Node {
 /// Drives the move of `shard` until the map no longer lists it or this node stops leading the
 /// metadata group (whose next leader takes over).
 async fn drive(node: &Weak<Node>, shard: ShardId, move_timeout: Duration, hold_file: Option<&Path>) {
+    // Timed on this node's clock from when it took the move over: no comparison with the clock
+    // of the node that began it. A new metadata leader gives a catch-up one more `move_timeout`.
+    let driving_since = Instant::now();
     loop {
         let Some(node) = node.upgrade() else { return };
         if !node.leads_metadata() || node.stopping.load(std::sync::atomic::Ordering::Acquire) {
@@ -287,7 +366,8 @@ async fn drive(node: &Weak<Node>, shard: ShardId, move_timeout: Duration, hold_f
         let Some(moving) = map.move_of(shard).cloned() else {
             return;
         };
-        match step(&node, &map, &moving, move_timeout, hold_file).await {
+        let timed_out = driving_since.elapsed() > move_timeout;
+        match step(&node, &map, &moving, timed_out, hold_file).await {
             Ok(true) => {}
             Ok(false) => tokio::time::sleep(STEP_PAUSE).await,
             Err(error) => {
@@ -307,13 +387,19 @@ async fn step(
     node: &Arc<Node>,
     map: &ShardMap,
     moving: &Move,
-    move_timeout: Duration,
+    timed_out: bool,
     hold_file: Option<&Path>,
 ) -> Result<bool, ServiceError> {
     let shard = moving.shard;
     let (from, to) = (moving.from, moving.to);
     match moving.step {
         MoveStep::CatchUp => {
+            if timed_out {
+                // Decided without asking the shard's leader, which may be unreachable: the learner
+                // is promoted only at step `Promote`, so at `CatchUp` rolling back is always right.
+                info!(%shard, to_node = %to.node_id, "a move did not catch up within move_timeout; rolling it back");
+                return record(node, map, |m| m.set_move_step(shard, MoveStep::RollBack)).await;
+            }
             let membership = ask_leader(
                 node,
                 map,
@@ -326,11 +412,6 @@ async fn step(
             if membership.voters.contains(&to.replica_id) {
                 // Promoted already (by a mover that crashed before recording it).
                 return record(node, map, |m| m.set_move_step(shard, MoveStep::Promote)).await;
-            }
-            let age = Duration::from_millis(unix_ms().saturating_sub(moving.started_unix_ms));
-            if age > move_timeout {
-                info!(%shard, to_node = %to.node_id, "a move did not catch up within move_timeout; rolling it back");
-                return record(node, map, |m| m.set_move_step(shard, MoveStep::RollBack)).await;
             }
             if !membership.learners.contains(&to.replica_id) {
                 ask_leader(
@@ -499,6 +580,7 @@ async fn call_change_replicas(
             }),
             remove_replica_id: remove.0,
         });
+        // The node spends at most this, then answers; the wait below leaves room for the answer.
         request.set_timeout(STEP_BUDGET);
         client
             .change_replicas(request)
@@ -506,11 +588,16 @@ async fn call_change_replicas(
             .map(tonic::Response::into_inner)
             .map_err(|status| crate::error::from_status(shard, &status))
     };
-    tokio::time::timeout(STEP_BUDGET, call).await.unwrap_or_else(|_| {
-        Err(ServiceError::Unavailable {
-            shard_id: shard,
-            outcome_unknown: true,
-            reason: format!("{addr} did not answer within {} ms", STEP_BUDGET.as_millis()),
+    tokio::time::timeout(STEP_BUDGET + ANSWER_GRACE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ServiceError::Unavailable {
+                shard_id: shard,
+                outcome_unknown: true,
+                reason: format!(
+                    "{addr} did not answer within {} ms",
+                    (STEP_BUDGET + ANSWER_GRACE).as_millis()
+                ),
+            })
         })
-    })
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ringkv_client::{Client, NodeId, ShardId, ShardMap};
 use ringkv_proto::MoveStep;
+use ringkv_proto::pb;
 use ringkv_tests::process_cluster::ringkv_binary;
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
@@ -169,6 +170,7 @@ async fn a_replica_moves_to_another_node_under_load_and_nothing_is_lost() -> any
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let (shard, from, to) = pick_move(&client.shard_map().await);
+    a_learner_the_map_does_not_list_is_refused(&cluster, shard, to).await?;
     let begun = client.move_replica(shard, from, to).await?;
     let moving = begun.move_of(shard).context("the move is recorded")?;
     assert_eq!(moving.to.node_id, to);
@@ -187,6 +189,72 @@ async fn a_replica_moves_to_another_node_under_load_and_nothing_is_lost() -> any
         "callers saw errors during the move: {errors:?}"
     );
     assert_replicas_identical(&client).await
+}
+
+/// Sends one `ChangeReplicas` step for `shard` to each node until its leader answers.
+async fn change_replicas(
+    cluster: &ProcessCluster,
+    shard: ShardId,
+    action: pb::ChangeReplicasAction,
+    add: pb::Replica,
+) -> anyhow::Result<Result<pb::ChangeReplicasResponse, tonic::Status>> {
+    let mut last = None;
+    for node in &cluster.nodes {
+        let mut client = pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr)).await?;
+        let request = pb::ChangeReplicasRequest {
+            shard_id: shard.0,
+            action: action.into(),
+            add: Some(add),
+            remove_replica_id: 0,
+        };
+        match client.change_replicas(request).await {
+            Ok(response) => return Ok(Ok(response.into_inner())),
+            Err(status) if status.message().contains("is not led by this node") => {
+                last = Some(status);
+            }
+            Err(status) => return Ok(Err(status)),
+        }
+    }
+    bail!("no node led shard {shard}: {last:?}")
+}
+
+/// A learner step no move in the map calls for (what a stale mover, a former metadata leader,
+/// would send) is refused by the shard's leader and changes nothing.
+async fn a_learner_the_map_does_not_list_is_refused(
+    cluster: &ProcessCluster,
+    shard: ShardId,
+    to: NodeId,
+) -> anyhow::Result<()> {
+    let stray = pb::Replica {
+        replica_id: u64::MAX - 1,
+        node_id: to.0,
+    };
+    let refused = change_replicas(
+        cluster,
+        shard,
+        pb::ChangeReplicasAction::ChangeReplicasAddLearner,
+        stray,
+    )
+    .await?
+    .expect_err("a learner the map does not list was added");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("lists no move of the shard"),
+        "{refused:?}"
+    );
+    let membership = change_replicas(
+        cluster,
+        shard,
+        pb::ChangeReplicasAction::ChangeReplicasQuery,
+        stray,
+    )
+    .await?
+    .map_err(|status| anyhow::anyhow!("query: {status:?}"))?;
+    assert!(
+        membership.learners.is_empty() && !membership.voters.contains(&stray.replica_id),
+        "the refused learner is in the membership: {membership:?}"
+    );
+    Ok(())
 }
 
 /// Where in the move the kill lands.
