@@ -27,25 +27,33 @@ const STUCK_AFTER: Duration = Duration::from_secs(3);
 /// later anyway).
 const WATCHDOG_TRIES: u32 = 3;
 
-/// The voters of the replica's shard, other than itself, that have replicated the leader's whole
-/// log (empty unless this replica leads).
-pub(crate) fn caught_up_voters(replica: &ShardReplica) -> Vec<ReplicaId> {
+/// The other voters of the replica's shard with the log index each is known to hold, and the
+/// leader's last index (nothing unless this replica leads).
+fn voter_progress(replica: &ShardReplica) -> (Vec<(ReplicaId, Option<u64>)>, Option<u64>) {
     let metrics = replica.raft.metrics().borrow_watched().clone();
     if metrics.state != ServerState::Leader {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let voters: Vec<ReplicaId> = metrics.membership_config.membership().voter_ids().collect();
-    metrics
+    let progress = metrics
         .replication
         .as_ref()
         .into_iter()
         .flatten()
-        .filter(|(id, matched)| {
-            **id != replica.replica_id
-                && voters.contains(id)
-                && matched.as_ref().map(|m| m.index) == metrics.last_log_index
-        })
-        .map(|(id, _)| *id)
+        .filter(|(id, _)| **id != replica.replica_id && voters.contains(id))
+        .map(|(id, matched)| (*id, matched.as_ref().map(|m| m.index)))
+        .collect();
+    (progress, metrics.last_log_index)
+}
+
+/// The voters of the replica's shard, other than itself, that have replicated the leader's whole
+/// log (empty unless this replica leads).
+pub(crate) fn caught_up_voters(replica: &ShardReplica) -> Vec<ReplicaId> {
+    let (progress, last) = voter_progress(replica);
+    progress
+        .into_iter()
+        .filter(|(_, matched)| *matched == last)
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -53,19 +61,12 @@ pub(crate) fn caught_up_voters(replica: &ShardReplica) -> Vec<ReplicaId> {
 /// leader's log (none unless this replica leads). A transfer target need not hold all of it: a
 /// transferring leader takes no writes, so the target catches up and then campaigns.
 pub(crate) fn most_caught_up_voter(replica: &ShardReplica, except: ReplicaId) -> Option<ReplicaId> {
-    let metrics = replica.raft.metrics().borrow_watched().clone();
-    if metrics.state != ServerState::Leader {
-        return None;
-    }
-    let voters: Vec<ReplicaId> = metrics.membership_config.membership().voter_ids().collect();
-    metrics
-        .replication
-        .as_ref()
+    let (progress, _) = voter_progress(replica);
+    progress
         .into_iter()
-        .flatten()
-        .filter(|(id, _)| **id != replica.replica_id && **id != except && voters.contains(id))
-        .max_by_key(|(_, matched)| matched.as_ref().map(|m| m.index))
-        .map(|(id, _)| *id)
+        .filter(|(id, _)| *id != except)
+        .max_by_key(|(_, matched)| *matched)
+        .map(|(id, _)| id)
 }
 
 /// Asks `replica` (a leader) to hand its shard to `to`, and watches: while it still leads the

@@ -127,13 +127,7 @@ impl Node {
                     let add = needs_add()?;
                     self.move_listed(shard_id, add.replica_id, MoveStep::CatchUp)?;
                     if membership.get_node(&add.replica_id).is_none() {
-                        let node = self.replica_node(add.node_id)?;
-                        replica
-                            .raft
-                            .add_learner(add.replica_id, node, false)
-                            .await
-                            .map_err(|error| raft_error("adding the learner", &error))?;
-                        info!(%shard_id, replica_id = %add.replica_id, node_id = %add.node_id, "added a learner");
+                        self.add_learner(&replica, add).await?;
                     }
                 }
                 ChangeReplicasAction::ChangeReplicasPromote => {
@@ -175,13 +169,7 @@ impl Node {
                         if membership.get_node(&add.replica_id).is_none() {
                             // The learner's addition was lost (a leader change before it
                             // committed): add it again; the joint configuration then waits for it.
-                            let node = self.replica_node(add.node_id)?;
-                            replica
-                                .raft
-                                .add_learner(add.replica_id, node, false)
-                                .await
-                                .map_err(|error| raft_error("adding the learner again", &error))?;
-                            info!(%shard_id, replica_id = %add.replica_id, "added a lost learner again before promoting it");
+                            self.add_learner(&replica, add).await?;
                         }
                         replica
                             .raft
@@ -247,6 +235,25 @@ impl Node {
             leader_last_index: metrics.last_log_index.unwrap_or(0),
             add_matched_index,
         })
+    }
+
+    /// Adds `add` as a learner of the shard `replica` leads, without waiting for it to catch up.
+    async fn add_learner(&self, replica: &ShardReplica, add: Replica) -> Result<(), ServiceError> {
+        let node = self.replica_node(add.node_id)?;
+        replica
+            .raft
+            .add_learner(add.replica_id, node, false)
+            .await
+            .map_err(|error| ServiceError::Unavailable {
+                shard_id: replica.shard_id,
+                outcome_unknown: true,
+                reason: format!("adding learner {} failed: {error}", add.replica_id),
+            })?;
+        info!(
+            shard_id = %replica.shard_id, replica_id = %add.replica_id, node_id = %add.node_id,
+            "added a learner"
+        );
+        Ok(())
     }
 
     /// Ok if this node's map lists the move of `shard` to `replica` at `step`; else says why not.
