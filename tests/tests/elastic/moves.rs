@@ -191,31 +191,37 @@ async fn a_replica_moves_to_another_node_under_load_and_nothing_is_lost() -> any
     assert_replicas_identical(&client).await
 }
 
-/// Sends one `ChangeReplicas` step for `shard` to each node until its leader answers.
+/// Sends one `ChangeReplicas` step for `shard` to each node until its leader answers; goes round
+/// again (for at most a minute) while no node leads it, as during an election on a loaded machine.
 async fn change_replicas(
     cluster: &ProcessCluster,
     shard: ShardId,
     action: pb::ChangeReplicasAction,
     add: pb::Replica,
 ) -> anyhow::Result<Result<pb::ChangeReplicasResponse, tonic::Status>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
-    for node in &cluster.nodes {
-        let mut client = pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr)).await?;
-        let request = pb::ChangeReplicasRequest {
-            shard_id: shard.0,
-            action: action.into(),
-            add: Some(add),
-            remove_replica_id: 0,
-        };
-        match client.change_replicas(request).await {
-            Ok(response) => return Ok(Ok(response.into_inner())),
-            Err(status) if status.message().contains("is not led by this node") => {
-                last = Some(status);
+    while Instant::now() < deadline {
+        for node in &cluster.nodes {
+            let mut client =
+                pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr)).await?;
+            let request = pb::ChangeReplicasRequest {
+                shard_id: shard.0,
+                action: action.into(),
+                add: Some(add),
+                remove_replica_id: 0,
+            };
+            match client.change_replicas(request).await {
+                Ok(response) => return Ok(Ok(response.into_inner())),
+                Err(status) if status.message().contains("is not led by this node") => {
+                    last = Some(status);
+                }
+                Err(status) => return Ok(Err(status)),
             }
-            Err(status) => return Ok(Err(status)),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("no node led shard {shard}: {last:?}")
+    bail!("no node led shard {shard} within a minute: {last:?}")
 }
 
 /// A learner step no move in the map calls for (what a stale mover, a former metadata leader,
