@@ -10,8 +10,9 @@ use crate::error::Error;
 use crate::types::{LogIndex, ShardId, Versioned};
 
 /// Format version of every record written by this build. 2: log entries carry a `Proposal`
-/// (request id, leader clock, command); the applied state carries the log clock.
-pub const RECORD_VERSION: u8 = 2;
+/// (request id, leader clock, command); the applied state carries the log clock. 3: the applied
+/// state carries the shard's range (splits).
+pub const RECORD_VERSION: u8 = 3;
 
 /// `version ++ postcard(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

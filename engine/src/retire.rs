@@ -118,9 +118,24 @@ impl Engine {
     }
 
     /// Deletes everything this node holds of `shard`: its log, vote and commit records, applied
-    /// state, snapshot records and files, owner record, request-id table and its keys in `range`.
-    /// One durable batch, then the snapshot files. The shard's Raft group must be stopped first.
+    /// state, snapshot records and files, owner record, request-id table and its keys: those of
+    /// the range its applied state records (`range` if it records none), short of the range of
+    /// any shard split off it whose state this node holds. One durable batch, then the snapshot
+    /// files. The shard's Raft group must be stopped first.
     pub fn delete_replica(&self, shard: ShardId, range: HashRange) -> Result<(), Error> {
+        // A damaged applied state must not stop the deletion (it may be why the replica goes).
+        let mut range = self.range_of(shard).ok().flatten().unwrap_or(range);
+        for other in self.stored_shards()? {
+            if other == shard {
+                continue;
+            }
+            if let Some(theirs) = self.range_of(other).ok().flatten()
+                && theirs.start > range.start
+                && theirs.start <= range.end
+            {
+                range.end = theirs.start - 1;
+            }
+        }
         let mut ops = crate::snapshot::clear_ops(shard, range);
         let (log_start, log_end) = keys::log_range(shard, 0, None);
         ops.delete_range(Cf::Log, log_start.to_vec(), log_end);

@@ -40,7 +40,7 @@ use crate::sessions::SessionClock;
 use crate::state_machine::AppliedState;
 use crate::types::{ShardId, TypeConfig};
 
-const MAGIC: &[u8; 8] = b"RKVSNAP2";
+const MAGIC: &[u8; 8] = b"RKVSNAP3";
 const END_MARK: &[u8; 4] = b"END!";
 const TAG_DATA: u8 = b'd';
 const TAG_SESSION: u8 = b's';
@@ -60,6 +60,8 @@ pub struct SnapshotFile {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SnapshotHeader {
     clock: SessionClock,
+    /// The shard's range as of the snapshot (a split since may have shrunk it).
+    range: Option<HashRange>,
 }
 
 /// The shard's current snapshot, recorded in the meta CF.
@@ -143,7 +145,12 @@ fn build(
         let mut writer = ChecksumWriter::new(BufWriter::new(file));
         let write_error = |e: io::Error| snapshot_error(&temp_path, format!("cannot write: {e}"));
         writer.write_all(MAGIC).map_err(write_error)?;
-        let header = codec::encode(&SnapshotHeader { clock: applied.clock });
+        // A split applied since the builder was made has shrunk the range.
+        let range = applied.range.unwrap_or(range);
+        let header = codec::encode(&SnapshotHeader {
+            clock: applied.clock,
+            range: Some(range),
+        });
         writer
             .write_all(&(header.len() as u32).to_le_bytes())
             .map_err(write_error)?;
@@ -300,8 +307,9 @@ pub(crate) fn install(
         meta: meta.clone(),
         file_name,
     };
-    // The marker and the deletion of the old state in one batch.
-    let mut ops = clear_ops(shard, range);
+    // The marker and the deletion of the old state in one batch: the keys of the range the
+    // replica had and of the one it gets (the same start; a split shrinks the end).
+    let mut ops = clear_ops(shard, widest(range, header.range));
     ops.put(
         Cf::Meta,
         keys::shard_meta_key(shard, META_INSTALLING),
@@ -327,9 +335,17 @@ pub(crate) fn resume_install(
     info!(shard_id = %shard, file = %path.display(), "finishing a snapshot install interrupted by a crash");
     let header = verify(&path, shard, range)?;
     // Whatever part of the records the interrupted install wrote goes again.
-    engine.write_ops(clear_ops(shard, range), false)?;
+    engine.write_ops(clear_ops(shard, widest(range, header.range)), false)?;
     fill_and_finish(engine, shard, &marker, &path, header)?;
     Ok(())
+}
+
+/// `range` extended to the end of `other`, if that reaches further.
+fn widest(range: HashRange, other: Option<HashRange>) -> HashRange {
+    HashRange {
+        start: range.start,
+        end: other.map_or(range.end, |other| other.end.max(range.end)),
+    }
 }
 
 /// The deletion of a shard's data and request-id rows.
@@ -371,6 +387,7 @@ fn fill_and_finish(
         last_applied: marker.meta.last_log_id,
         membership: marker.meta.last_membership.clone(),
         clock: header.clock,
+        range: header.range,
     };
     ops.put(
         Cf::Meta,
@@ -391,7 +408,8 @@ fn fill_and_finish(
 }
 
 /// Checks a snapshot file end to end without loading it: magic, checksum, framing, record count,
-/// and that every record belongs to the shard. Returns its header.
+/// a range in its header that starts where the shard's `range` does, and that every record
+/// belongs to the shard and the header's range. Returns its header.
 fn verify(path: &Path, shard: ShardId, range: HashRange) -> Result<SnapshotHeader, Error> {
     let corrupt = |detail: &str| Error::Corruption {
         what: format!("snapshot file {}", path.display()),
@@ -418,6 +436,16 @@ fn verify(path: &Path, shard: ShardId, range: HashRange) -> Result<SnapshotHeade
     if hasher.finalize() != u32::from_le_bytes(stored) {
         return Err(corrupt("checksum mismatch"));
     }
+    let range = match read_header(path)?.range {
+        Some(snapshot) if snapshot.start == range.start && snapshot.end <= range.end => snapshot,
+        Some(snapshot) => {
+            return Err(corrupt(&format!(
+                "it holds the range {:#018x}..={:#018x}, not part of the shard's {:#018x}..={:#018x}",
+                snapshot.start, snapshot.end, range.start, range.end
+            )));
+        }
+        None => return Err(corrupt("its header names no range")),
+    };
     let (data_start, data_end) = keys::data_range(range);
     let (session_start, session_end) = keys::session_range(shard);
     let header = read_records(path, |tag, key, _| {
@@ -432,6 +460,33 @@ fn verify(path: &Path, shard: ShardId, range: HashRange) -> Result<SnapshotHeade
         }
     })?;
     Ok(header)
+}
+
+/// The header of a snapshot file, read without checking the rest.
+fn read_header(path: &Path) -> Result<SnapshotHeader, Error> {
+    let corrupt = |detail: &str| Error::Corruption {
+        what: format!("snapshot file {}", path.display()),
+        detail: detail.into(),
+    };
+    let read_error = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt("truncated"),
+        _ => snapshot_error(path, format!("cannot read: {e}")),
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(read_error)?);
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).map_err(read_error)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a ringkv snapshot of this version (bad magic)"));
+    }
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).map_err(read_error)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_RECORD_PART {
+        return Err(corrupt("its header's length is damaged"));
+    }
+    let mut header = vec![0u8; len];
+    reader.read_exact(&mut header).map_err(read_error)?;
+    codec::decode(&header, "snapshot header")
 }
 
 /// Streams the records of a snapshot file (whose checksum the caller checked or will check) to

@@ -9,7 +9,10 @@
 //! written with `Engine::write_unsynced` (a memtable insert, refused rather than delayed in a write
 //! stall); any other group goes to tokio's blocking pool, whose hand-off costs two thread wake-ups.
 //! A `Digest` command ends a group: the state as of that index is hashed on a point-in-time view in
-//! the background while applying goes on.
+//! the background while applying goes on. A `Split` command ends a group too (see `split.rs`).
+//!
+//! The shard's range is part of its applied state: a command on a key outside it is answered
+//! `NotInShard` and changes nothing, on every replica alike.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,7 +23,7 @@ use openraft::EntryPayload;
 use openraft::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::codec;
 use crate::error::Error;
@@ -28,6 +31,7 @@ use crate::keys::{self, META_APPLIED};
 use crate::rocks::{Cf, DigestState, Engine, HashRange, View, WriteOps};
 use crate::sessions::{self, Admission, SessionClock, Sessions};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotFile};
+use crate::split::{ShardRange, child_state_ops};
 use crate::types::{
     BatchOp, Command, CommandResult, Expect, LogIndex, Proposal, RequestId, ShardId, TypeConfig, Versioned,
 };
@@ -49,12 +53,16 @@ pub(crate) struct AppliedState {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub clock: SessionClock,
+    /// The hashes the shard owns; `None` until the first apply of a replica opened before the
+    /// range was recorded (it then owns the range it was opened with).
+    pub range: Option<HashRange>,
 }
 
 pub struct StateMachine {
     engine: Engine,
     shard: ShardId,
-    range: HashRange,
+    /// The range as of the last apply or install, shared with the node serving the replica.
+    range: ShardRange,
     /// The applied state as of the last apply or install; the copy on disk is authoritative.
     applied: AppliedState,
     /// `None` only while an apply group holds it on the blocking pool.
@@ -67,13 +75,16 @@ impl StateMachine {
     pub(crate) fn open(engine: Engine, shard: ShardId, range: HashRange) -> Result<StateMachine, Error> {
         let snapshot_lock = Arc::new(Mutex::new(()));
         // A snapshot install interrupted by a crash is finished before anything reads the shard.
-        snapshot::resume_install(&engine, shard, range, &snapshot_lock)?;
-        let applied = read_applied(&engine, shard)?;
+        let stored = read_applied(&engine, shard)?.range.unwrap_or(range);
+        snapshot::resume_install(&engine, shard, stored, &snapshot_lock)?;
+        // Read after the install, which may have changed it.
+        let mut applied = read_applied(&engine, shard)?;
+        let range = *applied.range.get_or_insert(stored);
         let sessions = Sessions::load(&engine, shard)?;
         Ok(StateMachine {
             engine,
             shard,
-            range,
+            range: ShardRange::new(range),
             applied,
             sessions: Some(sessions),
             snapshot_lock,
@@ -82,6 +93,11 @@ impl StateMachine {
 
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// The shard's range as this replica applies it, kept current by later applies.
+    pub fn range(&self) -> ShardRange {
+        self.range.clone()
     }
 
     /// Clients with a session in this shard's request-id table.
@@ -116,6 +132,8 @@ struct Overlay<'a> {
     engine: &'a Engine,
     /// Where the shard's keys live (`Cf::keys_of`).
     cf: Cf,
+    /// The shard's range: commands on keys outside it change nothing.
+    range: HashRange,
     ops: WriteOps,
     /// Latest value of each data key written in this group (`None`: deleted).
     written: HashMap<Vec<u8>, Option<Versioned>>,
@@ -124,10 +142,11 @@ struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
-    fn new(engine: &'a Engine, shard: ShardId) -> Self {
+    fn new(engine: &'a Engine, shard: ShardId, range: HashRange) -> Self {
         Overlay {
             engine,
             cf: Cf::keys_of(shard),
+            range,
             ops: WriteOps::default(),
             written: HashMap::new(),
             results: HashMap::new(),
@@ -155,7 +174,23 @@ impl<'a> Overlay<'a> {
         self.written.insert(data_key, None);
     }
 
+    /// Whether every key `command` writes lies in the shard's range.
+    fn in_range(&self, command: &Command) -> bool {
+        match command {
+            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
+                self.range.holds_key(key)
+            }
+            Command::Batch { ops } => ops.iter().all(|op| match op {
+                BatchOp::Put { key, .. } | BatchOp::Delete { key } => self.range.holds_key(key),
+            }),
+            Command::Digest | Command::Split { .. } => true,
+        }
+    }
+
     fn apply(&mut self, command: Command, index: LogIndex) -> Result<CommandResult, Error> {
+        if !self.in_range(&command) {
+            return Ok(CommandResult::NotInShard);
+        }
         Ok(match command {
             Command::Put { key, value } => {
                 self.put(keys::data_key(&key), value, index);
@@ -216,7 +251,7 @@ impl<'a> Overlay<'a> {
                 CommandResult::Batch { version: index }
             }
             // Handled by the group loop, which must cut the batch there.
-            Command::Digest => CommandResult::None,
+            Command::Digest | Command::Split { .. } => CommandResult::None,
         })
     }
 }
@@ -263,12 +298,13 @@ fn reads_nothing(entry: &Entry, sessions: &Sessions) -> bool {
 fn apply_group(
     engine: &Engine,
     shard: ShardId,
-    range: HashRange,
+    shard_range: &ShardRange,
     state: &mut ApplyState,
     entries: Vec<Entry>,
     next_index: &mut Option<LogIndex>,
 ) -> Result<(Vec<CommandResult>, WriteOps), Error> {
-    let mut overlay = Overlay::new(engine, shard);
+    let mut range = state.applied.range.unwrap_or_else(|| shard_range.get());
+    let mut overlay = Overlay::new(engine, shard, range);
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         let index = entry.log_id.index;
@@ -310,10 +346,60 @@ fn apply_group(
                     state.applied.last_applied = Some(entry.log_id);
                     // The digest must see exactly the state at this index: write what came
                     // before (and the applied id) first.
-                    let before = std::mem::replace(&mut overlay, Overlay::new(engine, shard));
+                    let before = std::mem::replace(&mut overlay, Overlay::new(engine, shard, range));
                     engine.write_ops(before.finish(shard, &state.applied), false)?;
                     start_digest(engine, shard, range, index);
                     results.push(CommandResult::None);
+                    continue;
+                }
+                if let Command::Split { at, child, replicas } = &command {
+                    let result = if range.start < *at && *at <= range.end {
+                        // Write what came before first: the child's copy of the request-id
+                        // table must hold the rows this group wrote.
+                        let before = std::mem::replace(&mut overlay, Overlay::new(engine, shard, range));
+                        if !before.ops.is_empty() {
+                            engine.write_ops(before.finish(shard, &state.applied), false)?;
+                        }
+                        let child_range = HashRange {
+                            start: *at,
+                            end: range.end,
+                        };
+                        range = HashRange {
+                            start: range.start,
+                            end: *at - 1,
+                        };
+                        state.applied.range = Some(range);
+                        state.applied.last_applied = Some(entry.log_id);
+                        let mut ops = child_state_ops(
+                            engine,
+                            shard,
+                            &state.applied,
+                            *child,
+                            child_range,
+                            replicas,
+                            index,
+                        )?;
+                        ops.put(
+                            Cf::Meta,
+                            keys::shard_meta_key(shard, META_APPLIED),
+                            codec::encode(&state.applied),
+                        );
+                        engine.write_ops(ops, false)?;
+                        shard_range.set(range);
+                        overlay = Overlay::new(engine, shard, range);
+                        info!(
+                            shard_id = %shard, child_shard_id = %child, index,
+                            "applied a split: the child shard owns {:#018x}..={:#018x}",
+                            child_range.start, child_range.end
+                        );
+                        CommandResult::None
+                    } else {
+                        // Applied before (the split was proposed twice), or never meant for this
+                        // range.
+                        CommandResult::NotInShard
+                    };
+                    state.applied.last_applied = Some(entry.log_id);
+                    results.push(result);
                     continue;
                 }
                 match request.filter(|request| request.seq != 0) {
@@ -470,7 +556,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             {
                 return Err(io::Error::other("apply failed (test switch fail_apply)"));
             }
-            let (shard, range) = (self.shard, self.range);
+            let (shard, range) = (self.shard, self.range.clone());
             if bytes <= IN_PLACE_APPLY_BYTES
                 && !self
                     .engine
@@ -487,7 +573,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 // On an error the session index stays `None` and is reloaded from disk.
                 let (results, ops) =
-                    apply_group(&self.engine, shard, range, &mut state, group, &mut next_index)?;
+                    apply_group(&self.engine, shard, &range, &mut state, group, &mut next_index)?;
                 self.engine.write_unsynced(ops).await?;
                 self.applied = state.applied;
                 self.sessions = Some(state.sessions);
@@ -506,7 +592,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     };
                     let mut state = ApplyState { applied, sessions };
                     let (results, ops) =
-                        apply_group(engine, shard, range, &mut state, group, &mut next_index)?;
+                        apply_group(engine, shard, &range, &mut state, group, &mut next_index)?;
                     engine.write_ops(ops, false)?;
                     Ok((state, results, next_index))
                 })
@@ -522,7 +608,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder::new(
             self.engine.clone(),
             self.shard,
-            self.range,
+            self.range.get(),
             self.snapshot_lock.clone(),
         )
     }
@@ -532,7 +618,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        let (shard, range, lock, meta) = (self.shard, self.range, self.snapshot_lock.clone(), meta.clone());
+        let (shard, range, lock, meta) = (
+            self.shard,
+            self.range.get(),
+            self.snapshot_lock.clone(),
+            meta.clone(),
+        );
         let (applied, sessions) = self
             .engine
             .run_blocking(move |engine| -> Result<(AppliedState, Sessions), Error> {
@@ -543,6 +634,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Durable before openraft acts on it (for example by purging the log it replaces).
         self.engine.syncer().sync().await?;
         self.engine.clear_digests(self.shard);
+        if let Some(range) = applied.range {
+            self.range.set(range);
+        }
         self.applied = applied;
         self.sessions = Some(sessions);
         Ok(())
@@ -583,7 +677,7 @@ fn entry_size(entry: &Entry) -> usize {
                     BatchOp::Delete { key } => key.len(),
                 })
                 .sum(),
-            Command::Digest => 0,
+            Command::Digest | Command::Split { .. } => 0,
         },
         _ => 0,
     }

@@ -83,13 +83,22 @@ pub enum Command {
     /// Replica check: every replica hashes its shard state (data and request-id table) as of
     /// this entry's index, so the digests of healthy replicas are equal.
     Digest,
+    /// Split the shard at hash `at`: from this entry on the shard owns the hashes below `at`, and
+    /// shard `child` owns the rest, with `replicas` as its voters. Every replica applying it
+    /// creates the child's state in place (see `split.rs`); no data is copied. A split whose
+    /// `at` is not inside the shard's range (one applied already) changes nothing.
+    Split {
+        at: u64,
+        child: ShardId,
+        replicas: Vec<(ReplicaId, ReplicaNode)>,
+    },
 }
 
 impl Command {
     /// Whether applying the command changes the shard's data (and so needs a request id to be
     /// retried safely).
     pub fn is_write(&self) -> bool {
-        !matches!(self, Command::Digest)
+        !matches!(self, Command::Digest | Command::Split { .. })
     }
 }
 
@@ -104,6 +113,7 @@ impl fmt::Display for Command {
             Command::Cas { key, .. } => write!(f, "cas({} key bytes)", key.len()),
             Command::Batch { ops } => write!(f, "batch({} ops)", ops.len()),
             Command::Digest => write!(f, "digest"),
+            Command::Split { at, child, .. } => write!(f, "split(at {at:#018x}, child shard {child})"),
         }
     }
 }
@@ -185,6 +195,9 @@ pub enum CommandResult {
     Refused {
         reason: String,
     },
+    /// Not applied: a key of the command lies outside the shard's range (a split moved it to
+    /// another shard). Also the result of a split that was applied already.
+    NotInShard,
 }
 
 openraft::declare_raft_types!(

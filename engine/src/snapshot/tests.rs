@@ -151,5 +151,5 @@ async fn a_damaged_or_foreign_snapshot_is_refused_before_anything_changes() {
     let path = target.incoming_snapshot_path(SHARD).unwrap();
     std::fs::write(&path, &bytes).unwrap();
     let error = verify(&path, SHARD, narrow).unwrap_err();
-    assert!(error.to_string().contains("outside the shard"), "{error}");
+    assert!(error.to_string().contains("not part of the shard"), "{error}");
 }
