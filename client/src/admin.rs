@@ -1,5 +1,5 @@
-//! Operator requests that change where replicas live: moving a replica, decommissioning a node,
-//! and waiting for either to end. Each is sent to any node, which hands it to the metadata leader.
+//! Operator requests that change where replicas live: moving a replica, splitting a shard,
+//! decommissioning a node, and waiting for each to end. Each is sent to any node, which hands it to the metadata leader.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -32,6 +32,29 @@ impl Client {
             })
             .await?;
         self.adopt(decode_map(map, "MoveReplica")?)
+    }
+
+    /// Begins splitting `shard` at the midpoint of its arc. Returns the map with the split
+    /// recorded, once it is; the cluster then applies it in the background (see
+    /// `wait_for_split`). A split that cannot be made (no such shard, one too small, a move or
+    /// another split of the shard under way) is refused with `Error::InvalidArgument` saying why,
+    /// and changes nothing.
+    pub async fn split_shard(&self, shard: ShardId) -> Result<ShardMap, Error> {
+        let map = self
+            .ask_any_node(|mut client, timeout| {
+                let mut request = tonic::Request::new(pb::SplitShardRequest { shard_id: shard.0 });
+                request.set_timeout(timeout);
+                async move { client.split_shard(request).await.map(|r| r.into_inner().map) }
+            })
+            .await?;
+        self.adopt(decode_map(map, "SplitShard")?)
+    }
+
+    /// Waits until the map no longer lists a split of `shard`, up to `timeout`. `None` if it
+    /// still does then.
+    pub async fn wait_for_split(&self, shard: ShardId, timeout: Duration) -> Result<Option<ShardMap>, Error> {
+        self.wait_for_map(timeout, |map| map.split_of(shard).is_none())
+            .await
     }
 
     /// Begins decommissioning `node`: the controller moves every replica off it, then marks it

@@ -51,6 +51,8 @@ const BUDGET_HEADER: &str = "ringkv-budget-ms";
 pub(crate) enum Target<'a> {
     Key(&'a [u8]),
     Shard(ShardId),
+    /// The shard owning a point of the hash ring (a scan's position).
+    Hash(u64),
 }
 
 /// The time one attempt has: the node is told `budget`; the client waits `wait` for its answer.
@@ -135,6 +137,7 @@ impl Plan<'_> {
                 let shard_id = match self.target {
                     Target::Key(key) => routes.shard_for_key(key),
                     Target::Shard(id) => id,
+                    Target::Hash(hash) => routes.shard_for_hash(hash),
                 };
                 (shard_id, routes.route_shard(shard_id, attempts))
             };
@@ -201,7 +204,14 @@ impl Plan<'_> {
                 }
                 (Next::Refresh, _) => {
                     last_error = "the cached shard map is stale".into();
+                    let epoch = route.epoch;
                     inner.refresh(true, self.deadline).await.ok();
+                    let newer = inner.routes.lock().expect("route cache lock").map().epoch > epoch;
+                    if !newer {
+                        // The node knows of a change the map does not record yet (a split
+                        // applied moments before the map lists its child): wait for it.
+                        self.pause(&mut backoff).await;
+                    }
                 }
                 (Next::BackOffBusy, Attempt::Busy(message)) => {
                     last_error = message;

@@ -62,6 +62,10 @@ impl RouteCache {
         self.map.shard_for_key(key).id
     }
 
+    pub(crate) fn shard_for_hash(&self, hash: u64) -> ShardId {
+        self.map.shard_for_hash(hash).id
+    }
+
     /// Records that `node` leads `shard_id`. Returns false (storing nothing) when the map does not
     /// know the node or the shard: the map is stale.
     pub(crate) fn set_leader(&mut self, shard_id: ShardId, node: NodeId) -> bool {

@@ -95,15 +95,18 @@ impl Client {
         // One deadline for the whole call, however many pages it reads.
         let deadline = self.deadline(RequestKind::Read);
         for _ in 0..MAX_PAGES_PER_CALL {
-            let (shard_id, arc_end) = {
-                let map = self.shard_map().await;
-                let shard = map.shard_for_hash(ring_position);
-                (shard.id, shard.arc.end)
+            // Routed by the hash the scan stands at, which a split may have moved to another
+            // shard since the last page; the cursor names that hash too, so the shard owning it
+            // now goes on from there.
+            let cursor = if shard_cursor.is_empty() {
+                Bytes::copy_from_slice(&ring_position.to_be_bytes())
+            } else {
+                shard_cursor.clone()
             };
             let want = (limit - entries.len()) as u32;
             let plan = Plan {
                 inner: &self.inner,
-                target: Target::Shard(shard_id),
+                target: Target::Hash(ring_position),
                 kind: RequestKind::Read,
                 deadline,
             };
@@ -111,7 +114,7 @@ impl Client {
                 .run(|node, route, time| {
                     let message = pb::ScanRequest {
                         route: Some(route),
-                        cursor: shard_cursor.clone(),
+                        cursor: cursor.clone(),
                         prefix: options.prefix.clone(),
                         limit: want,
                         consistency: 0,
@@ -125,8 +128,13 @@ impl Client {
                 version: e.version,
             }));
             if response.next_cursor.is_empty() {
-                // This shard is done: move to the next arc, or finish at the end of the ring.
-                match arc_end.checked_add(1) {
+                // This shard is done: go on past the end of its range as it was read, or finish
+                // at the end of the ring.
+                let range_end = match response.range_end {
+                    Some(end) => end,
+                    None => self.shard_map().await.shard_for_hash(ring_position).arc.end,
+                };
+                match range_end.checked_add(1) {
                     Some(next) => {
                         ring_position = next;
                         shard_cursor = Bytes::new();
@@ -139,6 +147,9 @@ impl Client {
                     }
                 }
             } else {
+                if let Some(hash) = response.next_cursor.get(..8) {
+                    ring_position = u64::from_be_bytes(hash.try_into().expect("8 bytes"));
+                }
                 shard_cursor = response.next_cursor;
             }
             if entries.len() >= limit {

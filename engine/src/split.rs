@@ -146,6 +146,21 @@ pub(crate) fn child_state_ops(
 }
 
 impl Engine {
+    /// Whether the state of `shard` on this node was created by a split for `replica`: it has
+    /// applied nothing past the split's origin, and names `replica` a voter.
+    pub fn split_born(&self, shard: ShardId, replica: ReplicaId) -> Result<bool, Error> {
+        let applied = read_applied(self, shard)?;
+        let Some(origin) = applied.last_applied else {
+            return Ok(false);
+        };
+        Ok(origin == origin_log_id(origin.index)
+            && applied
+                .membership
+                .membership()
+                .voter_ids()
+                .any(|voter| voter == replica))
+    }
+
     /// The range the state of `shard` on this node owns, if it records one: the range of its
     /// last apply, install or split. `None` for a shard with no applied state yet.
     pub fn range_of(&self, shard: ShardId) -> Result<Option<HashRange>, Error> {

@@ -46,6 +46,12 @@ pub struct NodeConfig {
     /// A node unheard for this long (no answer to the metadata leader's pulses) is marked down, and
     /// its replicas are re-created on the other nodes, in milliseconds.
     pub dead_node_timeout_ms: u64,
+    /// A shard this node leads splits in two once its data takes more than this many bytes
+    /// (RocksDB's estimate); 0 never splits on size. Give every node the same value.
+    pub split_size_bytes: u64,
+    /// A shard this node leads splits in two once it applies more than this many log entries per
+    /// second (measured over 5 s); 0 (the default) never splits on write rate.
+    pub split_writes_per_sec: u64,
     pub raft: RaftTuning,
     /// Tests only (`--test-move-hold-file`, hidden): while this file exists, the mover holds
     /// every move at step `Promote`, before its membership change, so a test can kill a node
@@ -100,6 +106,8 @@ impl Default for NodeConfig {
             request_timeout_ms: 5_000,
             move_timeout_ms: 600_000,
             dead_node_timeout_ms: 600_000,
+            split_size_bytes: 512 * 1024 * 1024,
+            split_writes_per_sec: 0,
             raft: RaftTuning::default(),
             test_move_hold_file: None,
         }
@@ -184,6 +192,13 @@ impl NodeConfig {
 
     pub fn move_timeout(&self) -> Duration {
         Duration::from_millis(self.move_timeout_ms)
+    }
+
+    pub fn split_policy(&self) -> crate::node::SplitPolicy {
+        crate::node::SplitPolicy {
+            size_bytes: self.split_size_bytes,
+            writes_per_sec: self.split_writes_per_sec,
+        }
     }
 
     pub fn snapshot_idle_timeout(&self) -> Duration {

@@ -91,7 +91,7 @@ impl ShardMap {
         // 1. Drain nodes that are not up.
         if may_move {
             for group in self.groups() {
-                if self.move_of(group.id).is_some() {
+                if self.is_changing(group.id) {
                     continue;
                 }
                 for voter in &group.voters {
@@ -136,7 +136,7 @@ impl ShardMap {
             && full_count > empty_count + 1
         {
             let candidate = self.shards.iter().find(|shard| {
-                self.move_of(shard.id).is_none()
+                !self.is_changing(shard.id)
                     && shard.voters.iter().any(|v| v.node_id == full)
                     && shard.replica_on(empty).is_none()
             });
@@ -157,7 +157,7 @@ impl ShardMap {
             && full_count > empty_count + 1
         {
             let candidate = self.shards.iter().find(|shard| {
-                self.move_of(shard.id).is_none()
+                !self.is_changing(shard.id)
                     && shard.voters.first().map(|v| v.node_id) == Some(full)
                     && shard.voters.iter().any(|v| v.node_id == empty)
             });

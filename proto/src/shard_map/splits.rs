@@ -4,8 +4,7 @@
 //! whose replicas (fresh ids) sit on the nodes of P's voters. A split is never rolled back: the
 //! command can always be applied once P has a leader.
 //!
-//! Only the map's record exists so far: nothing begins or applies a split yet (issue "An elastic
-//! cluster", in progress).
+//! `server/src/node/splits.rs` begins and applies splits.
 
 use ringkv_core::{ReplicaId, ShardId};
 

@@ -119,6 +119,16 @@ pub(super) enum ShardCommand {
         #[arg(long)]
         wait: Option<u64>,
     },
+    /// Split a shard in two at the midpoint of its arc, online and in place: the upper half
+    /// becomes a new shard whose replicas sit on the same nodes; no data is copied. Returns once
+    /// the split is recorded; with --wait, once it is applied.
+    Split {
+        /// The shard (`ringkv status` lists them).
+        shard: u64,
+        /// Wait for the split to be applied, up to this many seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +169,12 @@ pub(super) struct StartArgs {
     /// Mark a node unheard for this many milliseconds down and re-create its replicas elsewhere.
     #[arg(long)]
     pub(super) dead_node_timeout_ms: Option<u64>,
+    /// Split a shard once its data takes more than this many bytes (0: never on size).
+    #[arg(long)]
+    pub(super) split_size_bytes: Option<u64>,
+    /// Split a shard once it applies more than this many writes per second (0: never on rate).
+    #[arg(long)]
+    pub(super) split_writes_per_sec: Option<u64>,
     /// Tests only: while this file exists, replica moves hold before their membership change.
     #[arg(long, hide = true)]
     pub(super) test_move_hold_file: Option<PathBuf>,

@@ -85,6 +85,19 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             })
         })
         .collect();
+    let splits: Vec<serde_json::Value> = map
+        .splits
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "shard_id": s.parent.0, "child_shard_id": s.child.0, "at": format!("{:#018x}", s.at),
+                "child_replicas": s.replicas.iter().map(|r| serde_json::json!({
+                    "node": r.node_id.0, "replica": r.replica_id.0,
+                })).collect::<Vec<_>>(),
+                "started_unix_ms": s.started_unix_ms, "reason": s.reason,
+            })
+        })
+        .collect();
     let decisions: Vec<serde_json::Value> = map
         .decisions
         .iter()
@@ -97,6 +110,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             "nodes": nodes,
             "shards": shards,
             "moves": moves,
+            "splits": splits,
             "decisions": decisions,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -186,6 +200,16 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             println!(
                 "shard {}: node {} -> node {} (replica {} -> {}), step {:?}: {}",
                 m.shard, m.from.node_id, m.to.node_id, m.from.replica_id, m.to.replica_id, m.step, m.reason
+            );
+        }
+    }
+    if !map.splits.is_empty() {
+        println!();
+        println!("SPLITS IN PROGRESS");
+        for s in &map.splits {
+            println!(
+                "shard {} at {:#018x}: shard {} takes the upper half: {}",
+                s.parent, s.at, s.child, s.reason
             );
         }
     }

@@ -117,6 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             return move_replica(&client, &shard, NodeId(from), NodeId(to), wait).await;
         }
+        Command::Shard(ShardCommand::Split { shard, wait }) => {
+            return split_shard(&client, ShardId(shard), wait).await;
+        }
         Command::Node(NodeCommand::List { output }) => report::node_list(&client, output).await?,
         Command::Node(NodeCommand::Decommission { node, wait } | NodeCommand::Remove { node, wait }) => {
             return decommission(&client, NodeId(node), wait).await;
@@ -152,6 +155,42 @@ async fn cas(client: &Client, args: CasArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("cas failed: {} does not exist; nothing was changed", args.key),
     }
     Ok(ExitCode::from(1))
+}
+
+/// `ringkv shard split`: exit 0 once the split is recorded (with `--wait`: applied), 1 if it is
+/// still under way when the wait ends.
+async fn split_shard(client: &Client, shard: ShardId, wait: Option<u64>) -> anyhow::Result<ExitCode> {
+    let map = client.split_shard(shard).await?;
+    let split = map
+        .split_of(shard)
+        .ok_or_else(|| anyhow::anyhow!("the map returned does not list the split"))?;
+    println!(
+        "splitting shard {shard} at hash {:#018x}: shard {} takes the upper half (map epoch {})",
+        split.at, split.child, map.epoch
+    );
+    let Some(seconds) = wait else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let child = split.child;
+    match client.wait_for_split(shard, Duration::from_secs(seconds)).await? {
+        Some(map) => {
+            let arc = map.shard(child).map(|child| child.arc);
+            match arc {
+                Some(arc) => println!(
+                    "split: shard {child} owns {:#018x}..={:#018x}",
+                    arc.start, arc.end
+                ),
+                None => println!("split: shard {child} exists"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            println!(
+                "still splitting after {seconds} s (see `ringkv status`); it finishes once the shard has a leader"
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// `ringkv shard move`: exit 0 once the move is recorded (with `--wait`: finished), 1 if it was

@@ -81,6 +81,12 @@ fn config_from(args: StartArgs) -> anyhow::Result<NodeConfig> {
     if let Some(ms) = args.move_timeout_ms {
         config.move_timeout_ms = ms;
     }
+    if let Some(bytes) = args.split_size_bytes {
+        config.split_size_bytes = bytes;
+    }
+    if let Some(rate) = args.split_writes_per_sec {
+        config.split_writes_per_sec = rate;
+    }
     if args.test_move_hold_file.is_some() {
         config.test_move_hold_file = args.test_move_hold_file;
     }

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use ringkv_engine::{
     CommandResult, Engine, HashRange, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId, ShardRaft,
+    ShardRange,
 };
 use ringkv_proto::shard_map::bootstrap_replica_id;
 use ringkv_proto::{Shard, ShardMap};
@@ -26,6 +27,7 @@ use super::metadata::spawn_map_follower;
 use super::moves::spawn_mover;
 use super::quiesce::{PeerLiveness, QuietState, spawn_pulses, spawn_quiescer};
 use super::reconcile::spawn_reconciler;
+use super::splits::{spawn_split_checker, spawn_splitter};
 use crate::config::NodeConfig;
 use crate::error::ServiceError;
 use crate::identity::{BootstrapParams, LocalIdentity};
@@ -35,7 +37,8 @@ use crate::transport::{RaftTimeouts, RaftTransport, ShardNetworkFactory};
 pub struct ShardReplica {
     pub shard_id: ShardId,
     pub replica_id: ReplicaId,
-    pub range: HashRange,
+    /// The hashes the replica owns as of its last apply: a split shrinks it.
+    pub range: ShardRange,
     pub raft: ShardRaft,
     /// Until then the replica grants no vote or pre-vote, except in a leadership transfer, and
     /// does not stand for election on its own timer (openraft's `elect(false)`). Set when
@@ -156,7 +159,10 @@ impl Node {
         });
         for shard in map.groups() {
             if let Some(local) = shard.replica_on(identity.node_id) {
-                node.open_replica(shard, local.replica_id).await?;
+                // The reconciler starts one that must wait (see `reconcile`).
+                if node.overlapping(shard).await.is_none() {
+                    node.open_replica(shard, local.replica_id).await?;
+                }
             }
         }
         spawn_leader_balancer(Arc::downgrade(&node));
@@ -168,6 +174,8 @@ impl Node {
             config.move_timeout(),
             config.test_move_hold_file.clone(),
         );
+        spawn_splitter(Arc::downgrade(&node));
+        spawn_split_checker(Arc::downgrade(&node), config.split_policy());
         spawn_quiescer(Arc::downgrade(&node), config.quiesce_after());
         spawn_pulses(
             Arc::downgrade(&node),
@@ -217,9 +225,11 @@ impl Node {
                         );
                         engine.retire_replica(shard_id, range)?;
                     }
-                    // State with no owner record is from before owners were recorded, when every
-                    // replica had its bootstrap id: it can belong only to that replica.
+                    // State with no owner record was made for a replica not started yet: by a
+                    // split (for the replicas it names), or before owners were recorded, when
+                    // every replica had its bootstrap id.
                     None if replica_id != bootstrap_replica_id(shard_id, identity.node_id)
+                        && !engine.split_born(shard_id, replica_id)?
                         && engine.has_replica_state(shard_id)? =>
                     {
                         info!(
@@ -246,6 +256,7 @@ impl Node {
         let state_machine = engine
             .run_blocking(move |engine| engine.state_machine(shard_id, range))
             .await?;
+        let range = state_machine.range();
         let network =
             ShardNetworkFactory::new(shard.id, self.transport.clone(), identity, self.raft_timeouts);
         let raft = ShardRaft::new(

@@ -24,7 +24,9 @@ mod raft_rpc;
 mod reconcile;
 mod requests;
 pub mod slot;
+mod splits;
 mod status;
 
 pub use host::{Node, ShardReplica};
 pub use slot::NodeSlot;
+pub use splits::SplitPolicy;

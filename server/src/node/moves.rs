@@ -57,12 +57,14 @@ const ANSWER_GRACE: Duration = Duration::from_secs(2);
 
 /// What the shard's leader reported about its membership.
 #[derive(Debug)]
-struct Membership {
+pub(crate) struct Membership {
     voters: BTreeSet<ReplicaId>,
     learners: BTreeSet<ReplicaId>,
     joint: bool,
     leader_last_index: u64,
     add_matched_index: u64,
+    /// The last hash of the leader's range.
+    pub range_end: u64,
 }
 
 impl From<pb::ChangeReplicasResponse> for Membership {
@@ -73,6 +75,7 @@ impl From<pb::ChangeReplicasResponse> for Membership {
             joint: response.joint,
             leader_last_index: response.leader_last_index,
             add_matched_index: response.add_matched_index,
+            range_end: response.range_end,
         }
     }
 }
@@ -123,10 +126,12 @@ impl Node {
         let call = async {
             match action {
                 ChangeReplicasAction::ChangeReplicasQuery => {}
+                ChangeReplicasAction::ChangeReplicasSplit => self.apply_listed_split(&replica).await?,
                 ChangeReplicasAction::ChangeReplicasAddLearner => {
                     let add = needs_add()?;
                     self.move_listed(shard_id, add.replica_id, MoveStep::CatchUp)?;
                     if membership.get_node(&add.replica_id).is_none() {
+                        self.prepare_learner_start(&replica, budget).await?;
                         self.add_learner(&replica, add).await?;
                     }
                 }
@@ -169,6 +174,7 @@ impl Node {
                         if membership.get_node(&add.replica_id).is_none() {
                             // The learner's addition was lost (a leader change before it
                             // committed): add it again; the joint configuration then waits for it.
+                            self.prepare_learner_start(&replica, budget).await?;
                             self.add_learner(&replica, add).await?;
                         }
                         replica
@@ -234,6 +240,7 @@ impl Node {
             joint: membership.get_joint_config().len() > 1,
             leader_last_index: metrics.last_log_index.unwrap_or(0),
             add_matched_index,
+            range_end: replica.range.get().end,
         })
     }
 
@@ -412,8 +419,8 @@ async fn step(
                 map,
                 shard,
                 ChangeReplicasAction::ChangeReplicasQuery,
-                to,
-                from,
+                Some(to),
+                Some(from),
             )
             .await?;
             if membership.voters.contains(&to.replica_id) {
@@ -426,8 +433,8 @@ async fn step(
                     map,
                     shard,
                     ChangeReplicasAction::ChangeReplicasAddLearner,
-                    to,
-                    from,
+                    Some(to),
+                    Some(from),
                 )
                 .await?;
                 return Ok(false);
@@ -454,8 +461,8 @@ async fn step(
                 map,
                 shard,
                 ChangeReplicasAction::ChangeReplicasPromote,
-                to,
-                from,
+                Some(to),
+                Some(from),
             )
             .await?;
             let done = !membership.joint
@@ -473,8 +480,8 @@ async fn step(
                 map,
                 shard,
                 ChangeReplicasAction::ChangeReplicasRemoveLearner,
-                to,
-                from,
+                Some(to),
+                Some(from),
             )
             .await?;
             if membership.voters.contains(&to.replica_id) || membership.learners.contains(&to.replica_id) {
@@ -494,7 +501,7 @@ const CATCH_UP_SLACK: u64 = 64;
 
 /// Writes the change `edit` makes to `map`. Returns whether it was written (false: the map moved
 /// on meanwhile, and the caller looks again).
-async fn record(
+pub(crate) async fn record(
     node: &Arc<Node>,
     map: &ShardMap,
     edit: impl FnOnce(&mut ShardMap),
@@ -505,21 +512,22 @@ async fn record(
     Ok(succeeded)
 }
 
-/// Sends `action` to the leader of `shard`, found by asking its voters (the map's, and the move's
-/// target) in turn and following leader hints.
-async fn ask_leader(
+/// Sends `action` to the leader of `shard`, found by asking its voters (the map's, and a move's
+/// target) in turn and following leader hints. `add` and `remove` name a move's replicas.
+pub(crate) async fn ask_leader(
     node: &Arc<Node>,
     map: &ShardMap,
     shard: ShardId,
     action: ChangeReplicasAction,
-    add: Replica,
-    remove: Replica,
+    add: Option<Replica>,
+    remove: Option<Replica>,
 ) -> Result<Membership, ServiceError> {
+    let remove = remove.map_or(ReplicaId(0), |remove| remove.replica_id);
     let group = map
         .shard(shard)
         .ok_or_else(|| ServiceError::InvalidArgument(format!("shard {shard} is gone")))?;
     let mut candidates: Vec<NodeId> = group.voters.iter().map(|r| r.node_id).collect();
-    candidates.push(add.node_id);
+    candidates.extend(add.map(|add| add.node_id));
     let addrs: BTreeMap<NodeId, String> = map
         .nodes
         .iter()
@@ -538,11 +546,11 @@ async fn ask_leader(
             break;
         }
         let answer = if target == node.node_id() {
-            node.change_replicas(shard, action, Some(add), remove.replica_id, STEP_BUDGET)
+            node.change_replicas(shard, action, add, remove, STEP_BUDGET)
                 .await
         } else {
             let Some(addr) = addrs.get(&target) else { continue };
-            call_change_replicas(addr, shard, action, add, remove.replica_id).await
+            call_change_replicas(addr, shard, action, add, remove).await
         };
         match answer {
             Ok(response) => return Ok(response.into()),
@@ -567,7 +575,7 @@ async fn call_change_replicas(
     addr: &str,
     shard: ShardId,
     action: ChangeReplicasAction,
-    add: Replica,
+    add: Option<Replica>,
     remove: ReplicaId,
 ) -> Result<pb::ChangeReplicasResponse, ServiceError> {
     let call = async {
@@ -581,7 +589,7 @@ async fn call_change_replicas(
         let mut request = tonic::Request::new(pb::ChangeReplicasRequest {
             shard_id: shard.0,
             action: action.into(),
-            add: Some(pb::Replica {
+            add: add.map(|add| pb::Replica {
                 replica_id: add.replica_id.0,
                 node_id: add.node_id.0,
             }),

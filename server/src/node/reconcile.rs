@@ -5,7 +5,9 @@
 //! - a replica the map places here and the node does not run is started: the target of a move
 //!   starts empty and waits for its leader to send it the log or a snapshot;
 //! - a replica the node runs and the map no longer places here (or places here under another
-//!   replica id) is shut down and its state deleted.
+//!   replica id) is shut down and its state deleted;
+//! - a replica whose range overlaps one the node runs waits: a split's child starts only once
+//!   the node's replica of the parent has applied the split (see `engine/src/split.rs`).
 //!
 //! Deleting on the map's word is safe because the map drops a replica only after the shard's own
 //! membership without it has committed (a move records `finish_move` after the membership change
@@ -17,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use ringkv_engine::{ReplicaId, ShardId};
 use ringkv_proto::{NodeState, Shard};
@@ -26,6 +28,8 @@ use super::host::{Node, ShardReplica};
 
 /// How often the reconciler runs with no new map: to retry a start or deletion that failed.
 const RECONCILE_RETRY: Duration = Duration::from_secs(5);
+/// How often it runs while a replica waits for an overlapping one to give up its range.
+const OVERLAP_RETRY: Duration = Duration::from_millis(200);
 
 /// Runs the reconciler until the node is dropped.
 pub(crate) fn spawn_reconciler(node: Weak<Node>) {
@@ -47,17 +51,18 @@ pub(crate) fn spawn_reconciler(node: Weak<Node>) {
                     node.leftovers.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
-            node.reconcile().await;
+            let waiting = node.reconcile().await;
             drop(node);
-            let _ = tokio::time::timeout(RECONCILE_RETRY, epochs.changed()).await;
+            let retry = if waiting { OVERLAP_RETRY } else { RECONCILE_RETRY };
+            let _ = tokio::time::timeout(retry, epochs.changed()).await;
         }
     });
 }
 
 impl Node {
     /// One pass of the reconciler (see the module header). Errors are logged; the next pass
-    /// retries.
-    pub(crate) async fn reconcile(self: &Arc<Self>) {
+    /// retries. Returns whether a replica waits for an overlapping one.
+    pub(crate) async fn reconcile(self: &Arc<Self>) -> bool {
         let _placing = self.placing.lock().await;
         let map = self.map.read().expect("map lock").clone();
         let me = self.node_id();
@@ -97,8 +102,13 @@ impl Node {
                 );
             }
         }
+        let mut waiting = false;
         for (shard_id, (shard, replica_id)) in wanted {
             if self.replica(shard_id).is_some() {
+                continue;
+            }
+            if self.overlapping(shard).await.is_some() {
+                waiting = true;
                 continue;
             }
             match self.open_replica(shard, replica_id).await {
@@ -113,6 +123,37 @@ impl Node {
                 ),
             }
         }
+        waiting
+    }
+
+    /// A replica this node runs whose range overlaps the one `shard` would start with (its
+    /// stored range, else its arc in the map), if any: then `shard` must wait (module header).
+    pub(crate) async fn overlapping(&self, shard: &Shard) -> Option<ShardId> {
+        let shard_id = shard.id;
+        // The metadata group's keys live apart from every data shard's.
+        if shard_id.is_meta() {
+            return None;
+        }
+        let stored = self
+            .engine
+            .run_blocking(move |engine| engine.range_of(shard_id))
+            .await
+            .ok()
+            .flatten();
+        let range = stored.unwrap_or(ringkv_engine::HashRange {
+            start: shard.arc.start,
+            end: shard.arc.end,
+        });
+        let other = self.all_replicas().into_iter().find(|replica| {
+            replica.shard_id != shard_id
+                && !replica.shard_id.is_meta()
+                && replica.range.get().overlaps(&range)
+        })?;
+        debug!(
+            %shard_id, overlapping_shard_id = %other.shard_id,
+            "a replica waits to start until this node's replica of an overlapping shard gives up the range              (a split it has not applied yet)"
+        );
+        Some(other.shard_id)
     }
 
     /// Deletes state stored for shards this node runs no replica of: a replica whose deletion a
@@ -178,7 +219,7 @@ impl Node {
         if let Err(error) = replica.raft.shutdown().await {
             warn!(shard_id = %replica.shard_id, %error, "a removed replica's group did not shut down cleanly");
         }
-        let (shard_id, range) = (replica.shard_id, replica.range);
+        let (shard_id, range) = (replica.shard_id, replica.range.get());
         self.engine
             .run_blocking(move |engine| engine.retire_replica(shard_id, range))
             .await?;

@@ -170,6 +170,8 @@ impl Node {
                     outcome_unknown: true,
                     reason,
                 }),
+                // Certainly not applied: a split gave the key to another shard.
+                Ok(CommandResult::NotInShard) => Err(self.moved_by_split(shard_id)),
                 other => other,
             },
             Ok(Err(_)) => Err(ServiceError::Unavailable {
@@ -186,6 +188,15 @@ impl Node {
                     budget.as_millis()
                 ),
             }),
+        }
+    }
+
+    /// The answer to a request for a key a split took from `shard_id`: the client refreshes its
+    /// map (which may not list the split's child for a moment yet) and tries again.
+    pub(crate) fn moved_by_split(&self, shard_id: ShardId) -> ServiceError {
+        ServiceError::WrongShard {
+            shard_id,
+            map_epoch: self.map.read().expect("map lock").epoch,
         }
     }
 
@@ -307,15 +318,15 @@ impl Node {
         result.map_err(|error| self.storage_fault(replica, error))
     }
 
-    /// A page of the replica's range (off the runtime threads).
+    /// A page of `range`, the replica's range (off the runtime threads).
     pub async fn scan(
         &self,
         replica: &Arc<ShardReplica>,
+        range: HashRange,
         cursor: Vec<u8>,
         prefix: Vec<u8>,
         limit: usize,
     ) -> Result<ScanPage, ServiceError> {
-        let range: HashRange = replica.range;
         let result = self
             .engine
             .run_blocking(move |engine| engine.scan(range, &cursor, &prefix, limit))

@@ -110,6 +110,21 @@ impl Cluster for ClusterService {
         }))
     }
 
+    async fn split_shard(
+        &self,
+        request: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::SplitShardResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let request = request.into_inner();
+        let map = node
+            .begin_split(ShardId(request.shard_id), "requested by an operator", budget)
+            .await?;
+        Ok(Response::new(pb::SplitShardResponse {
+            map: Some(map.to_proto()),
+        }))
+    }
+
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let node = self.slot.require()?;
         let budget = node.budget(client_budget(&request)?);

@@ -108,6 +108,11 @@ impl KvService {
         let budget = node.budget(budget);
         let replica = node.route(request.route.as_ref(), &request.key)?;
         node.linearizable_barrier(&replica, budget).await?;
+        // Checked once the replica has applied what the barrier asked for: a split applied by
+        // then gave the key to another shard, whose replica here may be behind.
+        if !replica.range.get().holds_key(&request.key) {
+            return Err(node.moved_by_split(replica.shard_id));
+        }
         let value = node.read_key(&replica, request.key.to_vec()).await?;
         Ok(pb::GetResponse {
             value: value.map(versioned),
@@ -277,8 +282,22 @@ impl KvService {
             n => n.min(MAX_SCAN_LIMIT),
         };
         node.linearizable_barrier(&replica, budget).await?;
+        let range = replica.range.get();
+        // A cursor names the hash it stopped at: a split may have given that hash to another
+        // shard since, which goes on from there.
+        if let Some(hash) = request.cursor.get(..8)
+            && !range.contains(u64::from_be_bytes(hash.try_into().expect("8 bytes")))
+        {
+            return Err(node.moved_by_split(replica.shard_id));
+        }
         let page = node
-            .scan(&replica, request.cursor.to_vec(), request.prefix.to_vec(), limit)
+            .scan(
+                &replica,
+                range,
+                request.cursor.to_vec(),
+                request.prefix.to_vec(),
+                limit,
+            )
             .await?;
         Ok(pb::ScanResponse {
             entries: page
@@ -291,6 +310,7 @@ impl KvService {
                 })
                 .collect(),
             next_cursor: page.next_cursor.into(),
+            range_end: Some(range.end),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The elastic cluster against real `ringkv` processes: the shard map as replicated metadata,
-//! replicas moving between nodes, and decommissioning a node.
+//! replicas moving between nodes, decommissioning a node, and splitting shards.
 //! Every test ends with the replica check, which covers the metadata group too.
 
 mod dead_node;
@@ -7,6 +7,7 @@ mod decommission;
 mod grow;
 mod metadata;
 mod moves;
+mod split;
 
 use std::time::{Duration, Instant};
 

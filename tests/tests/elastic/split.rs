@@ -1,0 +1,252 @@
+//! Splitting shards under load, by an operator's request and by size: clients keep working
+//! through it (a linearizable history, no caller left not knowing whether a write applied), a
+//! scan running across the split returns every key exactly once, and the replicas of parents and
+//! children end identical.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+use bytes::Bytes;
+use ringkv_client::{Client, ScanOptions, ShardId, ShardMap};
+use ringkv_tests::linearizability::{self, History, Verdict};
+use ringkv_tests::workload::{WorkerReport, run_worker};
+use ringkv_tests::{ProcessCluster, assert_replicas_identical};
+
+use super::wait_replicas;
+
+const WORKERS: usize = 4;
+const KEYS: usize = 16;
+/// Keys written before the splits and never after: every scan must return each exactly once.
+const SCANNED_KEYS: usize = 400;
+
+/// Every key with `prefix`, by scanning the whole keyspace page by page; fails on a key seen twice.
+async fn scan_all(client: &Client, prefix: &str) -> anyhow::Result<BTreeMap<Bytes, Bytes>> {
+    let mut found = BTreeMap::new();
+    let mut cursor = None;
+    for _ in 0..10_000 {
+        let page = client
+            .scan(ScanOptions {
+                prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+                limit: 37,
+                cursor,
+            })
+            .await?;
+        for entry in page.entries {
+            if let Some(previous) = found.insert(entry.key.clone(), entry.value) {
+                bail!(
+                    "the scan returned {:?} twice (first with {previous:?})",
+                    entry.key
+                );
+            }
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(found),
+        }
+    }
+    bail!("the scan did not end within 10,000 pages")
+}
+
+async fn wait_split(client: &Client, shard: ShardId) -> anyhow::Result<ShardMap> {
+    match client.wait_for_split(shard, Duration::from_secs(90)).await? {
+        Some(map) => Ok(map),
+        None => bail!("the split of shard {shard} did not finish within 90 s"),
+    }
+}
+
+/// Waits until every node runs a replica of every shard of `map` it is given.
+async fn wait_all_replicas_running(cluster: &ProcessCluster, map: &ShardMap) -> anyhow::Result<()> {
+    for node in &cluster.nodes {
+        let wanted: Vec<u64> = map
+            .groups()
+            .filter_map(|shard| shard.replica_on(ringkv_client::NodeId(node.node_id)))
+            .map(|replica| replica.replica_id.0)
+            .collect();
+        wait_replicas(
+            &node.addr,
+            Duration::from_secs(60),
+            "every replica the map places runs",
+            |running| {
+                wanted
+                    .iter()
+                    .all(|id| running.iter().any(|r| r.replica_id == *id))
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splitting_shards_under_load_keeps_the_history_linearizable_and_scans_exact() -> anyhow::Result<()> {
+    let mut cluster = ProcessCluster::start(3, 4, &[])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let mut expected = BTreeMap::new();
+    for i in 0..SCANNED_KEYS {
+        let (key, value) = (format!("scan-{i:04}"), format!("value-{i}"));
+        client.put(&key, &value).await?;
+        expected.insert(Bytes::from(key), Bytes::from(value));
+    }
+
+    let history = History::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for worker_id in 0..WORKERS {
+        let worker = cluster.client().await?;
+        let (history, stop) = (history.clone(), stop.clone());
+        workers.spawn(async move { run_worker(worker_id, worker, history, stop, "split", KEYS, 23).await });
+    }
+    // Scans run all along, each checked whole.
+    let scanner = {
+        let (client, stop, expected) = (cluster.client().await?, stop.clone(), expected.clone());
+        tokio::spawn(async move {
+            let mut scans = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let found = scan_all(&client, "scan-").await?;
+                ensure!(
+                    found == expected,
+                    "a scan returned {} keys, not the {} written",
+                    found.len(),
+                    expected.len()
+                );
+                scans += 1;
+            }
+            anyhow::Ok(scans)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Split shard 1, then the shard split off it (a child's log starts at the split's index).
+    let parent = ShardId(1);
+    let arc = client.shard_map().await.shard(parent).expect("shard 1").arc;
+    let begun = client.split_shard(parent).await?;
+    let child = begun.split_of(parent).expect("the split is recorded").child;
+    let map = wait_split(&client, parent).await?;
+    let (parent_arc, child_arc) = (
+        map.shard(parent).expect("parent").arc,
+        map.shard(child).expect("child").arc,
+    );
+    assert_eq!((parent_arc.start, child_arc.end), (arc.start, arc.end));
+    assert_eq!(parent_arc.end + 1, child_arc.start);
+    let voters = |shard: ShardId| -> Vec<u64> {
+        let mut nodes: Vec<u64> = map
+            .shard(shard)
+            .unwrap()
+            .voters
+            .iter()
+            .map(|r| r.node_id.0)
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    assert_eq!(
+        voters(child),
+        voters(parent),
+        "the child's replicas sit on the parent's nodes"
+    );
+    wait_all_replicas_running(&cluster, &map).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let begun = client.split_shard(child).await?;
+    let grandchild = begun.split_of(child).expect("the split is recorded").child;
+    let map = wait_split(&client, child).await?;
+    assert!(map.shard(grandchild).is_some());
+    wait_all_replicas_running(&cluster, &map).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let scans = scanner.await??;
+    assert!(scans >= 2, "scans ran through the splits: {scans}");
+    let mut report = WorkerReport::default();
+    while let Some(result) = workers.join_next().await {
+        report.merge(result?);
+    }
+    eprintln!(
+        "split under load: {} operations, {scans} full scans, {} shards now",
+        report.completed,
+        map.shards.len()
+    );
+    assert_eq!(
+        report.unknown, 0,
+        "callers saw writes with unknown outcome: {:?}",
+        report.error_samples
+    );
+    for (key, value) in &report.acknowledged {
+        let stored = client.get(key).await?;
+        assert_eq!(
+            stored.map(|v| v.value),
+            Some(Bytes::from(value.clone())),
+            "acknowledged write {key} lost"
+        );
+    }
+    assert!(
+        report.completed > 100,
+        "the workload ran: {} operations",
+        report.completed
+    );
+    let operations = history.operations();
+    match linearizability::check(&operations, 50_000_000) {
+        Verdict::Linearizable => {}
+        other => panic!(
+            "history of {} operations is not shown linearizable: {other:?}",
+            operations.len()
+        ),
+    }
+    assert_eq!(scan_all(&client, "scan-").await?, expected);
+    // A restart of every node finds parents and children as they were.
+    for node in 1..=3 {
+        cluster.kill(node);
+        cluster.start_node(node)?;
+    }
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    assert_eq!(scan_all(&client, "scan-").await?, expected);
+    assert_replicas_identical(&client).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_past_split_size_bytes_split_on_their_own() -> anyhow::Result<()> {
+    // Two shards of about 400 KB each against a limit of 250 KB: both split, their halves not.
+    let cluster = ProcessCluster::start(3, 2, &["--split-size-bytes", "250000"])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let mut expected = BTreeMap::new();
+    let filler = "x".repeat(2000);
+    for i in 0..SCANNED_KEYS {
+        let key = format!("big-{i:04}");
+        let value = format!("{i}-{filler}");
+        client.put(&key, &value).await?;
+        expected.insert(Bytes::from(key), Bytes::from(value));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let map = loop {
+        client.refresh_shard_map().await?;
+        let map = client.shard_map().await;
+        if map.shards.len() >= 4 && map.splits.is_empty() {
+            break map;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the shards did not split on size within 120 s: {} shards, splits {:?}\n{}",
+                map.shards.len(),
+                map.splits,
+                cluster.log_tails(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let by_size = map
+        .decisions
+        .iter()
+        .filter(|d| d.text.contains("begin splitting") && d.text.contains("split_size_bytes"))
+        .count();
+    assert!(by_size >= 2, "splits decided on size: {:?}", map.decisions);
+    wait_all_replicas_running(&cluster, &map).await?;
+    assert_eq!(scan_all(&client, "big-").await?, expected);
+    for (key, value) in &expected {
+        assert_eq!(client.get(key).await?.map(|v| v.value).as_ref(), Some(value));
+    }
+    assert_replicas_identical(&client).await
+}
