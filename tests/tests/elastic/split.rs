@@ -206,6 +206,76 @@ async fn splitting_shards_under_load_keeps_the_history_linearizable_and_scans_ex
     assert_replicas_identical(&client).await
 }
 
+/// A replica of a shard that has split moves to another node: the new replica must start from a
+/// snapshot under the shard's current range, never replay entries from before the split (which
+/// it would answer differently from the replicas that applied them before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_a_split_shard_moves_and_matches_the_others() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start(4, 2, &[])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    // Writes with request ids on both halves of shard 1, before the split.
+    let map = client.shard_map().await;
+    let arc = map.shard(ShardId(1)).expect("shard 1").arc;
+    let mut written = 0;
+    for i in 0..2_000 {
+        let key = format!("before-{i}");
+        if arc.contains(ringkv_proto::key_hash(key.as_bytes())) {
+            client.put(&key, "v").await?;
+            written += 1;
+        }
+        if written == 200 {
+            break;
+        }
+    }
+    let begun = client.split_shard(ShardId(1)).await?;
+    let child = begun.split_of(ShardId(1)).expect("the split is recorded").child;
+    let decisions_before = begun.decisions.len();
+    wait_split(&client, ShardId(1)).await?;
+    // Three shards of three replicas on four nodes: the controller moves one of the split shards'
+    // replicas to the node that has none of them.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let map = loop {
+        client.refresh_shard_map().await?;
+        let map = client.shard_map().await;
+        if map.moves.is_empty() && map.next_placement_step(usize::MAX).is_none() {
+            break map;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the controller did not settle within 120 s: {:?}",
+            map.moves
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let moved: Vec<&str> = map.decisions[decisions_before.min(map.decisions.len())..]
+        .iter()
+        .map(|d| d.text.as_str())
+        .filter(|text| {
+            text.starts_with(&format!("begin moving shard {} replica", ShardId(1)))
+                || text.starts_with(&format!("begin moving shard {child} replica"))
+        })
+        .collect();
+    ensure!(
+        !moved.is_empty(),
+        "no replica of a split shard moved: {:?}",
+        map.decisions
+    );
+    eprintln!("moves of split shards: {moved:?}");
+    wait_all_replicas_running(&cluster, &map).await?;
+    for i in 0..written {
+        let key = format!("before-{i}");
+        if map.shard_for_key(key.as_bytes()).id == ShardId(1) {
+            assert_eq!(
+                client.get(&key).await?.map(|v| v.value),
+                Some(Bytes::from("v")),
+                "{key}"
+            );
+        }
+    }
+    assert_replicas_identical(&client).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_past_split_size_bytes_split_on_their_own() -> anyhow::Result<()> {
     // Two shards of about 400 KB each against a limit of 250 KB: both split, their halves not.
