@@ -7,7 +7,8 @@
 //!
 //! Membership seeds run four nodes, and their schedules also move replicas (`MoveReplica` to a
 //! random node, as an operator would; the controller then balances the nodes again with moves of
-//! its own), so moves meet crashes, partitions and loss at every step.
+//! its own) and split shards (`SplitShard` of a random shard), so moves and splits meet crashes,
+//! partitions and loss at every step.
 //!
 //! After the schedule everything heals and each seed must show: every acknowledged write present,
 //! a linearizable history (operations recorded exactly as their results say: done, certainly not
@@ -309,7 +310,9 @@ async fn moves_settled(cluster: &LocalCluster, nodes: u64) -> anyhow::Result<()>
                         .is_some_and(|p| p.replica_id.0 == r.replica_id)
                 })
         });
-        if map.moves.is_empty() && map.next_placement_step(usize::MAX).is_none() && placed_everywhere {
+        let settled =
+            map.moves.is_empty() && map.splits.is_empty() && map.next_placement_step(usize::MAX).is_none();
+        if settled && placed_everywhere {
             // The map and Raft agree: every group's leader has exactly the map's voters.
             let mut disagree = Vec::new();
             for group in map.groups() {
@@ -341,8 +344,9 @@ async fn moves_settled(cluster: &LocalCluster, nodes: u64) -> anyhow::Result<()>
         }
         if Instant::now() > deadline {
             bail!(
-                "moves did not settle within 120 s after healing: moves {:?}, next step {:?}, every node runs its placed replicas: {placed_everywhere}",
+                "moves did not settle within 120 s after healing: moves {:?}, splits {:?}, next step {:?}, every node runs its placed replicas: {placed_everywhere}",
                 map.moves,
+                map.splits,
                 map.next_placement_step(usize::MAX)
             );
         }
@@ -373,7 +377,20 @@ async fn random_move(rng: &mut StdRng, cluster: &LocalCluster, nodes: u64) -> an
     })
 }
 
-/// Injects one random fault (or, in membership seeds, a move too); returns what it did.
+/// Asks the cluster to split a random shard.
+async fn random_split(rng: &mut StdRng, cluster: &LocalCluster) -> anyhow::Result<String> {
+    let client = cluster.client_with_timeout(Duration::from_secs(2)).await?;
+    let _ = client.refresh_shard_map().await;
+    let map = client.shard_map().await;
+    let shard = map.shards[rng.random_range(0..map.shards.len())].id;
+    Ok(match client.split_shard(shard).await {
+        Ok(_) => format!("split {shard}"),
+        Err(ringkv_client::Error::InvalidArgument(_)) => format!("split {shard} refused"),
+        Err(_) => format!("split {shard} unanswered"),
+    })
+}
+
+/// Injects one random fault (or, in membership seeds, a move or a split too); returns what it did.
 async fn random_fault(
     rng: &mut StdRng,
     cluster: &mut LocalCluster,
@@ -385,8 +402,14 @@ async fn random_fault(
     let node = rng.random_range(1..=nodes);
     let other = (node % nodes) + 1;
     let rest: Vec<NodeId> = (1..=nodes).filter(|&n| n != node).map(NodeId).collect();
-    let kinds = if membership { 10 } else { 7 };
+    let kinds = if membership { 12 } else { 7 };
     Ok(match rng.random_range(0..kinds) {
+        10.. => {
+            let split = random_split(rng, cluster).await?;
+            // And a fault on top, so the split meets it.
+            let fault = Box::pin(random_fault(rng, cluster, network, down, nodes, false)).await?;
+            format!("{split} + {fault}")
+        }
         7.. => {
             let moved = random_move(rng, cluster, nodes).await?;
             // And a fault on top, so the move meets it.
