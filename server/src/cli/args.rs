@@ -30,7 +30,7 @@ pub(super) struct Cli {
 #[derive(Subcommand, Debug)]
 pub(super) enum Command {
     /// Run a node. With no flags: a single-node cluster on 127.0.0.1:7379 with data in ./ringkv-data.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Set KEY to VALUE.
     Put { key: String, value: String },
     /// Print KEY's value; exits 1 if the key does not exist.

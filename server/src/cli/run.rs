@@ -49,7 +49,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let start_args = match cli.command {
-        Command::Start(args) => return start::start(args).await,
+        Command::Start(args) => return start::start(*args).await,
         other => other,
     };
     let mut config = ClientConfig::new(cli.endpoints.clone());
