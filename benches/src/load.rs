@@ -1,5 +1,7 @@
 //! The load: `concurrency` tasks, each issuing one request at a time until the deadline, each
-//! recording latencies into its own histograms (merged at the end, so recording takes no lock).
+//! recording latencies into its own histograms (merged at the end) and into the progress
+//! interval's histogram (one uncontended-in-practice lock per operation, for the progress lines'
+//! percentiles).
 //! Closed loop by default; with `--rate` an open loop, where latency counts from each operation's
 //! intended start, so time spent queued behind a slow cluster is not hidden.
 
@@ -50,6 +52,8 @@ struct Progress {
     ops: AtomicU64,
     errors: AtomicU64,
     late_starts: AtomicU64,
+    /// Latencies since the last progress line.
+    interval: std::sync::Mutex<Histogram<u64>>,
 }
 
 fn key(n: u64) -> String {
@@ -92,6 +96,7 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
         ops: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         late_starts: AtomicU64::new(0),
+        interval: std::sync::Mutex::new(histogram()),
     });
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
@@ -108,10 +113,17 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
             loop {
                 ticker.tick().await;
                 let ops = progress.ops.load(Ordering::Relaxed);
+                let latencies = std::mem::replace(
+                    &mut *progress.interval.lock().expect("interval lock"),
+                    histogram(),
+                );
+                let ms = |quantile: f64| latencies.value_at_quantile(quantile) as f64 / 1000.0;
                 eprintln!(
-                    "[{:>5.1}s] {ops} ops, {:.0} ops/s, {} errors",
+                    "[{:>5.1}s] {ops} ops, {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
                     started.elapsed().as_secs_f64(),
                     (ops - last_ops) as f64 / interval.as_secs_f64(),
+                    ms(0.5),
+                    ms(0.99),
                     progress.errors.load(Ordering::Relaxed)
                 );
                 last_ops = ops;
@@ -172,6 +184,12 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
                     Ok(()) => {
                         let micros = begun.elapsed().as_micros().max(1) as u64;
                         latencies[op.index()].saturating_record(micros);
+                        worker
+                            .progress
+                            .interval
+                            .lock()
+                            .expect("interval lock")
+                            .saturating_record(micros);
                         worker.progress.ops.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {

@@ -51,6 +51,15 @@ pub struct Replica {
     pub node_id: NodeId,
 }
 
+impl Replica {
+    /// No replica: the source of a move that only adds a voter, or the target of one that only
+    /// removes one (the metadata group growing or shrinking). Replica and node ids start at 1.
+    pub const NONE: Replica = Replica {
+        replica_id: ReplicaId(0),
+        node_id: NodeId(0),
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
     pub id: ShardId,

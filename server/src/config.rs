@@ -52,6 +52,9 @@ pub struct NodeConfig {
     /// A shard this node leads splits in two once it applies more than this many log entries per
     /// second (measured over 5 s); 0 (the default) never splits on write rate.
     pub split_writes_per_sec: u64,
+    /// Outgoing snapshot streams (moving replicas) send at most this many bytes per second, all
+    /// together, so a rebalance leaves disk and network to foreground requests; 0: no limit.
+    pub snapshot_rate_bytes_per_sec: u64,
     pub raft: RaftTuning,
     /// Tests only (`--test-move-hold-file`, hidden): while this file exists, the mover holds
     /// every move at step `Promote`, before its membership change, so a test can kill a node
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             dead_node_timeout_ms: 600_000,
             split_size_bytes: 512 * 1024 * 1024,
             split_writes_per_sec: 0,
+            snapshot_rate_bytes_per_sec: 64 * 1024 * 1024,
             raft: RaftTuning::default(),
             test_move_hold_file: None,
         }

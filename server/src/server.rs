@@ -125,7 +125,13 @@ async fn shut_down_groups(node: Arc<Node>) {
 
 /// Starts a node with the gRPC transport, as `ringkv start` does.
 pub async fn start(config: &NodeConfig) -> anyhow::Result<RunningNode> {
-    start_with(config, StartOptions::default()).await
+    let options = StartOptions {
+        transport: Arc::new(
+            GrpcTransport::new(Duration::from_secs(2)).with_snapshot_rate(config.snapshot_rate_bytes_per_sec),
+        ),
+        ..StartOptions::default()
+    };
+    start_with(config, options).await
 }
 
 pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::Result<RunningNode> {

@@ -36,6 +36,18 @@ pub struct Move {
     pub reason: String,
 }
 
+impl Move {
+    /// Whether the move only adds `to` as a voter: no replica leaves.
+    pub fn adds_only(&self) -> bool {
+        self.from == Replica::NONE
+    }
+
+    /// Whether the move only removes `from`: no replica joins.
+    pub fn removes_only(&self) -> bool {
+        self.to == Replica::NONE
+    }
+}
+
 impl ShardMap {
     /// The move of `shard` in progress, if any.
     pub fn move_of(&self, shard: ShardId) -> Option<&Move> {
@@ -117,6 +129,106 @@ impl ShardMap {
         Ok(begun)
     }
 
+    /// Records a move of `shard` that only adds a voter, a fresh replica on `to_node` (the
+    /// metadata group growing), as the change to the next epoch. It goes through the steps of
+    /// any move, with no replica leaving.
+    pub fn begin_add_voter(
+        &mut self,
+        shard: ShardId,
+        to_node: NodeId,
+        now_unix_ms: u64,
+        reason: &str,
+    ) -> Result<Move, String> {
+        if self.is_changing(shard) {
+            return Err(format!(
+                "shard {shard} is moving a replica or splitting; wait for it to end"
+            ));
+        }
+        if self.nodes.get(&to_node).map(|info| info.state) != Some(super::NodeState::Up) {
+            return Err(format!("node {to_node} is not up: it takes no replicas"));
+        }
+        let to = Replica {
+            replica_id: ReplicaId(self.next_replica_id),
+            node_id: to_node,
+        };
+        let group = self
+            .shard_mut(shard)
+            .ok_or_else(|| format!("shard {shard} does not exist"))?;
+        if group.replica_on(to_node).is_some() {
+            return Err(format!("shard {shard} already has a replica on node {to_node}"));
+        }
+        group.learners.push(to);
+        self.next_replica_id += 1;
+        let begun = Move {
+            shard,
+            from: Replica::NONE,
+            to,
+            step: MoveStep::CatchUp,
+            started_unix_ms: now_unix_ms,
+            reason: reason.to_owned(),
+        };
+        self.moves.push(begun.clone());
+        self.record_decision(
+            self.epoch + 1,
+            now_unix_ms,
+            format!(
+                "begin adding a voter to shard {shard}: replica {} on node {to_node}: {reason}",
+                to.replica_id
+            ),
+        );
+        Ok(begun)
+    }
+
+    /// Records a move of `shard` that only removes its voter on `from_node` (the metadata group
+    /// shrinking), as the change to the next epoch. Refused if it would leave fewer than three
+    /// voters, or fewer than two.
+    pub fn begin_remove_voter(
+        &mut self,
+        shard: ShardId,
+        from_node: NodeId,
+        now_unix_ms: u64,
+        reason: &str,
+    ) -> Result<Move, String> {
+        if self.is_changing(shard) {
+            return Err(format!(
+                "shard {shard} is moving a replica or splitting; wait for it to end"
+            ));
+        }
+        let group = self
+            .shard(shard)
+            .ok_or_else(|| format!("shard {shard} does not exist"))?;
+        let from = group
+            .voters
+            .iter()
+            .copied()
+            .find(|r| r.node_id == from_node)
+            .ok_or_else(|| format!("shard {shard} has no voter on node {from_node}"))?;
+        if group.voters.len() <= 3 {
+            return Err(format!(
+                "shard {shard} has {} voters; it keeps at least three",
+                group.voters.len()
+            ));
+        }
+        let begun = Move {
+            shard,
+            from,
+            to: Replica::NONE,
+            step: MoveStep::CatchUp,
+            started_unix_ms: now_unix_ms,
+            reason: reason.to_owned(),
+        };
+        self.moves.push(begun.clone());
+        self.record_decision(
+            self.epoch + 1,
+            now_unix_ms,
+            format!(
+                "begin removing shard {shard}'s voter on node {from_node} (replica {}): {reason}",
+                from.replica_id
+            ),
+        );
+        Ok(begun)
+    }
+
     /// Records the next step of the move of `shard`.
     pub fn set_move_step(&mut self, shard: ShardId, step: MoveStep) {
         if let Some(moving) = self.moves.iter_mut().find(|m| m.shard == shard) {
@@ -132,23 +244,38 @@ impl ShardMap {
         let done = self.moves.remove(index);
         if let Some(group) = self.shard_mut(shard) {
             group.learners.retain(|r| r.replica_id != done.to.replica_id);
-            for voter in &mut group.voters {
-                if voter.replica_id == done.from.replica_id {
-                    *voter = done.to;
+            if done.adds_only() {
+                group.voters.push(done.to);
+            } else if done.removes_only() {
+                group.voters.retain(|r| r.replica_id != done.from.replica_id);
+            } else {
+                for voter in &mut group.voters {
+                    if voter.replica_id == done.from.replica_id {
+                        *voter = done.to;
+                    }
                 }
             }
             if group.leader == Some(done.from.node_id) {
                 group.leader = None;
             }
         }
-        self.record_decision(
-            self.epoch + 1,
-            now_unix_ms,
+        let text = if done.adds_only() {
+            format!(
+                "added replica {} on node {} to shard {shard}'s voters",
+                done.to.replica_id, done.to.node_id
+            )
+        } else if done.removes_only() {
+            format!(
+                "removed replica {} on node {} from shard {shard}'s voters",
+                done.from.replica_id, done.from.node_id
+            )
+        } else {
             format!(
                 "moved shard {shard} from node {} to node {} (replica {} replaced {})",
                 done.from.node_id, done.to.node_id, done.to.replica_id, done.from.replica_id
-            ),
-        );
+            )
+        };
+        self.record_decision(self.epoch + 1, now_unix_ms, text);
     }
 
     /// Records the move of `shard` as rolled back: `to` is no longer a replica.
@@ -180,14 +307,14 @@ impl ShardMap {
             let Some(group) = self.shard(m.shard) else {
                 return Some(format!("a move names shard {}, which does not exist", m.shard));
             };
-            if !group.learners.contains(&m.to) {
+            if !m.removes_only() && !group.learners.contains(&m.to) {
                 return Some(format!(
                     "the move of shard {} names replica {} as its target, which is not a learner of the shard",
                     m.shard, m.to.replica_id
                 ));
             }
             // `from` is a voter until the move finishes.
-            if !group.voters.contains(&m.from) {
+            if !m.adds_only() && !group.voters.contains(&m.from) {
                 return Some(format!(
                     "the move of shard {} names replica {} as its source, which is not a voter of the shard",
                     m.shard, m.from.replica_id

@@ -4,20 +4,23 @@
 //! records it as a map change. In priority order:
 //! 1. move replicas off nodes that are not up (decommissioning, or down: unheard for longer than
 //!    the dead-node timeout);
-//! 2. mark a decommissioning node removed once it holds no replica and no move names it;
-//! 3. balance replica counts over the up nodes: from the fullest to the emptiest while they differ
+//! 2. give the metadata group as many voters as the up nodes call for (`meta_voter_count`: 5 from
+//!    five up nodes on, else 3), adding one on the up node with the fewest replicas, or removing
+//!    one (on a node that is not up first);
+//! 3. mark a decommissioning node removed once it holds no replica and no move names it;
+//! 4. balance replica counts over the up nodes: from the fullest to the emptiest while they differ
 //!    by more than one (each such move is needed, so the number of moves is the minimum);
-//! 4. balance preferred leaders (a shard's first voter, whom the leader balancer hands leadership
+//! 5. balance preferred leaders (a shard's first voter, whom the leader balancer hands leadership
 //!    to) the same way, by reordering voters: no data moves.
 //!
 //! Counts are taken as the map will be once the moves in progress finish, so steps taken while
-//! moves run never overshoot. Data shards are balanced; the metadata group is only drained.
+//! moves run never overshoot. Data shards are balanced; the metadata group is drained and sized.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ringkv_core::{NodeId, ShardId};
 
-use super::{NodeState, Shard, ShardMap};
+use super::{NodeState, Shard, ShardMap, meta_voter_count};
 
 /// One change the controller makes to the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,18 @@ pub enum PlacementStep {
     },
     /// Mark a decommissioning node that holds nothing as removed.
     Remove { node: NodeId, reason: String },
+    /// Begin adding a voter to `shard` on `node` (the metadata group growing).
+    AddVoter {
+        shard: ShardId,
+        node: NodeId,
+        reason: String,
+    },
+    /// Begin removing `shard`'s voter on `node` (the metadata group shrinking).
+    RemoveVoter {
+        shard: ShardId,
+        node: NodeId,
+        reason: String,
+    },
 }
 
 impl ShardMap {
@@ -116,7 +131,48 @@ impl ShardMap {
                 }
             }
         }
-        // 2. Remove emptied decommissioning nodes.
+        // 2. Size the metadata group.
+        if may_move && !self.is_changing(ShardId::META) {
+            let up = self.up_nodes();
+            let want = meta_voter_count(up.len());
+            let voters = &self.meta.voters;
+            if voters.len() > want && voters.len() > 3 {
+                let not_up = voters.iter().find(|v| !up.contains(&v.node_id));
+                let fullest = voters
+                    .iter()
+                    .max_by_key(|v| (counts.get(&v.node_id).copied().unwrap_or(0), v.node_id));
+                if let Some(victim) = not_up.or(fullest) {
+                    return Some(PlacementStep::RemoveVoter {
+                        shard: ShardId::META,
+                        node: victim.node_id,
+                        reason: format!(
+                            "the metadata group has {} voters; {} up nodes call for {want}",
+                            voters.len(),
+                            up.len()
+                        ),
+                    });
+                }
+            }
+            if voters.len() < want {
+                let target = counts
+                    .iter()
+                    .filter(|(node, _)| self.meta.replica_on(**node).is_none())
+                    .min_by_key(|(node, count)| (**count, **node))
+                    .map(|(node, _)| *node);
+                if let Some(node) = target {
+                    return Some(PlacementStep::AddVoter {
+                        shard: ShardId::META,
+                        node,
+                        reason: format!(
+                            "the metadata group has {} voters; {} up nodes call for {want}",
+                            voters.len(),
+                            up.len()
+                        ),
+                    });
+                }
+            }
+        }
+        // 3. Remove emptied decommissioning nodes.
         for (node, info) in &self.nodes {
             let holds = self.groups().any(|g| g.replica_on(*node).is_some());
             let named = self
@@ -130,7 +186,7 @@ impl ShardMap {
                 });
             }
         }
-        // 3. Balance replica counts.
+        // 4. Balance replica counts.
         if may_move
             && let Some((full, full_count, empty, empty_count)) = extremes(&counts)
             && full_count > empty_count + 1
@@ -151,7 +207,7 @@ impl ShardMap {
                 });
             }
         }
-        // 4. Balance preferred leaders.
+        // 5. Balance preferred leaders.
         let leaders = self.preferred_leader_counts();
         if let Some((full, full_count, empty, empty_count)) = extremes(&leaders)
             && full_count > empty_count + 1
@@ -201,6 +257,12 @@ impl ShardMap {
                 );
                 Ok(())
             }
+            PlacementStep::AddVoter { shard, node, reason } => {
+                self.begin_add_voter(*shard, *node, now_unix_ms, reason).map(drop)
+            }
+            PlacementStep::RemoveVoter { shard, node, reason } => self
+                .begin_remove_voter(*shard, *node, now_unix_ms, reason)
+                .map(drop),
             PlacementStep::Remove { node, reason } => {
                 let info = self
                     .nodes
@@ -298,7 +360,8 @@ impl ShardMap {
             return Err(format!("node {node} is {} already", info.state));
         }
         let left = self.up_nodes().iter().filter(|n| **n != node).count();
-        if let Some(widest) = self.groups().max_by_key(|g| g.voters.len())
+        // The metadata group shrinks to what the nodes left call for; data shards keep theirs.
+        if let Some(widest) = self.shards.iter().max_by_key(|g| g.voters.len())
             && widest.voters.len() > left
         {
             return Err(format!(
@@ -347,9 +410,15 @@ mod tests {
             };
             map.apply_placement_step(&step, 0)
                 .expect("a step the map accepts");
-            if let PlacementStep::Move { shard, .. } = step {
-                moves += 1;
-                map.finish_move(shard, 0);
+            match step {
+                PlacementStep::Move { shard, .. } => {
+                    moves += 1;
+                    map.finish_move(shard, 0);
+                }
+                PlacementStep::AddVoter { shard, .. } | PlacementStep::RemoveVoter { shard, .. } => {
+                    map.finish_move(shard, 0);
+                }
+                _ => {}
             }
             map.epoch += 1;
             map.validate().expect("valid after each step");
@@ -388,6 +457,40 @@ mod tests {
         );
         // 48 replicas over 5 nodes: the two new ones need 9 each at least (48 / 5 rounded down).
         assert_eq!(moves, 18, "moves made (the minimum is 18)");
+    }
+
+    #[test]
+    fn the_metadata_group_grows_to_five_voters_and_shrinks_back_to_three() {
+        let mut map = cluster(3, 4);
+        for id in [4, 5] {
+            map.add_node(Some(NodeId(id)), &format!("127.0.0.1:{}", 7000 + id), 100 + id, 0)
+                .expect("added");
+        }
+        settle(&mut map);
+        let meta_nodes =
+            |map: &ShardMap| -> BTreeSet<NodeId> { map.meta.voters.iter().map(|v| v.node_id).collect() };
+        assert_eq!(
+            meta_nodes(&map).len(),
+            5,
+            "five voters on five nodes: {:?}",
+            map.meta.voters
+        );
+        assert!(
+            map.decisions
+                .iter()
+                .any(|d| d.text.starts_with("begin adding a voter to shard meta"))
+        );
+        map.decommission(NodeId(5), 0).expect("decommission");
+        settle(&mut map);
+        let nodes = meta_nodes(&map);
+        assert_eq!(
+            nodes.len(),
+            3,
+            "three voters once four nodes are up: {:?}",
+            map.meta.voters
+        );
+        assert!(!nodes.contains(&NodeId(5)));
+        assert_eq!(map.nodes[&NodeId(5)].state, NodeState::Removed);
     }
 
     #[test]

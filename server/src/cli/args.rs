@@ -175,6 +175,10 @@ pub(super) struct StartArgs {
     /// Split a shard once it applies more than this many writes per second (0: never on rate).
     #[arg(long)]
     pub(super) split_writes_per_sec: Option<u64>,
+    /// Send snapshots (moving replicas) at most this many bytes per second, all together (0: no
+    /// limit).
+    #[arg(long)]
+    pub(super) snapshot_rate_bytes_per_sec: Option<u64>,
     /// Tests only: while this file exists, replica moves hold before their membership change.
     #[arg(long, hide = true)]
     pub(super) test_move_hold_file: Option<PathBuf>,

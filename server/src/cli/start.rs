@@ -87,6 +87,9 @@ fn config_from(args: StartArgs) -> anyhow::Result<NodeConfig> {
     if let Some(rate) = args.split_writes_per_sec {
         config.split_writes_per_sec = rate;
     }
+    if let Some(rate) = args.snapshot_rate_bytes_per_sec {
+        config.snapshot_rate_bytes_per_sec = rate;
+    }
     if args.test_move_hold_file.is_some() {
         config.test_move_hold_file = args.test_move_hold_file;
     }

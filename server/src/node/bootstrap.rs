@@ -205,8 +205,8 @@ fn check_peer(
              node {node} is already a member of the existing {cluster} with another data directory \
              (incarnation {old:016x}), whose replicas held data that is now gone. Starting it as the same \
              node could let it vote with an empty log and erase committed writes. Restore node {node}'s \
-             original data directory; replacing a lost node with a fresh one needs membership changes, \
-             which this version of ringkv does not have yet",
+             original data directory, or replace the lost node: `ringkv node remove {node}`, then start \
+             this machine with --join and no --node-id (it joins as a new node)",
             node = me.node_id,
             new = me.incarnation,
             old = info.incarnation,

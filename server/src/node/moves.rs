@@ -139,6 +139,8 @@ impl Node {
                     let add = needs_add()?;
                     let configs = membership.get_joint_config();
                     let last: BTreeSet<ReplicaId> = configs.last().cloned().unwrap_or_default();
+                    // `Replica::NONE` as `add`: the change only removes a voter.
+                    let adds = add != Replica::NONE;
                     let target: BTreeSet<ReplicaId> = if configs.len() > 1 {
                         // Interrupted half way: finish the change that was under way.
                         last
@@ -146,7 +148,7 @@ impl Node {
                         last.iter()
                             .copied()
                             .filter(|id| *id != remove)
-                            .chain(std::iter::once(add.replica_id))
+                            .chain(adds.then_some(add.replica_id))
                             .collect()
                     };
                     let done = configs.len() == 1 && configs[0] == target;
@@ -171,7 +173,7 @@ impl Node {
                                 ),
                             });
                         }
-                        if membership.get_node(&add.replica_id).is_none() {
+                        if adds && membership.get_node(&add.replica_id).is_none() {
                             // The learner's addition was lost (a leader change before it
                             // committed): add it again; the joint configuration then waits for it.
                             self.prepare_learner_start(&replica, budget).await?;
@@ -407,6 +409,10 @@ async fn step(
     let shard = moving.shard;
     let (from, to) = (moving.from, moving.to);
     match moving.step {
+        // A move that only removes a voter has nothing to catch up.
+        MoveStep::CatchUp if moving.removes_only() => {
+            record(node, map, |m| m.set_move_step(shard, MoveStep::Promote)).await
+        }
         MoveStep::CatchUp => {
             if timed_out {
                 // Decided without asking the shard's leader, which may be unreachable: the learner
@@ -466,7 +472,7 @@ async fn step(
             )
             .await?;
             let done = !membership.joint
-                && membership.voters.contains(&to.replica_id)
+                && (moving.removes_only() || membership.voters.contains(&to.replica_id))
                 && !membership.voters.contains(&from.replica_id)
                 && !membership.learners.contains(&from.replica_id);
             if !done {

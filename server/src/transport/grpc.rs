@@ -6,7 +6,7 @@
 //! `wire`). Snapshots stream both ways: file chunks out, acknowledgements and keep-alives back.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -26,7 +26,7 @@ use ringkv_engine::{SnapshotFile, TypeConfig};
 use ringkv_proto::batch_stream::{self, Failure, Protocol};
 use ringkv_proto::pb::{self, raft_client::RaftClient};
 
-use super::{Pulse, QuiesceRequest, RaftTransport, Target, TransportError};
+use super::{Pulse, QuiesceRequest, RaftTransport, SnapshotThrottle, Target, TransportError};
 use crate::wire;
 
 /// Bytes of snapshot file per streamed chunk.
@@ -91,6 +91,8 @@ struct Peer {
 
 pub struct GrpcTransport {
     connect_timeout: Duration,
+    /// Every outgoing snapshot stream draws from it; `None`: no limit.
+    snapshot_throttle: Option<Arc<SnapshotThrottle>>,
     /// One lazily connected channel per peer address, shared by all shards. A std mutex: held only
     /// to clone or insert a peer, never across an await.
     peers: Mutex<HashMap<String, Peer>>,
@@ -100,8 +102,15 @@ impl GrpcTransport {
     pub fn new(connect_timeout: Duration) -> Self {
         GrpcTransport {
             connect_timeout,
+            snapshot_throttle: None,
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Limits outgoing snapshot streams, all together, to `bytes_per_sec` (0: no limit).
+    pub fn with_snapshot_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.snapshot_throttle = SnapshotThrottle::new(bytes_per_sec).map(Arc::new);
+        self
     }
 
     /// The peer at `addr`, created on first use (it connects on the first call). Must be called
@@ -276,6 +285,7 @@ impl RaftTransport for GrpcTransport {
     ) -> BoxFuture<'static, Result<SnapshotResponse<TypeConfig>, TransportError>> {
         let addr = target.addr.clone();
         let client = self.peer(&addr).map(|peer| peer.client);
+        let throttle = self.snapshot_throttle.clone();
         let (shard_id, target_replica_id, raft_header) =
             (target.shard_id.0, target.replica_id.0, target.header.to_proto());
         Box::pin(async move {
@@ -293,6 +303,9 @@ impl RaftTransport for GrpcTransport {
             // the reader task ends when the file does or the call is dropped.
             let (sender, receiver) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
             let reader_path = path.clone();
+            let chunk_bytes = throttle.as_ref().map_or(SNAPSHOT_CHUNK_BYTES, |throttle| {
+                throttle.chunk_bytes(SNAPSHOT_CHUNK_BYTES)
+            });
             let reader = tokio::spawn(async move {
                 let first = pb::SnapshotChunk {
                     shard_id,
@@ -305,7 +318,7 @@ impl RaftTransport for GrpcTransport {
                     return Ok(());
                 }
                 loop {
-                    let mut buffer = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                    let mut buffer = vec![0u8; chunk_bytes];
                     let n = file
                         .read(&mut buffer)
                         .await
@@ -314,6 +327,9 @@ impl RaftTransport for GrpcTransport {
                         return Ok(());
                     }
                     buffer.truncate(n);
+                    if let Some(throttle) = &throttle {
+                        throttle.take(n).await;
+                    }
                     let chunk = pb::SnapshotChunk {
                         shard_id,
                         target_replica_id,

@@ -1,8 +1,8 @@
 //! Growing a running cluster from 3 to 5 nodes under a concurrent read/write load: the two new
 //! nodes join (`ringkv start --join`, one with its id given, one assigned), the controller moves
 //! replicas to them until replica and preferred-leader counts per node differ by at most one, with
-//! no more moves than the minimum (reported), and the history stays linearizable with no caller
-//! left not knowing whether a write applied.
+//! no more moves than the minimum (reported), the metadata group grows to five voters, and the
+//! history stays linearizable with no caller left not knowing whether a write applied.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,6 +85,9 @@ async fn growing_from_three_to_five_nodes_under_load_balances_with_the_fewest_mo
     };
     let counts = map.replica_counts();
     assert_eq!(counts.len(), 5, "five up nodes: {counts:?}");
+    // Five nodes: the metadata group has grown to five voters, one per node.
+    let meta_nodes: std::collections::BTreeSet<u64> = map.meta.voters.iter().map(|v| v.node_id.0).collect();
+    assert_eq!(meta_nodes.len(), 5, "metadata voters: {:?}", map.meta.voters);
     assert!(spread(&counts) <= 1, "replicas per node: {counts:?}");
     let leaders = map.preferred_leader_counts();
     assert!(spread(&leaders) <= 1, "preferred leaders per node: {leaders:?}");
