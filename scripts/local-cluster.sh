@@ -3,7 +3,8 @@
 #
 #   start_local_cluster BIN PORT SHARDS   starts the nodes (extra node flags: RINGKV_NODE_FLAGS),
 #                                         sets `endpoints`, `pids` and `base` (data dirs, logs)
-#   wait_for_leaders BIN SHARDS           until every shard has a leader (at most 120 s)
+#   wait_for_leaders BIN SHARDS           until every shard and the metadata group have a leader
+#                                         (at most 120 s)
 
 start_local_cluster() {
   local bin="$1" port="$2" shards="$3" i
@@ -32,7 +33,7 @@ wait_for_leaders() {
   local bin="$1" shards="$2" status pid
   for _ in $(seq 1 240); do
     if status=$("$bin/ringkv" --endpoints "$endpoints" --timeout-ms 5000 status --output json 2>/dev/null) \
-       && [ "$(grep -c '"shard_id"' <<<"$status")" = "$shards" ] && ! grep -q '"leader": null' <<<"$status"; then
+       && [ "$(grep -c '"shard_id"' <<<"$status")" = "$((shards + 1))" ] && ! grep -q '"leader": null' <<<"$status"; then
       return 0
     fi
     for pid in "${pids[@]:0:3}"; do

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # Measures a rebalance under load (README "Growing and shrinking a cluster"): a fresh local 3-node
-# cluster (16 shards x 3 replicas) is loaded with DATA_MIB of values, then ringkv-bench runs a mixed
-# load at concurrency 32 while, after BEFORE seconds, two nodes join; the controller moves replicas
+# cluster (16 shards x 3 replicas) is loaded with DATA_MIB of 16 KiB values, then ringkv-bench runs a
+# mixed load at concurrency 32 (100-byte values on the first FG_KEYS keys, so most of the loaded
+# data stays as it is and moves) while, after BEFORE seconds, two nodes join; the controller moves replicas
 # to them until the cluster is balanced. Prints ringkv-bench's progress lines (ops/s and p99 each
 # second), when the nodes joined and when the last move finished, and a summary of throughput and
 # p99 before, during and after the rebalance. Stops every node it started, by pid.
 #
 # Usage: scripts/measure-rebalance.sh
 # Environment: RINGKV_BIN (default ~/.cache/ringkv-target/release: cargo build --release -p
-# ringkv-server -p ringkv-bench); DATA_MIB (default 1024); BEFORE (seconds, default 30); DURATION
-# (seconds of load, default 240); RINGKV_NODE_FLAGS (extra flags for every node, e.g.
+# ringkv-server -p ringkv-bench); DATA_MIB (default 1024); FG_KEYS (default 8192); BEFORE (seconds,
+# default 30); DURATION (seconds of load, default 180); RINGKV_NODE_FLAGS (extra flags for every node, e.g.
 # "--snapshot-rate-bytes-per-sec 0" to measure without the throttle).
 set -euo pipefail
 bin="${RINGKV_BIN:-$HOME/.cache/ringkv-target/release}"
 data_mib="${DATA_MIB:-1024}"
 before="${BEFORE:-30}"
-duration="${DURATION:-240}"
+duration="${DURATION:-180}"
+fg_keys="${FG_KEYS:-8192}"
 [ -x "$bin/ringkv" ] && [ -x "$bin/ringkv-bench" ] || { echo "error: ringkv and ringkv-bench not found in $bin" >&2; exit 1; }
 
 port=7679
@@ -27,12 +29,15 @@ sleep 4
 
 # The data that moves: DATA_MIB of 16 KiB values.
 keys=$((data_mib * 64))
-echo "== loading $data_mib MiB: $keys keys of 16 KiB"
-"$bin/ringkv-bench" --endpoints "$endpoints" --workload write --keys "$keys" --value-size 16384 \
+echo "== loading $data_mib MiB: $keys keys of 16 KiB (the preload of a one-second read run)"
+loaded_at=$(date +%s)
+"$bin/ringkv-bench" --endpoints "$endpoints" --workload read --keys "$keys" --value-size 16384 \
   --concurrency 32 --duration 1 --progress-interval 0 >/dev/null
+echo "loaded in $(( $(date +%s) - loaded_at )) s"
+"$bin/ringkv" --endpoints "$endpoints" node list
 
 echo "== mixed load, concurrency 32, for $duration s; two nodes join after $before s"
-"$bin/ringkv-bench" --endpoints "$endpoints" --workload mixed --keys "$keys" --value-size 100 \
+"$bin/ringkv-bench" --endpoints "$endpoints" --workload mixed --keys "$fg_keys" --value-size 100 \
   --preload false --concurrency 32 --duration "$duration" --progress-interval 1 \
   2>"$base/progress.log" >"$base/report.txt" &
 bench=$!
@@ -74,7 +79,9 @@ took=$(echo "$settled - $started" | bc)
 end=$(echo "$before + $took" | bc)
 moved=$("$bin/ringkv" --endpoints "$endpoints" status --output json | grep -c '"text": "begin moving' || true)
 # (the map keeps its last 100 decisions: enough for this run's moves)
-echo "== rebalance: $moved replica moves (about $((moved * data_mib / 16)) MiB) in $took s"
+# Each shard holds a sixteenth of the loaded keys that the load does not overwrite.
+echo "== rebalance: $moved replica moves (about $((moved * (keys - fg_keys) / 64 / 16)) MiB of 16 KiB values) in $took s"
+"$bin/ringkv" --endpoints "$endpoints" node list
 cat "$base/progress.log"
 cat "$base/report.txt"
 # Progress lines: "[  12.0s] N ops, X ops/s, p50 A ms, p99 B ms, E errors"

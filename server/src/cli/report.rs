@@ -197,10 +197,20 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
         println!();
         println!("MOVES IN PROGRESS");
         for m in &map.moves {
-            println!(
-                "shard {}: node {} -> node {} (replica {} -> {}), step {:?}: {}",
-                m.shard, m.from.node_id, m.to.node_id, m.from.replica_id, m.to.replica_id, m.step, m.reason
-            );
+            let what = if m.adds_only() {
+                format!("adding replica {} on node {}", m.to.replica_id, m.to.node_id)
+            } else if m.removes_only() {
+                format!(
+                    "removing replica {} on node {}",
+                    m.from.replica_id, m.from.node_id
+                )
+            } else {
+                format!(
+                    "node {} -> node {} (replica {} -> {})",
+                    m.from.node_id, m.to.node_id, m.from.replica_id, m.to.replica_id
+                )
+            };
+            println!("shard {}: {what}, step {:?}: {}", m.shard, m.step, m.reason);
         }
     }
     if !map.splits.is_empty() {
