@@ -325,6 +325,13 @@ impl Engine {
         true
     }
 
+    /// A probe counting the handles to this engine that exist when it is called (without being
+    /// one): for diagnosing a close that does not finish.
+    pub fn handle_counter(&self) -> impl Fn() -> usize + use<> {
+        let inner = Arc::downgrade(&self.inner);
+        move || inner.strong_count()
+    }
+
     /// Runs `work` (RocksDB calls) on tokio's blocking pool and waits for it, so a slow disk
     /// never blocks the worker threads that drive Raft timers and gRPC.
     pub async fn run_blocking<T, F>(&self, work: F) -> T

@@ -117,9 +117,18 @@ async fn stop_serving(mut serving: JoinHandle<Result<(), tonic::transport::Error
 async fn shut_down_groups(node: Arc<Node>) {
     node.shutdown().await;
     let engine = node.engine().clone();
+    let weak = Arc::downgrade(&node);
     drop(node);
+    let handles = engine.handle_counter();
     if !engine.close(CLOSE_TIMEOUT).await {
-        tracing::warn!("storage still in use after stopping; it closes when the last task ends");
+        // Which kind of holder is left tells where to look: a task that still has the node, or
+        // storage work (a Raft group, a blocking job) that has the engine alone.
+        tracing::warn!(
+            node_still_held = weak.strong_count(),
+            storage_handles = handles(),
+            "storage still in use {} s after stopping; it closes when the last task ends",
+            CLOSE_TIMEOUT.as_secs()
+        );
     }
 }
 

@@ -321,12 +321,23 @@ impl Node {
             failure: Mutex::new(None),
             quiet: QuietState::default(),
         });
-        spawn_failure_watch(Arc::downgrade(self), replica.clone());
-        self.replicas
-            .write()
-            .expect("replicas lock")
-            .insert(shard.id, replica);
-        Ok(())
+        {
+            // Checked under the lock `shutdown` drains the replicas with: a group that finishes
+            // starting after the node began stopping must not outlive it, or it keeps the
+            // storage (and the data directory's lock) open after the node is gone.
+            let mut replicas = self.replicas.write().expect("replicas lock");
+            if !self.stopping.load(Ordering::Acquire) {
+                spawn_failure_watch(Arc::downgrade(self), replica.clone());
+                replicas.insert(shard.id, replica);
+                return Ok(());
+            }
+        }
+        info!(%shard_id, %replica_id, "the node is stopping: stopping the shard group it just started");
+        let _ = replica.raft.shutdown().await;
+        anyhow::bail!(
+            "node {} is stopping; shard {shard_id} replica {replica_id} was not started",
+            identity.node_id
+        )
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -411,12 +422,20 @@ impl Node {
     /// Stops every shard group. The engine closes when the last handle drops.
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
-        for replica in self.all_replicas() {
+        // Drained under the lock `open_replica` registers with, after `stopping` is set: every
+        // group is either taken here or shut down by the `open_replica` that started it.
+        let replicas: Vec<_> = self
+            .replicas
+            .write()
+            .expect("replicas lock")
+            .drain()
+            .map(|(_, replica)| replica)
+            .collect();
+        for replica in replicas {
             if let Err(error) = replica.raft.shutdown().await {
                 warn!(shard_id = %replica.shard_id, %error, "shard group did not shut down cleanly");
             }
         }
-        self.replicas.write().expect("replicas lock").clear();
     }
 }
 
