@@ -13,13 +13,16 @@
 //!    map that won.
 //! 4. A node hosting a metadata replica follows its own replica: whenever it applies an entry, the
 //!    node reads `map` and adopts it if its epoch is newer. Other nodes follow one of those through
-//!    `WatchMap`, moving to the next when the stream breaks or falls silent.
+//!    `WatchMap`, moving to the next when the stream breaks or falls silent. So does a node whose
+//!    own metadata replica has known no leader for `LEADERLESS_FALLBACK`: a replica cut off from
+//!    the group (removed from it while its node was down, or on a node the cluster removed) never
+//!    hears of a change again, and the node must still learn the map that says so.
 //! 5. Adopting stores the map in the node's `meta` column family before serving it, so a node
 //!    restarts with the last map it served and opens its groups before the metadata group has a
 //!    leader.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::ServerState;
@@ -53,6 +56,9 @@ const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 const SEED_RETRY: Duration = Duration::from_millis(300);
 /// A node following its own metadata replica also reads `map` this often, whatever it applied.
 const LOCAL_POLL: Duration = Duration::from_secs(10);
+/// How long a node's own metadata replica may know no leader before the node follows the map
+/// through another metadata node instead (step 4).
+const LEADERLESS_FALLBACK: Duration = Duration::from_secs(3);
 
 impl Node {
     /// This node's copy of the map, as stored in its metadata replica, with the version (log index)
@@ -389,6 +395,8 @@ pub(super) async fn connect(addr: &str) -> Result<ClusterClient<tonic::transport
 pub(crate) fn spawn_map_follower(node: Weak<Node>) {
     tokio::spawn(async move {
         let mut attempt = 0usize;
+        // Whether the local replica last stopped following for want of a leader.
+        let mut leaderless = false;
         loop {
             let Some(strong) = node.upgrade() else { return };
             if strong.stopping.load(std::sync::atomic::Ordering::Acquire) {
@@ -396,10 +404,11 @@ pub(crate) fn spawn_map_follower(node: Weak<Node>) {
             }
             let local = strong
                 .replica(ShardId::META)
-                .filter(|replica| replica.failure().is_none());
+                .filter(|replica| replica.failure().is_none())
+                .filter(|replica| !leaderless || knows_leader(replica));
             drop(strong);
             match local {
-                Some(replica) => follow_local(&node, replica).await,
+                Some(replica) => leaderless = follow_local(&node, replica).await == Stopped::Leaderless,
                 None => {
                     follow_remote(&node, attempt).await;
                     attempt += 1;
@@ -410,16 +419,40 @@ pub(crate) fn spawn_map_follower(node: Weak<Node>) {
     });
 }
 
-/// Follows this node's own metadata replica until its group stops; seeds the map when it leads
-/// and none is stored.
-async fn follow_local(node: &Weak<Node>, replica: Arc<ShardReplica>) {
+fn knows_leader(replica: &ShardReplica) -> bool {
+    replica.raft.metrics().borrow_watched().current_leader.is_some()
+}
+
+/// Why `follow_local` stopped.
+#[derive(PartialEq, Eq)]
+enum Stopped {
+    /// The group stopped, or the node went away.
+    Gone,
+    /// The replica knew no leader for `LEADERLESS_FALLBACK`.
+    Leaderless,
+}
+
+/// Follows this node's own metadata replica until its group stops or it knows no leader for
+/// `LEADERLESS_FALLBACK`; seeds the map when it leads and none is stored.
+async fn follow_local(node: &Weak<Node>, replica: Arc<ShardReplica>) -> Stopped {
     let mut metrics = replica.raft.metrics();
     let mut read_at = None;
     let mut seeded = false;
+    let mut leaderless_since: Option<Instant> = None;
     loop {
+        if metrics.borrow_watched().current_leader.is_some() {
+            leaderless_since = None;
+        } else if leaderless_since.get_or_insert_with(Instant::now).elapsed() > LEADERLESS_FALLBACK {
+            debug!(
+                "this node's metadata replica knows no leader; following the map through another metadata node"
+            );
+            return Stopped::Leaderless;
+        }
         let applied = metrics.borrow_watched().last_applied.map(|id| id.index);
         if applied != read_at || !seeded {
-            let Some(node) = node.upgrade() else { return };
+            let Some(node) = node.upgrade() else {
+                return Stopped::Gone;
+            };
             match node.stored_map().await {
                 Ok(Some((map, _))) => {
                     seeded = true;
@@ -433,9 +466,14 @@ async fn follow_local(node: &Weak<Node>, replica: Arc<ShardReplica>) {
                 Err(error) => warn!(%error, "cannot read the shard map of the metadata group; retrying"),
             }
         }
-        let pause = if seeded { LOCAL_POLL } else { SEED_RETRY };
+        let pause = match (seeded, leaderless_since) {
+            (false, _) => SEED_RETRY,
+            // Wakes to check the leaderless time even when the metrics stay as they are.
+            (true, Some(_)) => LEADERLESS_FALLBACK / 2,
+            (true, None) => LOCAL_POLL,
+        };
         tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = metrics.changed() => if changed.is_err() { return Stopped::Gone },
             () = tokio::time::sleep(pause) => read_at = None,
         }
     }
@@ -527,8 +565,11 @@ async fn follow_remote(node: &Weak<Node>, attempt: usize) {
                 return;
             }
         }
-        // A node that now hosts a metadata replica follows that instead.
-        if node.replica(ShardId::META).is_some() {
+        // A node that now hosts a metadata replica that knows its leader follows that instead.
+        if node
+            .replica(ShardId::META)
+            .is_some_and(|replica| knows_leader(&replica))
+        {
             return;
         }
     }
