@@ -320,3 +320,59 @@ async fn shards_past_split_size_bytes_split_on_their_own() -> anyhow::Result<()>
     }
     assert_replicas_identical(&client).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_written_past_split_writes_per_sec_splits_on_its_own() -> anyhow::Result<()> {
+    // One shard, written by 8 concurrent writers well past 20 writes per second: it splits, and
+    // its halves (each written at half the rate, still past it) may split again.
+    let cluster = ProcessCluster::start(3, 1, &["--split-writes-per-sec", "20", "--split-size-bytes", "0"])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..8 {
+        let (client, stop) = (cluster.client().await?, stop.clone());
+        writers.spawn(async move {
+            let mut written = BTreeMap::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("rate-{writer}-{}", n % 50), format!("{n}"));
+                client.put(&key, &value).await?;
+                written.insert(Bytes::from(key), Bytes::from(value));
+                n += 1;
+            }
+            anyhow::Ok(written)
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let map = loop {
+        client.refresh_shard_map().await?;
+        let map = client.shard_map().await;
+        if map.shards.len() >= 2 && map.splits.is_empty() {
+            break map;
+        }
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            bail!(
+                "the shard did not split on its write rate within 90 s\n{}",
+                cluster.log_tails(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut expected = BTreeMap::new();
+    while let Some(written) = writers.join_next().await {
+        expected.extend(written??);
+    }
+    assert!(
+        map.decisions
+            .iter()
+            .any(|d| d.text.contains("begin splitting") && d.text.contains("split_writes_per_sec")),
+        "a split decided on write rate: {:?}",
+        map.decisions
+    );
+    wait_all_replicas_running(&cluster, &client.shard_map().await).await?;
+    assert_eq!(scan_all(&client, "rate-").await?, expected);
+    assert_replicas_identical(&client).await
+}
