@@ -4,6 +4,10 @@
 //! percentiles).
 //! Closed loop by default; with `--rate` an open loop, where latency counts from each operation's
 //! intended start, so time spent queued behind a slow cluster is not hidden.
+//!
+//! Phases: SIGUSR1 ends the current phase and begins the next, so a script can mark an event
+//! (nodes joining, a rebalance finishing) and the report gives throughput and percentiles over
+//! every operation of each phase, not only per progress interval.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,6 +40,17 @@ pub struct LoadResult {
     /// Open loop only: operations that started more than 1 ms after their intended time because
     /// every worker was busy (the cluster fell behind the rate; their latency includes the wait).
     pub late_starts: u64,
+    /// The phases SIGUSR1 marked (one when it was never sent).
+    pub phases: Vec<Phase>,
+}
+
+/// The operations of one phase of the run, all kinds together.
+pub struct Phase {
+    /// When it began and ended, from the start of the timed run.
+    pub from: Duration,
+    pub to: Duration,
+    pub latencies: Histogram<u64>,
+    pub errors: u64,
 }
 
 impl LoadResult {
@@ -52,8 +67,49 @@ struct Progress {
     ops: AtomicU64,
     errors: AtomicU64,
     late_starts: AtomicU64,
-    /// Latencies since the last progress line.
-    interval: std::sync::Mutex<Histogram<u64>>,
+    recorded: std::sync::Mutex<Recorded>,
+}
+
+/// Latencies shared by the workers, behind one lock taken once per operation.
+struct Recorded {
+    /// Since the last progress line.
+    interval: Histogram<u64>,
+    /// The phase under way, and those SIGUSR1 ended.
+    phase: Phase,
+    phases: Vec<Phase>,
+}
+
+impl Recorded {
+    fn new() -> Recorded {
+        Recorded {
+            interval: histogram(),
+            phase: Phase::beginning(Duration::ZERO),
+            phases: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, micros: u64) {
+        self.interval.saturating_record(micros);
+        self.phase.latencies.saturating_record(micros);
+    }
+
+    /// Ends the phase under way at `at` and begins the next.
+    fn next_phase(&mut self, at: Duration) {
+        let mut ended = std::mem::replace(&mut self.phase, Phase::beginning(at));
+        ended.to = at;
+        self.phases.push(ended);
+    }
+}
+
+impl Phase {
+    fn beginning(at: Duration) -> Phase {
+        Phase {
+            from: at,
+            to: at,
+            latencies: histogram(),
+            errors: 0,
+        }
+    }
 }
 
 fn key(n: u64) -> String {
@@ -96,7 +152,7 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
         ops: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         late_starts: AtomicU64::new(0),
-        interval: std::sync::Mutex::new(histogram()),
+        recorded: std::sync::Mutex::new(Recorded::new()),
     });
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
@@ -114,7 +170,7 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
                 ticker.tick().await;
                 let ops = progress.ops.load(Ordering::Relaxed);
                 let latencies = std::mem::replace(
-                    &mut *progress.interval.lock().expect("interval lock"),
+                    &mut progress.recorded.lock().expect("recorded lock").interval,
                     histogram(),
                 );
                 let ms = |quantile: f64| latencies.value_at_quantile(quantile) as f64 / 1000.0;
@@ -130,6 +186,8 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
             }
         })
     });
+
+    let phase_marks = spawn_phase_marks(progress.clone(), started)?;
 
     // Open loop: the schedule's next operation, shared so whichever worker is free takes it.
     let next_op = Arc::new(AtomicU64::new(0));
@@ -186,14 +244,21 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
                         latencies[op.index()].saturating_record(micros);
                         worker
                             .progress
-                            .interval
+                            .recorded
                             .lock()
-                            .expect("interval lock")
-                            .saturating_record(micros);
+                            .expect("recorded lock")
+                            .record(micros);
                         worker.progress.ops.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => {
                         worker.progress.errors.fetch_add(1, Ordering::Relaxed);
+                        worker
+                            .progress
+                            .recorded
+                            .lock()
+                            .expect("recorded lock")
+                            .phase
+                            .errors += 1;
                         if errors.len() < 5 {
                             errors.insert(format!("{}: {error}", op.name()));
                         }
@@ -216,6 +281,12 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
     if let Some(reporter) = reporter {
         reporter.abort();
     }
+    phase_marks.abort();
+    let phases = {
+        let mut recorded = progress.recorded.lock().expect("recorded lock");
+        recorded.next_phase(elapsed);
+        std::mem::take(&mut recorded.phases)
+    };
     Ok(LoadResult {
         elapsed,
         latencies,
@@ -223,7 +294,28 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
         error_samples: error_samples.into_iter().take(5).collect(),
         preloaded,
         late_starts: progress.late_starts.load(Ordering::Relaxed),
+        phases,
     })
+}
+
+/// Begins a new phase on each SIGUSR1, with a progress line saying so.
+fn spawn_phase_marks(
+    progress: Arc<Progress>,
+    started: Instant,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut marks = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1 (phase marks)")?;
+    Ok(tokio::spawn(async move {
+        while marks.recv().await.is_some() {
+            let at = started.elapsed();
+            let phase = {
+                let mut recorded = progress.recorded.lock().expect("recorded lock");
+                recorded.next_phase(at);
+                recorded.phases.len() + 1
+            };
+            eprintln!("[{:>5.1}s] SIGUSR1: phase {phase} begins", at.as_secs_f64());
+        }
+    }))
 }
 
 /// What one load task needs to run operations.

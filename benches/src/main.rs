@@ -1,7 +1,9 @@
 //! `ringkv-bench`: the load generator. Drives a running cluster through ringkv-client with a
 //! write, read, mixed or YCSB (A–F) workload for a fixed time, closed or open loop, printing
 //! progress each interval and a final report of throughput and latency percentiles (HDR
-//! histograms), as text or JSON.
+//! histograms), as text or JSON. Sending it SIGUSR1 begins a new phase of the run; the report then
+//! also gives throughput and percentiles per phase (before, during and after an event the caller
+//! marks, such as a rebalance).
 
 mod load;
 mod report;

@@ -94,6 +94,27 @@ pub fn text(args: &Args, result: &LoadResult) -> String {
             result.late_starts
         ));
     }
+    if result.phases.len() > 1 {
+        out.push_str(&format!(
+            "{:<6} {:>15} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}   (phases marked by SIGUSR1; latency in ms)\n",
+            "phase", "seconds", "count", "ops/s", "p50", "p99", "p99.9", "max", "errors"
+        ));
+        for (n, phase) in result.phases.iter().enumerate() {
+            let histogram = &phase.latencies;
+            out.push_str(&format!(
+                "{:<6} {:>15} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7}\n",
+                n + 1,
+                format!("{:.1}-{:.1}", seconds(phase.from), seconds(phase.to)),
+                histogram.len(),
+                histogram.len() as f64 / seconds(phase.to - phase.from).max(0.001),
+                millis(histogram.value_at_quantile(0.50)),
+                millis(histogram.value_at_quantile(0.99)),
+                millis(histogram.value_at_quantile(0.999)),
+                millis(histogram.max()),
+                phase.errors,
+            ));
+        }
+    }
     for sample in &result.error_samples {
         out.push_str(&format!("error: {sample}\n"));
     }
@@ -139,6 +160,13 @@ pub fn json(args: &Args, result: &LoadResult) -> String {
         "errors": result.errors,
         "error_samples": result.error_samples,
         "latency": per_op,
+        "phases": result.phases.iter().map(|phase| {
+            let mut entry = latency(&phase.latencies, seconds(phase.to - phase.from).max(0.001));
+            entry["from_s"] = json!(seconds(phase.from));
+            entry["to_s"] = json!(seconds(phase.to));
+            entry["errors"] = json!(phase.errors);
+            entry
+        }).collect::<Vec<_>>(),
     })
     .to_string()
 }

@@ -1,6 +1,6 @@
 //! `ringkv-bench` against a running cluster of real processes: every workload runs without an
 //! error and does the operations its mix names, and the open loop starts exactly the scheduled
-//! number of operations.
+//! number of operations, and SIGUSR1 splits the report into phases.
 
 use std::process::Command;
 use std::time::Duration;
@@ -100,6 +100,57 @@ async fn every_workload_runs_its_mix_without_errors() -> anyhow::Result<()> {
         assert_eq!(report["errors"], 0, "{report}");
         assert_eq!(report["ops"], 200, "open loop: {report}");
         assert_eq!(report["rate"], 200);
+
+        // SIGUSR1 splits the run into phases that together hold every operation, back to back.
+        let mut child = Command::new(workspace_binary("ringkv-bench"))
+            .args([
+                "--endpoints",
+                &endpoints,
+                "--output",
+                "json",
+                "--progress-interval",
+                "1",
+            ])
+            .args([
+                "--workload",
+                "write",
+                "--keys",
+                "200",
+                "--value-size",
+                "16",
+                "--preload",
+                "false",
+            ])
+            .args(["--rate", "100", "--concurrency", "8", "--duration", "4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ringkv-bench starts");
+        // Its first progress line comes after it listens for the signal.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut stderr, &mut line).expect("stderr") > 0
+            && !line.starts_with('[')
+        {
+            line.clear();
+        }
+        let signalled = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(signalled.success());
+        std::io::copy(&mut stderr, &mut std::io::sink()).expect("stderr drains");
+        let output = child.wait_with_output().expect("ringkv-bench ends");
+        assert!(output.status.success(), "ringkv-bench with a phase mark failed");
+        let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+        let phases = report["phases"].as_array().expect("phases");
+        assert_eq!(phases.len(), 2, "{report}");
+        assert_eq!(phases[0]["from_s"], 0.0);
+        assert_eq!(phases[0]["to_s"], phases[1]["from_s"], "{report}");
+        assert_eq!(phases[1]["to_s"], report["duration_s"], "{report}");
+        let in_phases: u64 = phases.iter().map(|p| p["count"].as_u64().expect("count")).sum();
+        assert_eq!(in_phases, 400, "every operation in one phase: {report}");
+        assert_eq!(report["ops"], 400, "{report}");
     })
     .await?;
     Ok(())
