@@ -64,6 +64,28 @@ impl ShardMap {
             .collect()
     }
 
+    /// Whether `node` is still joining (as `ringkv node list` shows it): up, and holding fewer
+    /// data-shard voters than its share when the voters are spread evenly over the up nodes (the
+    /// count rounded down, which every node reaches once the cluster is balanced). A new node
+    /// joins until the controller has moved its share to it; so does one that came back empty.
+    pub fn is_joining(&self, node: NodeId) -> bool {
+        if self
+            .nodes
+            .get(&node)
+            .is_none_or(|info| info.state != NodeState::Up)
+        {
+            return false;
+        }
+        let up = self.up_nodes().len().max(1);
+        let voters: usize = self.shards.iter().map(|shard| shard.voters.len()).sum();
+        let held = self
+            .shards
+            .iter()
+            .filter(|shard| shard.voters.iter().any(|voter| voter.node_id == node))
+            .count();
+        held < voters / up
+    }
+
     /// The nodes holding `group`'s replicas once its move in progress, if any, has finished.
     fn planned_nodes(&self, group: &Shard) -> BTreeSet<NodeId> {
         let mut nodes: BTreeSet<NodeId> = group.voters.iter().map(|r| r.node_id).collect();
@@ -457,6 +479,40 @@ mod tests {
         );
         // 48 replicas over 5 nodes: the two new ones need 9 each at least (48 / 5 rounded down).
         assert_eq!(moves, 18, "moves made (the minimum is 18)");
+    }
+
+    #[test]
+    fn a_new_node_is_joining_until_it_holds_its_share() {
+        // 8 shards × 3 voters over 4 up nodes: a share of 6.
+        let mut map = cluster(3, 8);
+        map.add_node(Some(NodeId(4)), "127.0.0.1:7004", 104, 0)
+            .expect("added");
+        assert!(map.is_joining(NodeId(4)), "an empty new node is joining");
+        assert!(!map.is_joining(NodeId(1)), "a full old node is not");
+        let mut steps = 0;
+        while let Some(step) = map.next_placement_step(1) {
+            map.apply_placement_step(&step, 0)
+                .expect("a step the map accepts");
+            if let PlacementStep::Move { shard, .. } = step {
+                map.finish_move(shard, 0);
+            }
+            map.epoch += 1;
+            let held = map
+                .shards
+                .iter()
+                .filter(|s| s.voters.iter().any(|v| v.node_id == NodeId(4)))
+                .count();
+            assert_eq!(map.is_joining(NodeId(4)), held < 6, "node 4 holds {held}");
+            steps += 1;
+            assert!(steps < 100, "the placement never settled");
+        }
+        assert!(
+            map.nodes.keys().all(|node| !map.is_joining(*node)),
+            "balanced: nobody joins"
+        );
+        // Down and removed nodes are not joining, whatever they hold.
+        map.nodes.get_mut(&NodeId(4)).expect("node 4").state = NodeState::Down;
+        assert!(!map.is_joining(NodeId(4)));
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub(super) enum Command {
 
 #[derive(Subcommand, Debug)]
 pub(super) enum NodeCommand {
-    /// List the cluster's nodes: state (up, down, decommissioning, removed), replicas, leaders,
-    /// data size.
+    /// List the cluster's nodes: state (up, joining, down, decommissioning, removed), replicas,
+    /// leaders, data size. Joining: up, and not yet given its share of the replicas.
     List {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,

@@ -342,6 +342,7 @@ pub(super) async fn node_list(client: &Client, output: Output) -> anyhow::Result
         };
         let state = match (&status, info.state) {
             (None, ringkv_client::NodeState::Up) => "down".to_owned(),
+            (Some(_), ringkv_client::NodeState::Up) if map.is_joining(*node_id) => "joining".to_owned(),
             (_, state) => state.to_string(),
         };
         let placed = map.groups().filter(|g| g.replica_on(*node_id).is_some()).count();

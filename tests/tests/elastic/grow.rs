@@ -1,8 +1,9 @@
 //! Growing a running cluster from 3 to 5 nodes under a concurrent read/write load: the two new
-//! nodes join (`ringkv start --join`, one with its id given, one assigned), the controller moves
-//! replicas to them until replica and preferred-leader counts per node differ by at most one, with
-//! no more moves than the minimum (reported), the metadata group grows to five voters, and the
-//! history stays linearizable with no caller left not knowing whether a write applied.
+//! nodes join (`ringkv start --join`, one with its id given, one assigned; `ringkv node list` shows
+//! a new node joining), the controller moves replicas to them until replica and preferred-leader
+//! counts per node differ by at most one, with no more moves than the minimum (reported), the
+//! metadata group grows to five voters, and the history stays linearizable with no caller left not
+//! knowing whether a write applied.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use anyhow::bail;
 use bytes::Bytes;
 use ringkv_client::{NodeId, ShardMap};
 use ringkv_tests::linearizability::{self, History, Verdict};
+use ringkv_tests::process_cluster::ringkv_binary;
 use ringkv_tests::workload::{WorkerReport, run_worker};
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
@@ -57,6 +59,36 @@ async fn growing_from_three_to_five_nodes_under_load_balances_with_the_fewest_mo
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.add_joining_node(5, true)?;
+    // Node 4 has just joined: `ringkv node list` shows it joining (no replica has finished moving
+    // to it yet; it needs at least four, two moves at a time).
+    let mut listed = None;
+    for _ in 0..10 {
+        let out = std::process::Command::new(ringkv_binary())
+            .args([
+                "--endpoints",
+                &cluster.node(1).addr,
+                "node",
+                "list",
+                "--output",
+                "json",
+            ])
+            .output()?;
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let node_4 = list["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["node_id"] == 4).cloned());
+        if node_4.is_some() {
+            listed = node_4;
+            break;
+        }
+        // The node answering may not have followed the map to node 4's join yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let listed = listed.ok_or_else(|| anyhow::anyhow!("`ringkv node list` never listed node 4"))?;
+    assert_eq!(
+        listed["state"], "joining",
+        "node 4 right after it joined: {listed}"
+    );
 
     // 24 replicas on 3 nodes (8 each) spread over 5 (5, 5, 5, 5, 4): the new nodes need at least
     // 4 + 5 = 9 replicas, so 9 moves is the minimum.
