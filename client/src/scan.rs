@@ -1,5 +1,6 @@
 //! Scans across the whole keyspace: shards in ring order, each paged by its server-side cursor,
-//! resumable through an opaque `ScanCursor` (like Redis SCAN, keys come in hash order).
+//! resumable through an opaque `ScanCursor` (like Redis SCAN, keys come in hash order). A prefix
+//! that fixes the hash tag (`{user42}:`) is scanned on the one shard holding its keys.
 
 use bytes::Bytes;
 
@@ -91,6 +92,21 @@ impl Client {
             Some(cursor) => (cursor.ring_position, cursor.shard_cursor),
             None => (0, Bytes::new()),
         };
+        // A prefix that fixes the hash tag (`{user42}:`): every key it matches sits at one point
+        // of the ring, so the scan asks the one shard holding it and ends there.
+        let tagged = ringkv_proto::prefix_hash(&options.prefix);
+        if let Some(hash) = tagged {
+            if ring_position > hash {
+                return Ok(ScanPage {
+                    entries: Vec::new(),
+                    next_cursor: None,
+                });
+            }
+            if ring_position < hash {
+                ring_position = hash;
+                shard_cursor = Bytes::new();
+            }
+        }
         let mut entries = Vec::new();
         // One deadline for the whole call, however many pages it reads.
         let deadline = self.deadline(RequestKind::Read);
@@ -134,7 +150,8 @@ impl Client {
                     Some(end) => end,
                     None => self.shard_map().await.shard_for_hash(ring_position).arc.end,
                 };
-                match range_end.checked_add(1) {
+                let past_tag = tagged.is_some_and(|hash| range_end >= hash);
+                match range_end.checked_add(1).filter(|_| !past_tag) {
                     Some(next) => {
                         ring_position = next;
                         shard_cursor = Bytes::new();

@@ -25,9 +25,31 @@ pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(hash_tag(key))
 }
 
+/// The ring point every key starting with `prefix` lands on, when the prefix fixes their hash
+/// tag: it holds a `{`, then a `}` with at least one byte between. Every such key has the same
+/// first `{` and first `}` after it, so the same tag, so one shard holds them all, together.
+/// `None` when keys with this prefix may hash anywhere.
+pub fn prefix_hash(prefix: &[u8]) -> Option<u64> {
+    let tag = hash_tag(prefix);
+    (tag.len() != prefix.len()).then(|| xxh3_64(tag))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_that_closes_a_hash_tag_fixes_the_hash_of_its_keys() {
+        let hash = prefix_hash(b"{user42}:").expect("a closed tag");
+        for key in [&b"{user42}:cart"[..], b"{user42}:", b"{user42}:{x}y"] {
+            assert_eq!(key_hash(key), hash, "{:?}", String::from_utf8_lossy(key));
+        }
+        assert_eq!(prefix_hash(b"{user42}"), Some(hash));
+        // An open tag, an empty tag or no tag leaves the hash free.
+        for free in [&b"{user42"[..], b"{}:", b"user42:", b""] {
+            assert_eq!(prefix_hash(free), None, "{:?}", String::from_utf8_lossy(free));
+        }
+    }
 
     #[test]
     fn hash_tag_follows_redis_cluster_rules() {

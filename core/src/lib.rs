@@ -6,6 +6,6 @@ pub mod hash;
 pub mod ids;
 pub mod limits;
 
-pub use hash::{hash_tag, key_hash};
+pub use hash::{hash_tag, key_hash, prefix_hash};
 pub use ids::{LogIndex, NodeId, ReplicaId, ShardId};
 pub use limits::{LimitError, check_batch, check_key, check_scan, check_value};

@@ -15,7 +15,7 @@ pub mod pb {
 
 pub use ringkv_core::{
     LimitError, LogIndex, NodeId, ReplicaId, ShardId, check_batch, check_key, check_scan, check_value, hash,
-    hash_tag, key_hash, limits,
+    hash_tag, key_hash, limits, prefix_hash,
 };
 pub use shard_map::{
     Arc, Decision, FIRST_FRESH_REPLICA_ID, MapError, Move, MoveStep, NodeInfo, NodeState, PlacementStep,

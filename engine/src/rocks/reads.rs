@@ -46,7 +46,8 @@ impl Engine {
     }
 
     /// A page of the keys of `range` in data-key order strictly after `cursor` (empty: from the
-    /// start), keeping those whose user key starts with `prefix`, at most `limit` of them.
+    /// start), keeping those whose user key starts with `prefix`, at most `limit` of them. A
+    /// prefix that fixes the hash tag (`{user42}:`) reads only the keys of that one hash.
     pub fn scan(
         &self,
         range: HashRange,
@@ -54,6 +55,19 @@ impl Engine {
         prefix: &[u8],
         limit: usize,
     ) -> Result<ScanPage, Error> {
+        let range = match ringkv_core::prefix_hash(prefix) {
+            None => range,
+            Some(hash) if range.contains(hash) => HashRange {
+                start: hash,
+                end: hash,
+            },
+            Some(_) => {
+                return Ok(ScanPage {
+                    entries: Vec::new(),
+                    next_cursor: Vec::new(),
+                });
+            }
+        };
         let (start, end) = keys::data_range(range);
         let from = if cursor.is_empty() || cursor < start.as_slice() {
             start.clone()

@@ -11,3 +11,4 @@ mod defaults;
 mod frozen_client;
 mod spread;
 mod storage_fault;
+mod tagged_scan;
