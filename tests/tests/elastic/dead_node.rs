@@ -48,6 +48,16 @@ async fn wait_map(
     }
 }
 
+/// The ids of the replicas the client's map places on `node`.
+async fn replica_ids_on(client: &Client, node: NodeId) -> Vec<ReplicaId> {
+    client
+        .shard_map()
+        .await
+        .groups()
+        .filter_map(|group| group.replica_on(node).map(|r| r.replica_id))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_replaced_and_comes_back_empty() -> anyhow::Result<()> {
     // Four nodes, eight shards of three replicas: six replicas per node.
@@ -58,12 +68,7 @@ async fn a_dead_node_is_replaced_and_comes_back_empty() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let dead = NodeId(4);
-    let old_replicas: Vec<ReplicaId> = client
-        .shard_map()
-        .await
-        .groups()
-        .filter_map(|group| group.replica_on(dead).map(|r| r.replica_id))
-        .collect();
+    let old_replicas = replica_ids_on(&client, dead).await;
     assert_eq!(old_replicas.len(), 6);
     cluster.kill(dead.0);
 
@@ -139,12 +144,7 @@ async fn a_removed_dead_node_is_replaced_at_once_and_the_metadata_group_shrinks(
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let dead = NodeId(5);
-    let old_replicas: Vec<ReplicaId> = client
-        .shard_map()
-        .await
-        .groups()
-        .filter_map(|group| group.replica_on(dead).map(|r| r.replica_id))
-        .collect();
+    let old_replicas = replica_ids_on(&client, dead).await;
     assert!(!old_replicas.is_empty(), "node 5 holds no replica to replace");
     cluster.kill(dead.0);
 

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ringkv_client::{Error, NodeId, NodeState};
-use ringkv_tests::process_cluster::ringkv_binary;
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
 use crate::moves::Load;
-use crate::wait_replicas;
+use crate::{node_list, wait_replicas};
 
 /// How long draining a node of 8 replicas may take.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -69,18 +68,7 @@ async fn a_decommissioned_node_is_drained_under_load_and_the_rest_hold_every_wri
     .await?;
 
     // `ringkv node list` shows it removed.
-    let out = std::process::Command::new(ringkv_binary())
-        .args([
-            "--endpoints",
-            &cluster.node(1).addr,
-            "node",
-            "list",
-            "--output",
-            "json",
-        ])
-        .output()?;
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let listed = node_list(&cluster.node(1).addr)?;
     let states: Vec<&str> = listed["nodes"]
         .as_array()
         .context("nodes")?

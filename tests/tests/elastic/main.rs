@@ -49,6 +49,14 @@ async fn wait_replicas(
     }
 }
 
+/// `ringkv node list --output json` against the node at `addr`: the CLI binary, as a user runs it.
+fn node_list(addr: &str) -> anyhow::Result<serde_json::Value> {
+    let out = std::process::Command::new(ringkv_tests::process_cluster::ringkv_binary())
+        .args(["--endpoints", addr, "node", "list", "--output", "json"])
+        .output()?;
+    serde_json::from_slice(&out.stdout).with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// The node leading the metadata group, by the running nodes' own status.
 async fn meta_leader(cluster: &ProcessCluster) -> anyhow::Result<u64> {
     for node in cluster.nodes.iter().filter(|n| n.is_running()) {
