@@ -23,6 +23,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use ringkv_core::{NodeId, ReplicaId, ShardId};
 
+mod leaders;
 mod moves;
 mod placement;
 mod splits;

@@ -11,7 +11,9 @@
 //! 4. balance replica counts over the up nodes: from the fullest to the emptiest while they differ
 //!    by more than one (each such move is needed, so the number of moves is the minimum);
 //! 5. balance preferred leaders (a shard's first voter, whom the leader balancer hands leadership
-//!    to) the same way, by reordering voters: no data moves.
+//!    to) by reordering voters, no data moves: from a node with the most to one with at least two
+//!    fewer, directly or along a chain of shards whose nodes each give one and take one (a node's
+//!    shards may all share their other voters with nodes as full as it is).
 //!
 //! Counts are taken as the map will be once the moves in progress finish, so steps taken while
 //! moves run never overshoot. Data shards are balanced; the metadata group is drained and sized.
@@ -32,10 +34,10 @@ pub enum PlacementStep {
         to: NodeId,
         reason: String,
     },
-    /// Make `node`'s voter the first of `shard`'s voters: its preferred leader.
-    PreferLeader {
-        shard: ShardId,
-        node: NodeId,
+    /// For each `(shard, node)`, make `node`'s voter the first of `shard`'s voters: its
+    /// preferred leader. Several at once when one node passes a leadership on to the next.
+    PreferLeaders {
+        changes: Vec<(ShardId, NodeId)>,
         reason: String,
     },
     /// Mark a decommissioning node that holds nothing as removed.
@@ -104,17 +106,6 @@ impl ShardMap {
                 if let Some(count) = counts.get_mut(&node) {
                     *count += 1;
                 }
-            }
-        }
-        counts
-    }
-
-    /// Preferred leaders (first voters) of data shards per up node.
-    pub fn preferred_leader_counts(&self) -> BTreeMap<NodeId, usize> {
-        let mut counts: BTreeMap<NodeId, usize> = self.up_nodes().into_iter().map(|n| (n, 0)).collect();
-        for shard in &self.shards {
-            if let Some(count) = shard.voters.first().and_then(|v| counts.get_mut(&v.node_id)) {
-                *count += 1;
             }
         }
         counts
@@ -230,26 +221,8 @@ impl ShardMap {
             }
         }
         // 5. Balance preferred leaders.
-        let leaders = self.preferred_leader_counts();
-        if let Some((full, full_count, empty, empty_count)) = extremes(&leaders)
-            && full_count > empty_count + 1
-        {
-            let candidate = self.shards.iter().find(|shard| {
-                !self.is_changing(shard.id)
-                    && shard.voters.first().map(|v| v.node_id) == Some(full)
-                    && shard.voters.iter().any(|v| v.node_id == empty)
-            });
-            if let Some(shard) = candidate {
-                return Some(PlacementStep::PreferLeader {
-                    shard: shard.id,
-                    node: empty,
-                    reason: format!(
-                        "balance leaders: node {full} is preferred leader of {full_count} shards, node {empty} of {empty_count}"
-                    ),
-                });
-            }
-        }
-        None
+        self.leader_chain()
+            .map(|(changes, reason)| PlacementStep::PreferLeaders { changes, reason })
     }
 
     /// Records `step` as the change to the next epoch.
@@ -261,22 +234,24 @@ impl ShardMap {
                 to,
                 reason,
             } => self.begin_move(*shard, *from, *to, now_unix_ms, reason).map(drop),
-            PlacementStep::PreferLeader { shard, node, reason } => {
-                let group = self
-                    .shard_mut(*shard)
-                    .ok_or_else(|| format!("shard {shard} does not exist"))?;
-                let index = group
-                    .voters
-                    .iter()
-                    .position(|v| v.node_id == *node)
-                    .ok_or_else(|| format!("shard {shard} has no voter on node {node}"))?;
-                let preferred = group.voters.remove(index);
-                group.voters.insert(0, preferred);
-                self.record_decision(
-                    self.epoch + 1,
-                    now_unix_ms,
-                    format!("prefer node {node} as leader of shard {shard}: {reason}"),
-                );
+            PlacementStep::PreferLeaders { changes, reason } => {
+                for (shard, node) in changes {
+                    let group = self
+                        .shard_mut(*shard)
+                        .ok_or_else(|| format!("shard {shard} does not exist"))?;
+                    let index = group
+                        .voters
+                        .iter()
+                        .position(|v| v.node_id == *node)
+                        .ok_or_else(|| format!("shard {shard} has no voter on node {node}"))?;
+                    let preferred = group.voters.remove(index);
+                    group.voters.insert(0, preferred);
+                    self.record_decision(
+                        self.epoch + 1,
+                        now_unix_ms,
+                        format!("prefer node {node} as leader of shard {shard}: {reason}"),
+                    );
+                }
                 Ok(())
             }
             PlacementStep::AddVoter { shard, node, reason } => {
@@ -479,6 +454,71 @@ mod tests {
         );
         // 48 replicas over 5 nodes: the two new ones need 9 each at least (48 / 5 rounded down).
         assert_eq!(moves, 18, "moves made (the minimum is 18)");
+    }
+
+    /// Plays the controller as it runs: up to two moves at once, finishing in an order `seed`
+    /// picks, and a node that may join while moves run. Returns once nothing is left to do.
+    fn settle_concurrently(map: &mut ShardMap, seed: u64, mut join_after: Option<(usize, NodeId)>) {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for step_count in 0..1_000 {
+            if let Some((after, node)) = join_after
+                && step_count >= after
+            {
+                map.add_node(
+                    Some(node),
+                    &format!("127.0.0.1:{}", 7000 + node.0),
+                    100 + node.0,
+                    0,
+                )
+                .expect("added");
+                map.epoch += 1;
+                join_after = None;
+            }
+            // Either take the next step, or finish one of the moves in progress.
+            let step = map.next_placement_step(2);
+            let finish = !map.moves.is_empty() && (step.is_none() || next() % 2 == 0);
+            if finish {
+                let shard = map.moves[(next() % map.moves.len() as u64) as usize].shard;
+                map.finish_move(shard, 0);
+            } else if let Some(step) = step {
+                map.apply_placement_step(&step, 0)
+                    .expect("a step the map accepts");
+            } else if join_after.is_none() {
+                return;
+            }
+            map.epoch += 1;
+            map.validate().expect("valid after each step");
+        }
+        panic!("the placement never settled (seed {seed})");
+    }
+
+    #[test]
+    fn growing_balances_replicas_and_leaders_whatever_order_moves_finish_in() {
+        for seed in 0..500 {
+            for shards in [4, 8, 16] {
+                let mut map = cluster(3, shards);
+                map.add_node(Some(NodeId(4)), "127.0.0.1:7004", 104, 0)
+                    .expect("added");
+                let join_5_after = (seed % 7) as usize;
+                settle_concurrently(&mut map, seed, Some((join_5_after, NodeId(5))));
+                let counts = map.replica_counts();
+                assert!(
+                    spread(&counts) <= 1,
+                    "seed {seed}, {shards} shards: replicas {counts:?}"
+                );
+                let leaders = map.preferred_leader_counts();
+                assert!(
+                    spread(&leaders) <= 1,
+                    "seed {seed}, {shards} shards: preferred leaders {leaders:?}"
+                );
+            }
+        }
     }
 
     #[test]
