@@ -18,7 +18,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use rand::Rng;
-use ringkv_client::{Client, ClientConfig, ScanCursor, ScanOptions};
+use ringkv_client::{
+    Client, ClientConfig, Consistency, ReadOptions, ReplicaSelection, ScanCursor, ScanOptions, Session,
+};
 use ringkv_proto::key_hash;
 
 use crate::Args;
@@ -130,6 +132,13 @@ pub async fn run(args: &Args) -> anyhow::Result<LoadResult> {
     let client = Client::with_config(config)
         .await
         .with_context(|| format!("cannot reach the cluster at {}", args.endpoints.join(",")))?;
+    let client = client.with_read_options(read_options(args)?);
+    // Session reads need a session: one for the whole run (every worker's writes and reads).
+    let client = if client.read_options().consistency == Consistency::Session {
+        client.with_session(Session::new())
+    } else {
+        client
+    };
     let value = Bytes::from(
         (0..args.value_size)
             .map(|i| b'a' + (i % 26) as u8)
@@ -381,4 +390,16 @@ async fn preload(args: &Args, client: &Client, value: &Bytes) -> anyhow::Result<
         result??;
     }
     Ok(args.keys)
+}
+
+/// The read options `--consistency` and `--replica` ask for.
+pub fn read_options(args: &Args) -> anyhow::Result<ReadOptions> {
+    let consistency = Consistency::parse(&args.consistency)?;
+    let selection = match args.replica.as_str() {
+        "nearest" => ReplicaSelection::Nearest,
+        "spread" => ReplicaSelection::Spread,
+        "leader" => ReplicaSelection::Leader,
+        other => anyhow::bail!("--replica {other:?}: use nearest, spread or leader"),
+    };
+    Ok(ReadOptions::new(consistency).with_selection(selection))
 }

@@ -52,6 +52,13 @@ pub struct Args {
     /// Write every key once before a read or mixed run, so reads find values.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub preload: bool,
+    /// Consistency of reads and scans: linearizable | replica | session | bounded=DURATION |
+    /// eventual. Below linearizable, reads go to any replica (`--replica`).
+    #[arg(long, default_value = "linearizable")]
+    pub consistency: String,
+    /// Which replica a read below linearizable asks first: nearest | spread | leader.
+    #[arg(long, default_value = "spread")]
+    pub replica: String,
     /// Seconds between progress lines (stderr); 0 for none.
     #[arg(long, default_value_t = 1)]
     pub progress_interval: u64,

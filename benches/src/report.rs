@@ -41,11 +41,13 @@ fn describe(args: &Args) -> String {
         None => format!("closed loop, concurrency {}", args.concurrency),
     };
     format!(
-        "workload {workload}, {} keys ({}), {}-byte values, {pace}, {} s",
+        "workload {workload}, {} keys ({}), {}-byte values, {pace}, {} s, reads {} ({})",
         args.keys,
         distribution_name(args),
         args.value_size,
-        args.duration
+        args.duration,
+        args.consistency,
+        args.replica
     )
 }
 

@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             prefix: Bytes::from_static(b"{user42}"),
             limit: 10,
             cursor: None,
+            read: None,
         })
         .await?;
     for entry in &page.entries {

@@ -34,6 +34,8 @@ pub(crate) enum Attempt {
     /// Not applied: the node could not take the request now (no quorum for a read, shard
     /// unavailable before proposing, node starting, replica out of service).
     NotApplied(String),
+    /// Not applied: a replica could not show its data was fresh enough for the read's level.
+    Behind(String),
     /// Not applied: the request never left (the connection could not be opened).
     Unreachable(String),
     /// May have applied: proposed and unanswered, a node failure, a broken connection, or no
@@ -73,6 +75,7 @@ pub(crate) fn next(attempt: &Attempt) -> Next {
         Attempt::Busy(_) => Next::BackOffBusy,
         Attempt::NotLeader { leader: None }
         | Attempt::NotApplied(_)
+        | Attempt::Behind(_)
         | Attempt::Unreachable(_)
         | Attempt::Ambiguous(_) => Next::BackOff,
     }
@@ -115,6 +118,7 @@ pub(crate) fn classify(status: &tonic::Status) -> Attempt {
         Some(Kind::Unavailable(unavailable)) if unavailable.outcome_unknown => Attempt::Ambiguous(message),
         Some(Kind::Unavailable(_)) => Attempt::NotApplied(message),
         Some(Kind::InvalidArgument(_)) => Attempt::Fatal(Error::InvalidArgument(message)),
+        Some(Kind::ReplicaBehind(_)) => Attempt::Behind(message),
         None => classify_code(status, message),
     }
 }

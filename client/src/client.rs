@@ -1,6 +1,9 @@
-//! The `Client`: its configuration, its shared state (route cache, connections, request ids), the
-//! shard-map refresh, and the public API. Each request runs as a `plan::Plan`.
+//! The `Client`: its configuration, its shared state (route cache, connections, request ids,
+//! replica health), the shard-map refresh, and the public API. Each request runs as a
+//! `plan::Plan`. A handle may carry a `Session` and default `ReadOptions`; clones of a handle
+//! share everything else.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -10,12 +13,15 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
 use ringkv_proto::pb::{self, kv_command::Request as Command, kv_reply::Reply};
-use ringkv_proto::{ShardMap, check_batch, check_key, check_value};
+use ringkv_proto::{ShardId, ShardMap, check_batch, check_key, check_value};
 
+use crate::classify::Attempt;
 use crate::classify::RequestKind;
 use crate::error::Error;
-use crate::plan::{self, MAX_WRITE_RETRY_WINDOW, Plan, Target, unexpected_reply};
-use crate::pool::Pool;
+use crate::plan::{self, AttemptTime, MAX_WRITE_RETRY_WINDOW, Plan, Target, unexpected_reply};
+use crate::pool::{NodeConnection, Pool};
+use crate::read::{Consistency, ReadOptions, ReplicaSelection, Session};
+use crate::replicas::ReplicaHealth;
 use crate::request_ids::RequestIds;
 use crate::route::RouteCache;
 use crate::types::{BatchOp, BatchOutcome, CasOutcome, Expect, Versioned, versioned};
@@ -58,6 +64,10 @@ impl Default for ClientConfig {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
+    /// Writes and reads through this handle advance it; session reads wait for it.
+    session: Option<Session>,
+    /// What `get`, `get_many` and `scan` ask for unless told otherwise.
+    read: ReadOptions,
 }
 
 pub(crate) struct Inner {
@@ -66,6 +76,7 @@ pub(crate) struct Inner {
     pub(crate) routes: Mutex<RouteCache>,
     pub(crate) pool: Pool,
     pub(crate) ids: Arc<RequestIds>,
+    pub(crate) health: ReplicaHealth,
     /// One map refresh at a time; the others wait for it and reuse its result.
     refreshing: AsyncMutex<Instant>,
 }
@@ -90,11 +101,95 @@ impl Client {
             routes: Mutex::new(RouteCache::new(map)),
             pool,
             ids: RequestIds::new(),
+            health: ReplicaHealth::default(),
             refreshing: AsyncMutex::new(Instant::now()),
             config,
         });
         spawn_refresher(Arc::downgrade(&inner));
-        Ok(Client { inner })
+        Ok(Client {
+            inner,
+            session: None,
+            read: ReadOptions::default(),
+        })
+    }
+
+    /// A handle on the same client whose writes and reads advance `session`, and whose reads at
+    /// `Consistency::Session` wait for it. Clones of the session share it.
+    pub fn with_session(&self, session: Session) -> Client {
+        Client {
+            session: Some(session),
+            ..self.clone()
+        }
+    }
+
+    /// A handle on the same client whose `get`, `get_many` and `scan` use `options`.
+    pub fn with_read_options(&self, options: ReadOptions) -> Client {
+        Client {
+            read: options,
+            ..self.clone()
+        }
+    }
+
+    /// What `get`, `get_many` and `scan` ask for on this handle.
+    pub fn read_options(&self) -> ReadOptions {
+        self.read
+    }
+
+    /// The session this handle carries, if any.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Notes in the handle's session (if any) an index the shard routed to by `route` reached.
+    pub(crate) fn observe(&self, route: &pb::RouteHeader, index: u64) {
+        if let Some(session) = &self.session {
+            session.observe(ShardId(route.shard_id), index, route.map_epoch);
+        }
+    }
+
+    /// Runs a read at `options`: at the leader for a linearizable read (or when asked), else at
+    /// the replicas in the order the selection asks for. `send` gets the level to put on the
+    /// wire, with the session's token for the shard the attempt goes to.
+    pub(crate) async fn read<T, F, Fut>(
+        &self,
+        target: Target<'_>,
+        options: ReadOptions,
+        deadline: Instant,
+        send: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(NodeConnection, pb::RouteHeader, AttemptTime, pb::ReadLevel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        if options.consistency == Consistency::Session {
+            let Some(session) = &self.session else {
+                return Err(Error::InvalidArgument(
+                    "a session read needs a session: read through client.with_session(session)".into(),
+                ));
+            };
+            // A map older than the session's may route a key a split moved to its old shard,
+            // whose replica may not have applied the split yet.
+            let epoch = self.inner.routes.lock().expect("route cache lock").map().epoch;
+            if session.map_epoch() > epoch {
+                self.inner.refresh(true, deadline).await.ok();
+            }
+        }
+        let session = self.session.as_ref();
+        let plan = Plan {
+            inner: &self.inner,
+            target,
+            kind: RequestKind::Read,
+            deadline,
+        };
+        let send = |node, route: pb::RouteHeader, time| {
+            let level = options.wire(session, ShardId(route.shard_id));
+            send(node, route, time, level)
+        };
+        if options.consistency.needs_leader() || options.selection == ReplicaSelection::Leader {
+            plan.run(send).await
+        } else {
+            plan.run_on_replicas(options.selection, send).await
+        }
     }
 
     /// The cached shard map, with leader hints.
@@ -141,26 +236,56 @@ impl Client {
         }
     }
 
+    /// Reads `key` at the handle's read options (linearizable unless set otherwise).
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
+        self.get_with(key, self.read).await
+    }
+
+    /// Reads `key` at `options`.
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: ReadOptions,
+    ) -> Result<Option<Versioned>, Error> {
+        Ok(self.get_served(key, options).await?.0)
+    }
+
+    /// Reads `key` at `options`; also says which node served it.
+    pub async fn get_served(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: ReadOptions,
+    ) -> Result<(Option<Versioned>, ringkv_proto::NodeId), Error> {
         let key = Bytes::copy_from_slice(key.as_ref());
         check_key(&key)?;
+        let deadline = self.deadline(RequestKind::Read);
         let response = self
-            .plan(Target::Key(&key), RequestKind::Read)
-            .run(|node, route, time| {
-                let message = pb::GetRequest {
-                    route: Some(route),
-                    key: key.clone(),
-                    consistency: 0,
-                };
-                async move {
-                    match node.commands.call(Command::Get(message), time).await? {
-                        Reply::Get(response) => Ok(response),
-                        other => Err(unexpected_reply("get", &other)),
+            .read(
+                Target::Key(&key),
+                options,
+                deadline,
+                |node, route, time, level| {
+                    let message = pb::GetRequest {
+                        route: Some(route),
+                        key: key.clone(),
+                        level: Some(level),
+                    };
+                    async move {
+                        match node.commands.call(Command::Get(message), time).await? {
+                            Reply::Get(response) => {
+                                self.observe(&route, response.index);
+                                Ok(response)
+                            }
+                            other => Err(unexpected_reply("get", &other)),
+                        }
                     }
-                }
-            })
+                },
+            )
             .await?;
-        Ok(response.value.map(versioned))
+        Ok((
+            response.value.map(versioned),
+            ringkv_proto::NodeId(response.node_id),
+        ))
     }
 
     /// Sets `key` to `value`; returns the version written. Applied at most once, however often it
@@ -182,7 +307,10 @@ impl Client {
                 };
                 async move {
                     match node.commands.call(Command::Put(message), time).await? {
-                        Reply::Put(response) => Ok(response),
+                        Reply::Put(response) => {
+                            self.observe(&route, response.index);
+                            Ok(response)
+                        }
                         other => Err(unexpected_reply("put", &other)),
                     }
                 }
@@ -206,7 +334,10 @@ impl Client {
                 };
                 async move {
                     match node.commands.call(Command::Delete(message), time).await? {
-                        Reply::Delete(response) => Ok(response),
+                        Reply::Delete(response) => {
+                            self.observe(&route, response.index);
+                            Ok(response)
+                        }
                         other => Err(unexpected_reply("delete", &other)),
                     }
                 }
@@ -251,7 +382,10 @@ impl Client {
                 };
                 async move {
                     match node.commands.call(Command::Cas(message), time).await? {
-                        Reply::Cas(response) => Ok(response),
+                        Reply::Cas(response) => {
+                            self.observe(&route, response.index);
+                            Ok(response)
+                        }
                         other => Err(unexpected_reply("compare-and-swap", &other)),
                     }
                 }
@@ -278,15 +412,125 @@ impl Client {
             }
         }
         check_batch(ops.len(), total)?;
-        plan::batch(&self.inner, ops, self.deadline(RequestKind::Write)).await
+        plan::batch(self, ops, self.deadline(RequestKind::Write)).await
     }
 
-    /// Reads many keys at once, concurrently; results are in the order of `keys`.
+    /// Reads many keys at the handle's read options; results are in the order of `keys`.
     pub async fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Versioned>>, Error> {
-        join_all(keys.iter().map(|key| self.get(key)))
-            .await
-            .into_iter()
-            .collect()
+        self.get_many_with(keys, self.read).await
+    }
+
+    /// Reads many keys at `options`: one request per shard (of at most `MULTI_GET_CHUNK` keys),
+    /// the shards' requests concurrent. Results are in the order of `keys`; the first shard's
+    /// error fails the whole read.
+    pub async fn get_many_with<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        options: ReadOptions,
+    ) -> Result<Vec<Option<Versioned>>, Error> {
+        let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+        {
+            let routes = self.inner.routes.lock().expect("route cache lock");
+            for (index, key) in keys.iter().enumerate() {
+                check_key(key.as_ref())?;
+                by_shard
+                    .entry(routes.shard_for_key(key.as_ref()))
+                    .or_default()
+                    .push(index);
+            }
+        }
+        let deadline = self.deadline(RequestKind::Read);
+        let parts = by_shard
+            .into_values()
+            .flat_map(|indexes| {
+                indexes
+                    .chunks(MULTI_GET_CHUNK)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .map(|indexes| {
+                let part: Vec<Bytes> = indexes
+                    .iter()
+                    .map(|index| Bytes::copy_from_slice(keys[*index].as_ref()))
+                    .collect();
+                async move {
+                    let values = self.multi_get_part(&part, options, deadline).await?;
+                    Ok::<_, Error>(indexes.into_iter().zip(values).collect::<Vec<_>>())
+                }
+            });
+        let mut results = vec![None; keys.len()];
+        for part in join_all(parts).await {
+            for (index, value) in part? {
+                results[index] = value;
+            }
+        }
+        Ok(results)
+    }
+
+    /// One multi-get request for keys of one shard (as the cached map routes them; a split
+    /// since is answered `WrongShard`, and the part is read again, split by the new map).
+    async fn multi_get_part(
+        &self,
+        keys: &[Bytes],
+        options: ReadOptions,
+        deadline: Instant,
+    ) -> Result<Vec<Option<Versioned>>, Error> {
+        // Set when the map, refreshed during the read, no longer puts the keys in one shard.
+        let regroup = std::sync::atomic::AtomicBool::new(false);
+        let regroup = &regroup;
+        let attempt = self
+            .read(
+                Target::Key(&keys[0]),
+                options,
+                deadline,
+                |node, route, time, level| {
+                    let split = {
+                        let routes = self.inner.routes.lock().expect("route cache lock");
+                        keys.iter()
+                            .any(|key| routes.shard_for_key(key).0 != route.shard_id)
+                    };
+                    let message = pb::MultiGetRequest {
+                        route: Some(route),
+                        keys: keys.to_vec(),
+                        level: Some(level),
+                    };
+                    async move {
+                        if split {
+                            regroup.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(Attempt::Fatal(Error::Protocol("the keys span shards now".into())));
+                        }
+                        match node.commands.call(Command::MultiGet(message), time).await? {
+                            Reply::MultiGet(response) if response.values.len() == keys.len() => {
+                                self.observe(&route, response.index);
+                                Ok(response)
+                            }
+                            Reply::MultiGet(response) => Err(Attempt::Fatal(Error::Protocol(format!(
+                                "the node answered a multi-get of {} keys with {} values",
+                                keys.len(),
+                                response.values.len()
+                            )))),
+                            other => Err(unexpected_reply("multi-get", &other)),
+                        }
+                    }
+                },
+            )
+            .await;
+        match attempt {
+            Ok(response) => Ok(response
+                .values
+                .into_iter()
+                .map(|maybe| maybe.value.map(versioned))
+                .collect()),
+            // A split moved some keys to another shard: read them one by one (rare).
+            Err(_) if regroup.load(std::sync::atomic::Ordering::Relaxed) => {
+                let mut values = Vec::with_capacity(keys.len());
+                for key in keys {
+                    values.push(self.get_with(key, options).await?);
+                }
+                Ok(values)
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -354,3 +598,6 @@ fn spawn_refresher(inner: Weak<Inner>) {
         }
     });
 }
+
+/// Keys one multi-get request names at most (the node's limit).
+const MULTI_GET_CHUNK: usize = 1_000;

@@ -1,7 +1,9 @@
 //! ringkv-client: the embeddable async client. It fetches the shard map from any node, hashes
 //! each key to its shard with the same function the servers use, and sends the request straight
-//! to that shard's leader, following leader changes and map changes on its own. Every write
-//! carries a request id, so retries after an ambiguous failure apply it at most once.
+//! to that shard's leader (a read below linearizable to any of its replicas), following leader
+//! changes and map changes on its own. Every write carries a request id, so retries after an
+//! ambiguous failure apply it at most once. Reads take a consistency level per request
+//! (`ReadOptions`); a `Session` carries read-your-writes across replicas and processes.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), ringkv_client::Error> {
@@ -13,7 +15,8 @@
 //!
 //! Layout: `client` (the API), `plan` (route, send, retry, merge), `classify` (what a failure
 //! means), `pool` (connections), `commands` (the per-node request stream), `route` (the shard-map
-//! cache), `request_ids`, `scan`, `check` (the replica check), `admin` (moves, decommission), `backoff`,
+//! cache), `request_ids`, `read` (consistency levels, sessions), `replicas` (which replica
+//! serves a read), `scan`, `check` (the replica check), `admin` (moves, decommission), `backoff`,
 //! `error`, `types`.
 
 mod admin;
@@ -25,6 +28,8 @@ mod commands;
 mod error;
 mod plan;
 mod pool;
+mod read;
+mod replicas;
 mod request_ids;
 mod route;
 mod scan;
@@ -34,6 +39,7 @@ pub use backoff::Backoff;
 pub use check::{CheckReport, ReplicaDigest, ShardCheck};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, ShardOutcome};
+pub use read::{Consistency, ReadOptions, ReplicaSelection, Session};
 pub use ringkv_proto::{NodeId, NodeState, ReplicaId, ShardId, ShardMap};
 pub use scan::{ScanCursor, ScanOptions, ScanPage};
 pub use types::{BatchOp, BatchOutcome, CasOutcome, Expect, KeyValue, Versioned};

@@ -22,9 +22,10 @@ use ringkv_proto::pb::{self, kv_command::Request as Command, kv_reply::Reply};
 
 use crate::backoff::Backoff;
 use crate::classify::{Attempt, Next, RequestKind, classify, final_error, next};
-use crate::client::Inner;
+use crate::client::{Client, Inner};
 use crate::error::{Error, ShardOutcome};
 use crate::pool::NodeConnection;
+use crate::read::ReplicaSelection;
 use crate::types::{BatchOp, BatchOutcome};
 
 /// Longest time one attempt may take, so one stalled node cannot eat a whole deadline: after it,
@@ -98,6 +99,7 @@ pub(crate) async fn unary<T>(
 pub(crate) fn unexpected_reply(request: &str, reply: &Reply) -> Attempt {
     let kind = match reply {
         Reply::Get(_) => "get",
+        Reply::MultiGet(_) => "multi-get",
         Reply::Put(_) => "put",
         Reply::Delete(_) => "delete",
         Reply::Cas(_) => "compare-and-swap",
@@ -234,6 +236,97 @@ impl Plan<'_> {
         }
     }
 
+    /// Runs `send` against the shard's replicas in the order `selection` asks for, any of which
+    /// may serve (a read below linearizable): a replica that fails, or answers that it is behind,
+    /// is set aside for a while (`replicas::SKIP_FOR`) and the next is tried at once; when every
+    /// replica has been tried, the plan backs off and starts over, until the deadline.
+    pub(crate) async fn run_on_replicas<T, F, Fut>(
+        &self,
+        selection: ReplicaSelection,
+        send: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(NodeConnection, pb::RouteHeader, AttemptTime) -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let inner = self.inner;
+        let mut backoff = Backoff::no_leader();
+        let mut attempts = 0u32;
+        let mut tried: Vec<ringkv_proto::NodeId> = Vec::new();
+        let mut last_error = String::from("no attempt made");
+        loop {
+            let now = Instant::now();
+            let (shard_id, route) = {
+                let routes = inner.routes.lock().expect("route cache lock");
+                let shard_id = match self.target {
+                    Target::Key(key) => routes.shard_for_key(key),
+                    Target::Shard(id) => id,
+                    Target::Hash(hash) => routes.shard_for_hash(hash),
+                };
+                let order = inner
+                    .health
+                    .order(shard_id, routes.replica_nodes(shard_id), selection, now);
+                let next = order.into_iter().find(|node| !tried.contains(node));
+                (shard_id, next.and_then(|node| routes.route_to(shard_id, node)))
+            };
+            let too_late = self.deadline.saturating_duration_since(now) < MIN_ATTEMPT && attempts > 0;
+            if now >= self.deadline || too_late {
+                return Err(Error::Unavailable {
+                    shard_id,
+                    attempts,
+                    last_error,
+                });
+            }
+            let Some(route) = route else {
+                // Every replica tried (or none known): look at the map again, back off, start over.
+                tried.clear();
+                inner.refresh(false, self.deadline).await.ok();
+                self.pause(&mut backoff).await;
+                continue;
+            };
+            attempts += 1;
+            tried.push(route.node_id);
+            let time = AttemptTime::within(self.deadline - now);
+            let header = pb::RouteHeader {
+                shard_id: route.shard_id.0,
+                map_epoch: route.epoch,
+            };
+            let attempt = match inner.pool.node(&route.addr) {
+                Err(error) => Attempt::Unreachable(error),
+                Ok(node) => match tokio::time::timeout(time.wait, send(node, header, time)).await {
+                    Ok(Ok(response)) => {
+                        inner.health.record_latency(route.node_id, now.elapsed());
+                        return Ok(response);
+                    }
+                    Ok(Err(attempt)) => attempt,
+                    Err(_) => Attempt::Ambiguous(format!(
+                        "no answer from node {} within {} ms",
+                        route.node_id,
+                        time.wait.as_millis()
+                    )),
+                },
+            };
+            debug!(shard_id = %shard_id, node = %route.node_id, attempt = attempts, outcome = ?attempt, "replica read attempt failed");
+            match attempt {
+                Attempt::Fatal(error) => return Err(error),
+                Attempt::WrongShard => {
+                    last_error = "the cached shard map is stale".into();
+                    let epoch = route.epoch;
+                    inner.refresh(true, self.deadline).await.ok();
+                    tried.clear();
+                    let newer = inner.routes.lock().expect("route cache lock").map().epoch > epoch;
+                    if !newer {
+                        self.pause(&mut backoff).await;
+                    }
+                }
+                attempt => {
+                    last_error = format!("node {} at {}: {}", route.node_id, route.addr, describe(&attempt));
+                    inner.health.skip(shard_id, route.node_id, Instant::now());
+                }
+            }
+        }
+    }
+
     async fn pause(&self, backoff: &mut Backoff) {
         self.sleep(backoff.next_delay()).await;
     }
@@ -251,6 +344,7 @@ fn describe(attempt: &Attempt) -> String {
         Attempt::NotLeader { .. } => "not the leader, and knows none".into(),
         Attempt::WrongShard => "the cached shard map is stale".into(),
         Attempt::Busy(message)
+        | Attempt::Behind(message)
         | Attempt::NotApplied(message)
         | Attempt::Unreachable(message)
         | Attempt::Ambiguous(message) => message.clone(),
@@ -260,10 +354,11 @@ fn describe(attempt: &Attempt) -> String {
 /// Applies `ops`, split by shard and sent concurrently, each part atomic within its shard and
 /// carrying its own request id. Returns every part's version, or the typed outcome of each part.
 pub(crate) async fn batch(
-    inner: &Inner,
+    client: &Client,
     ops: Vec<BatchOp>,
     deadline: Instant,
 ) -> Result<BatchOutcome, Error> {
+    let inner: &Inner = &client.inner;
     let mut by_shard: BTreeMap<ShardId, Vec<BatchOp>> = BTreeMap::new();
     {
         let routes = inner.routes.lock().expect("route cache lock");
@@ -305,7 +400,10 @@ pub(crate) async fn batch(
                 async move {
                     let reply = node.commands.call(Command::Batch(message), time).await?;
                     match reply {
-                        Reply::Batch(response) => Ok(response),
+                        Reply::Batch(response) => {
+                            client.observe(&route, response.index);
+                            Ok(response)
+                        }
                         other => Err(unexpected_reply("batch", &other)),
                     }
                 }

@@ -58,6 +58,33 @@ impl RouteCache {
         })
     }
 
+    /// The nodes holding `shard_id`'s replicas, voters and read replicas (learners).
+    pub(crate) fn replica_nodes(&self, shard_id: ShardId) -> Vec<NodeId> {
+        let Some(shard) = self.map.shard(shard_id) else {
+            return Vec::new();
+        };
+        let mut nodes: Vec<NodeId> = shard
+            .voters
+            .iter()
+            .chain(&shard.learners)
+            .map(|replica| replica.node_id)
+            .collect();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Where an attempt at `node`'s replica of `shard_id` goes; `None` when the map does not
+    /// know the node.
+    pub(crate) fn route_to(&self, shard_id: ShardId, node_id: NodeId) -> Option<Route> {
+        let addr = self.map.node_addr(node_id)?.to_owned();
+        Some(Route {
+            shard_id,
+            epoch: self.map.epoch,
+            node_id,
+            addr,
+        })
+    }
+
     pub(crate) fn shard_for_key(&self, key: &[u8]) -> ShardId {
         self.map.shard_for_key(key).id
     }

@@ -9,8 +9,9 @@ use ringkv_proto::pb;
 use crate::classify::RequestKind;
 use crate::client::Client;
 use crate::error::Error;
-use crate::plan::{Plan, Target, request, unary};
+use crate::plan::{Target, request, unary};
 use crate::pool::kv;
+use crate::read::ReadOptions;
 use crate::types::KeyValue;
 
 /// Pages fetched per `scan` call at most, so a selective prefix over a huge keyspace returns a
@@ -25,6 +26,8 @@ pub struct ScanOptions {
     pub limit: usize,
     /// Where a previous scan stopped.
     pub cursor: Option<ScanCursor>,
+    /// The level to read at; `None`: the client handle's read options.
+    pub read: Option<ReadOptions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +113,7 @@ impl Client {
         let mut entries = Vec::new();
         // One deadline for the whole call, however many pages it reads.
         let deadline = self.deadline(RequestKind::Read);
+        let read = options.read.unwrap_or(self.read_options());
         for _ in 0..MAX_PAGES_PER_CALL {
             // Routed by the hash the scan stands at, which a split may have moved to another
             // shard since the last page; the cursor names that hash too, so the shard owning it
@@ -120,23 +124,26 @@ impl Client {
                 shard_cursor.clone()
             };
             let want = (limit - entries.len()) as u32;
-            let plan = Plan {
-                inner: &self.inner,
-                target: Target::Hash(ring_position),
-                kind: RequestKind::Read,
-                deadline,
-            };
-            let response = plan
-                .run(|node, route, time| {
-                    let message = pb::ScanRequest {
-                        route: Some(route),
-                        cursor: cursor.clone(),
-                        prefix: options.prefix.clone(),
-                        limit: want,
-                        consistency: 0,
-                    };
-                    async move { unary(kv(node.channel).scan(request(message, time))).await }
-                })
+            let response = self
+                .read(
+                    Target::Hash(ring_position),
+                    read,
+                    deadline,
+                    |node, route, time, level| {
+                        let message = pb::ScanRequest {
+                            route: Some(route),
+                            cursor: cursor.clone(),
+                            prefix: options.prefix.clone(),
+                            limit: want,
+                            level: Some(level),
+                        };
+                        async move {
+                            let response = unary(kv(node.channel).scan(request(message, time))).await?;
+                            self.observe(&route, response.index);
+                            Ok(response)
+                        }
+                    },
+                )
                 .await?;
             entries.extend(response.entries.into_iter().map(|e| KeyValue {
                 key: e.key,

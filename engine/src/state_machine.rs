@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::codec;
 use crate::error::Error;
 use crate::keys::{self, META_APPLIED};
+use crate::progress::AppliedBound;
 use crate::rocks::{Cf, DigestState, Engine, HashRange, View, WriteOps};
 use crate::sessions::{self, Admission, SessionClock, Sessions};
 use crate::snapshot::{self, SnapshotBuilder, SnapshotFile};
@@ -68,6 +69,8 @@ pub struct StateMachine {
     range: ShardRange,
     /// The applied state as of the last apply or install; the copy on disk is authoritative.
     applied: AppliedState,
+    /// Raised before each write of applied state (see `progress`).
+    bound: AppliedBound,
     /// `None` only while an apply group holds it on the blocking pool.
     sessions: Option<Sessions>,
     /// Serializes changes of the shard's current snapshot between builders and installs.
@@ -88,6 +91,7 @@ impl StateMachine {
             engine,
             shard,
             range: ShardRange::new(range),
+            bound: AppliedBound::new(applied.last_applied.map_or(0, |id| id.index)),
             applied,
             sessions: Some(sessions),
             snapshot_lock,
@@ -101,6 +105,11 @@ impl StateMachine {
     /// The shard's range as this replica applies it, kept current by later applies.
     pub fn range(&self) -> ShardRange {
         self.range.clone()
+    }
+
+    /// The bound on what reads of this replica may have seen, kept current by later applies.
+    pub fn applied_bound(&self) -> AppliedBound {
+        self.bound.clone()
     }
 
     /// Clients with a session in this shard's request-id table.
@@ -418,6 +427,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(io::Error::other("apply failed (test switch fail_apply)"));
             }
             let (shard, range) = (self.shard, self.range.clone());
+            // Before anything of the group is written (a digest or a split writes mid-group).
+            self.bound.raise(group.last().expect("not empty").log_id.index);
             if bytes <= IN_PLACE_APPLY_BYTES
                 && !self
                     .engine
@@ -479,6 +490,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
+        if let Some(last) = &meta.last_log_id {
+            self.bound.raise(last.index);
+        }
         let (shard, range, lock, meta) = (
             self.shard,
             self.range.get(),

@@ -31,6 +31,14 @@ pub enum ServiceError {
         outcome_unknown: bool,
         reason: String,
     },
+    /// A replica cannot show its data is fresh enough for the read's level: nothing was read;
+    /// another replica, or the leader, may serve it.
+    #[error("shard {shard_id} cannot serve this read here: {reason}; try another replica or the leader")]
+    ReplicaBehind {
+        shard_id: ShardId,
+        applied_index: u64,
+        reason: String,
+    },
     /// This node leads the shard, but its leader lease lapsed (no quorum answered its messages in
     /// time) and could not be renewed within the budget: the write was refused before it was
     /// appended, so it was certainly not applied. Sent to clients as `Unavailable`.
@@ -96,6 +104,17 @@ impl From<ServiceError> for Status {
                 };
                 (Code::Unavailable, Some(Kind::Unavailable(detail)))
             }
+            ServiceError::ReplicaBehind {
+                shard_id,
+                applied_index,
+                ..
+            } => {
+                let detail = pb::ReplicaBehind {
+                    shard_id: shard_id.0,
+                    applied_index,
+                };
+                (Code::Unavailable, Some(Kind::ReplicaBehind(detail)))
+            }
             ServiceError::Internal(_) => (Code::Internal, None),
         };
         match kind {
@@ -120,6 +139,11 @@ pub(crate) fn from_status(shard_id: ShardId, status: &Status) -> ServiceError {
         Some(Kind::NotLeader(hint)) => ServiceError::NotLeader {
             shard_id,
             leader: (hint.leader_node_id != 0).then_some((NodeId(hint.leader_node_id), hint.leader_addr)),
+        },
+        Some(Kind::ReplicaBehind(behind)) => ServiceError::ReplicaBehind {
+            shard_id,
+            applied_index: behind.applied_index,
+            reason,
         },
         Some(Kind::Unavailable(unavailable)) => ServiceError::Unavailable {
             shard_id,

@@ -32,13 +32,22 @@ pub(super) enum Command {
     /// Run a node. With no flags: a single-node cluster on 127.0.0.1:7379 with data in ./ringkv-data.
     Start(Box<StartArgs>),
     /// Set KEY to VALUE.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// Write within a session (`new` for a fresh one) and print it after, on stderr, for a
+        /// later `get --consistency session --session ...`.
+        #[arg(long)]
+        session: Option<String>,
+    },
     /// Print KEY's value; exits 1 if the key does not exist.
     Get {
         key: String,
         /// Also print the version (the log index that last wrote the key).
         #[arg(long)]
         version: bool,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Delete KEY; exits 1 if it did not exist.
     Del { key: String },
@@ -55,6 +64,8 @@ pub(super) enum Command {
         /// Continue from the cursor a previous scan printed.
         #[arg(long)]
         cursor: Option<String>,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Show nodes and shards: arcs, voters, leaders, applied indexes, failed replicas.
     Status {
@@ -73,6 +84,24 @@ pub(super) enum Command {
     /// Operate on nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+}
+
+/// How fresh a read must be, and where it may be served.
+#[derive(Args, Debug)]
+pub(super) struct ReadArgs {
+    /// eventual | bounded=DURATION (500ms, 2s) | session | replica | linearizable. Below
+    /// linearizable, any replica may serve (README, "Consistency levels").
+    #[arg(long, default_value = "linearizable")]
+    pub(super) consistency: String,
+    /// Which replica to ask first for a read below linearizable: nearest | spread | leader, or a
+    /// node id.
+    #[arg(long, default_value = "nearest")]
+    pub(super) replica: String,
+    /// For --consistency session: the session printed by an earlier command (`session: ...` on
+    /// stderr), to read your own writes across commands. Any command run with --session prints
+    /// the session after it.
+    #[arg(long)]
+    pub(super) session: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,9 +8,12 @@ use bytes::Bytes;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use ringkv_client::{Client, ClientConfig, Expect, NodeId, ScanCursor, ScanOptions, ShardId};
+use ringkv_client::{
+    Client, ClientConfig, Consistency, Expect, NodeId, ReadOptions, ReplicaSelection, ScanCursor,
+    ScanOptions, Session, ShardId,
+};
 
-use super::args::{CasArgs, Cli, Command, NodeCommand, ShardCommand};
+use super::args::{CasArgs, Cli, Command, NodeCommand, ReadArgs, ShardCommand};
 use super::{report, start};
 
 /// Process entry point for the `ringkv` binary.
@@ -57,22 +60,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::with_config(config).await?;
     match start_args {
         Command::Start(_) => unreachable!("handled above"),
-        Command::Put { key, value } => {
+        Command::Put { key, value, session } => {
+            let client = match session.as_deref() {
+                None => client,
+                Some("new") => client.with_session(Session::new()),
+                Some(text) => client.with_session(Session::decode(text)?),
+            };
             let version = client.put(&key, &value).await?;
             println!("OK (version {version})");
+            print_session(&client);
         }
-        Command::Get { key, version } => match client.get(&key).await? {
-            Some(value) => {
-                println!("{}", String::from_utf8_lossy(&value.value));
-                if version {
-                    println!("version {}", value.version);
+        Command::Get { key, version, read } => {
+            let (client, options) = reading(&client, &read)?;
+            let found = client.get_with(&key, options).await?;
+            print_session(&client);
+            match found {
+                Some(value) => {
+                    println!("{}", String::from_utf8_lossy(&value.value));
+                    if version {
+                        println!("version {}", value.version);
+                    }
+                }
+                None => {
+                    eprintln!("key not found: {key}");
+                    return Ok(ExitCode::from(1));
                 }
             }
-            None => {
-                eprintln!("key not found: {key}");
-                return Ok(ExitCode::from(1));
-            }
-        },
+        }
         Command::Del { key } => {
             if !client.delete(&key).await? {
                 eprintln!("key not found: {key}");
@@ -85,15 +99,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             prefix,
             limit,
             cursor,
+            read,
         } => {
             let cursor = cursor.map(|text| ScanCursor::decode(&text)).transpose()?;
+            let (client, options) = reading(&client, &read)?;
             let page = client
                 .scan(ScanOptions {
                     prefix: Bytes::from(prefix),
                     limit,
                     cursor,
+                    read: Some(options),
                 })
                 .await?;
+            print_session(&client);
             for entry in &page.entries {
                 println!(
                     "{}\t{}",
@@ -272,5 +290,33 @@ async fn decommission(client: &Client, node: NodeId, wait: Option<u64>) -> anyho
             println!("still draining after {seconds} s; `ringkv node list` shows its progress");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// The client handle and read options `--consistency`, `--replica` and `--session` ask for.
+fn reading(client: &Client, args: &ReadArgs) -> anyhow::Result<(Client, ReadOptions)> {
+    let consistency = Consistency::parse(&args.consistency)?;
+    let selection = match args.replica.as_str() {
+        "nearest" => ReplicaSelection::Nearest,
+        "spread" => ReplicaSelection::Spread,
+        "leader" => ReplicaSelection::Leader,
+        node => match node.parse::<u64>() {
+            Ok(id) => ReplicaSelection::Node(NodeId(id)),
+            Err(_) => bail!("--replica {node:?}: use nearest, spread, leader or a node id"),
+        },
+    };
+    let client = match (&args.session, consistency) {
+        (Some(text), _) => client.with_session(Session::decode(text)?),
+        // A session read with no earlier session: an empty one (any replica serves).
+        (None, Consistency::Session) => client.with_session(Session::new()),
+        (None, _) => client.clone(),
+    };
+    Ok((client, ReadOptions::new(consistency).with_selection(selection)))
+}
+
+/// Prints the handle's session, if it has one, for a later command's `--session`.
+fn print_session(client: &Client) {
+    if let Some(session) = client.session() {
+        eprintln!("session: {}", session.encode());
     }
 }

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use ringkv_engine::{
-    CommandResult, Engine, HashRange, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId, ShardRaft,
-    ShardRange,
+    AppliedBound, CommandResult, Engine, HashRange, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId,
+    ShardRaft, ShardRange,
 };
 use ringkv_proto::shard_map::bootstrap_replica_id;
 use ringkv_proto::{Shard, ShardMap};
@@ -26,6 +26,7 @@ use super::controller::spawn_controller;
 use super::metadata::spawn_map_follower;
 use super::moves::spawn_mover;
 use super::quiesce::{PeerLiveness, QuietState, spawn_pulses, spawn_quiescer};
+use super::reads::LeaderContact;
 use super::reconcile::spawn_reconciler;
 use super::splits::{spawn_split_checker, spawn_splitter};
 use crate::config::NodeConfig;
@@ -52,6 +53,10 @@ pub struct ShardReplica {
     failure: Mutex<Option<String>>,
     /// Whether its Raft timer is off because the shard is idle (see `quiesce`).
     pub(crate) quiet: QuietState,
+    /// At or above the index of any state a read of the replica has seen (a session's token).
+    pub applied_bound: AppliedBound,
+    /// When leaders last told it commit indexes (bounded-staleness reads; see `reads`).
+    pub(crate) contact: LeaderContact,
 }
 
 impl ShardReplica {
@@ -62,7 +67,14 @@ impl ShardReplica {
 
 /// The outcome of a write in flight, shared by every attempt of the same request (see
 /// `Node::write`): `None` until the proposal finishes.
-pub(crate) type WriteOutcome = Option<Result<CommandResult, ServiceError>>;
+pub(crate) type WriteOutcome = Option<Result<Applied, ServiceError>>;
+
+/// A write's result, and the log index at which it applied.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub result: CommandResult,
+    pub index: ringkv_engine::LogIndex,
+}
 
 /// Writes in flight on this node, by shard and request id.
 pub(crate) type Inflight = HashMap<(ShardId, RequestId), watch::Receiver<WriteOutcome>>;
@@ -257,6 +269,7 @@ impl Node {
             .run_blocking(move |engine| engine.state_machine(shard_id, range))
             .await?;
         let range = state_machine.range();
+        let applied_bound = state_machine.applied_bound();
         let network =
             ShardNetworkFactory::new(shard.id, self.transport.clone(), identity, self.raft_timeouts);
         let raft = ShardRaft::new(
@@ -320,6 +333,8 @@ impl Node {
             votes_from,
             failure: Mutex::new(None),
             quiet: QuietState::default(),
+            applied_bound,
+            contact: LeaderContact::default(),
         });
         {
             // Checked under the lock `shutdown` drains the replicas with: a group that finishes

@@ -171,6 +171,7 @@ impl Node {
         match self
             .write(&leader, Proposal::internal(command), remaining)
             .await?
+            .result
         {
             CommandResult::Cas { succeeded: true, .. } => {
                 if let Err(error) = self.adopt_map(proposed.clone()).await {
@@ -494,6 +495,7 @@ async fn seed(node: &Node, replica: &Arc<ShardReplica>) {
     match node
         .write(replica, Proposal::internal(command), SEED_RETRY * 10)
         .await
+        .map(|applied| applied.result)
     {
         Ok(CommandResult::Cas { succeeded, .. }) => {
             info!(

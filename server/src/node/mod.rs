@@ -4,7 +4,8 @@
 //! - `slot` — what the services serve while the node starts;
 //! - `host` — the `Node`: starting groups, failures, shutdown; `leadership` — handing leadership
 //!   over before a graceful stop, and watched transfers;
-//! - `requests` — serving client requests; `raft_rpc` — serving peers' Raft messages;
+//! - `requests` — serving client requests; `reads` — what a read waits for at each consistency
+//!   level; `raft_rpc` — serving peers' Raft messages;
 //! - `metadata` — the metadata group that stores the shard map, and following its changes;
 //!   `reconcile` — starting and deleting replicas as the map places them; `moves` — moving a
 //!   replica to another node, step by step;
@@ -21,12 +22,14 @@ mod metadata;
 mod moves;
 mod quiesce;
 mod raft_rpc;
+mod reads;
 mod reconcile;
 mod requests;
 pub mod slot;
 mod splits;
 mod status;
 
-pub use host::{Node, ShardReplica};
+pub use host::{Applied, Node, ShardReplica};
+pub use reads::ReadLevel;
 pub use slot::NodeSlot;
 pub use splits::SplitPolicy;

@@ -95,7 +95,7 @@ impl Node {
         }
     }
 
-    fn raft_target(
+    pub(super) fn raft_target(
         &self,
         header: &RaftHeader,
         shard_id: ShardId,
@@ -136,7 +136,17 @@ impl Node {
     ) -> Result<AppendEntriesResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
         self.wake_on_message(&replica, Some(rpc.vote.leader_id().term), !rpc.entries.is_empty());
-        replica.raft.append_entries(rpc).await.map_err(|e| e.to_string())
+        let arrived = Instant::now();
+        let sent = super::reads::SentBounds::of(&rpc);
+        let response = replica
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(committed) = sent.commit_shown(&response) {
+            replica.contact.record(committed, arrived);
+        }
+        Ok(response)
     }
 
     pub async fn raft_vote(

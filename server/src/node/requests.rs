@@ -20,7 +20,7 @@ use ringkv_engine::{
 };
 use ringkv_proto::pb;
 
-use super::host::{Node, ShardReplica, WriteOutcome};
+use super::host::{Applied, Node, ShardReplica, WriteOutcome};
 use crate::error::ServiceError;
 
 /// How long a proposal may stay unanswered before the node stops waiting for it, whatever the
@@ -108,7 +108,7 @@ impl Node {
         replica: &Arc<ShardReplica>,
         proposal: Proposal,
         budget: Duration,
-    ) -> Result<CommandResult, ServiceError> {
+    ) -> Result<Applied, ServiceError> {
         let started = std::time::Instant::now();
         self.activate(replica, true, budget).await;
         let result = self
@@ -144,7 +144,7 @@ impl Node {
         replica: &Arc<ShardReplica>,
         proposal: Proposal,
         budget: Duration,
-    ) -> Result<CommandResult, ServiceError> {
+    ) -> Result<Applied, ServiceError> {
         let shard_id = replica.shard_id;
         let mut outcome = match proposal.request {
             Some(request) => {
@@ -165,13 +165,19 @@ impl Node {
         let waited = tokio::time::timeout(budget, outcome.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(done)) => match done.clone().expect("waited for Some") {
-                Ok(CommandResult::Refused { reason }) => Err(ServiceError::Unavailable {
+                Ok(Applied {
+                    result: CommandResult::Refused { reason },
+                    ..
+                }) => Err(ServiceError::Unavailable {
                     shard_id,
                     outcome_unknown: true,
                     reason,
                 }),
                 // Certainly not applied: a split gave the key to another shard.
-                Ok(CommandResult::NotInShard) => Err(self.moved_by_split(shard_id)),
+                Ok(Applied {
+                    result: CommandResult::NotInShard,
+                    ..
+                }) => Err(self.moved_by_split(shard_id)),
                 other => other,
             },
             Ok(Err(_)) => Err(ServiceError::Unavailable {
@@ -381,9 +387,12 @@ fn write_outcome(
     node_id: NodeId,
     shard_id: ShardId,
     result: ClientWriteResult,
-) -> Result<CommandResult, ServiceError> {
+) -> Result<Applied, ServiceError> {
     match result {
-        Ok(response) => Ok(response.data),
+        Ok(response) => Ok(Applied {
+            result: response.data,
+            index: response.log_id.index,
+        }),
         // Refused before its entry was appended, by a leader whose lease lapsed: certainly not
         // applied. Not `NotLeader`: this node still leads (`write` renews the lease and retries).
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))

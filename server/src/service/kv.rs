@@ -1,6 +1,7 @@
 //! The Kv service: validates each request, routes it to the local replica of the key's shard, and
 //! either proposes a command (writes, with the client's request id so retries apply once) or
-//! waits for a linearizable read barrier and reads the engine. Every wait is bounded by the
+//! waits for what the read's consistency level needs (`node::reads`) and reads the engine. Every
+//! answer carries a log index a session keeps as its token for the shard. Every wait is bounded by the
 //! request's budget (`ringkv-budget-ms` on a unary call, `budget_ms` on a command of the
 //! `Commands` stream, served in `kv_commands`).
 
@@ -16,8 +17,10 @@ use ringkv_proto::{check_batch, check_key, check_scan, check_value};
 
 use super::kv_commands::ReplyStream;
 use crate::error::ServiceError;
-use crate::node::{Node, NodeSlot};
+use crate::node::{Applied, Node, NodeSlot, ReadLevel};
 
+/// Most keys one multi-get may name (a client splits larger reads).
+pub const MAX_MULTI_GET_KEYS: usize = 1_000;
 /// Largest page a scan returns, whatever the client asks for.
 const MAX_SCAN_LIMIT: usize = 10_000;
 /// Page size when the client leaves `limit` at 0.
@@ -106,8 +109,9 @@ impl KvService {
     ) -> Result<pb::GetResponse, ServiceError> {
         let node = self.node()?;
         let budget = node.budget(budget);
+        let level = ReadLevel::from_wire(request.level.as_ref())?;
         let replica = node.route(request.route.as_ref(), &request.key)?;
-        node.linearizable_barrier(&replica, budget).await?;
+        node.read_barrier(&replica, level, budget).await?;
         // Checked once the replica has applied what the barrier asked for: a split applied by
         // then gave the key to another shard, whose replica here may be behind.
         if !replica.range.get().holds_key(&request.key) {
@@ -116,6 +120,61 @@ impl KvService {
         let value = node.read_key(&replica, request.key.to_vec()).await?;
         Ok(pb::GetResponse {
             value: value.map(versioned),
+            // Loaded after the read: at or above the state it saw.
+            index: replica.applied_bound.get(),
+            node_id: node.node_id().0,
+        })
+    }
+
+    /// Reads many keys of one shard at one level: one barrier, then every key.
+    pub(super) async fn multi_get(
+        &self,
+        budget: Option<Duration>,
+        request: pb::MultiGetRequest,
+    ) -> Result<pb::MultiGetResponse, ServiceError> {
+        let node = self.node()?;
+        let budget = node.budget(budget);
+        let level = ReadLevel::from_wire(request.level.as_ref())?;
+        let Some(first) = request.keys.first() else {
+            return Err(ServiceError::InvalidArgument(
+                "a multi-get needs at least one key".into(),
+            ));
+        };
+        if request.keys.len() > MAX_MULTI_GET_KEYS {
+            return Err(ServiceError::InvalidArgument(format!(
+                "a multi-get names at most {MAX_MULTI_GET_KEYS} keys (got {})",
+                request.keys.len()
+            )));
+        }
+        let replica = node.route(request.route.as_ref(), first)?;
+        for (index, key) in request.keys.iter().enumerate().skip(1) {
+            check_key(key).map_err(|e| ServiceError::InvalidArgument(format!("key {index}: {e}")))?;
+            let shard = node.route(request.route.as_ref(), key).map(|r| r.shard_id);
+            if shard.as_ref().ok() != Some(&replica.shard_id) {
+                return Err(shard.err().unwrap_or_else(|| {
+                    ServiceError::InvalidArgument(format!(
+                        "a multi-get reads one shard; key {index} is not in shard {}",
+                        replica.shard_id
+                    ))
+                }));
+            }
+        }
+        node.read_barrier(&replica, level, budget).await?;
+        let range = replica.range.get();
+        if request.keys.iter().any(|key| !range.holds_key(key)) {
+            return Err(node.moved_by_split(replica.shard_id));
+        }
+        let mut values = Vec::with_capacity(request.keys.len());
+        for key in &request.keys {
+            let value = node.read_key(&replica, key.to_vec()).await?;
+            values.push(pb::MaybeValue {
+                value: value.map(versioned),
+            });
+        }
+        Ok(pb::MultiGetResponse {
+            values,
+            index: replica.applied_bound.get(),
+            node_id: node.node_id().0,
         })
     }
 
@@ -136,8 +195,11 @@ impl KvService {
             .write(&replica, proposal(request.request_id, command)?, budget)
             .await?
         {
-            CommandResult::Put { version } => Ok(pb::PutResponse { version }),
-            other => Err(unexpected(other)),
+            Applied {
+                result: CommandResult::Put { version },
+                index,
+            } => Ok(pb::PutResponse { version, index }),
+            other => Err(unexpected(other.result)),
         }
     }
 
@@ -156,8 +218,11 @@ impl KvService {
             .write(&replica, proposal(request.request_id, command)?, budget)
             .await?
         {
-            CommandResult::Delete { existed } => Ok(pb::DeleteResponse { existed }),
-            other => Err(unexpected(other)),
+            Applied {
+                result: CommandResult::Delete { existed },
+                index,
+            } => Ok(pb::DeleteResponse { existed, index }),
+            other => Err(unexpected(other.result)),
         }
     }
 
@@ -199,16 +264,21 @@ impl KvService {
             .write(&replica, proposal(request.request_id, command)?, budget)
             .await?
         {
-            CommandResult::Cas {
-                succeeded,
-                version,
-                current,
+            Applied {
+                result:
+                    CommandResult::Cas {
+                        succeeded,
+                        version,
+                        current,
+                    },
+                index,
             } => Ok(pb::CasResponse {
                 succeeded,
                 version,
                 current: current.map(versioned),
+                index,
             }),
-            other => Err(unexpected(other)),
+            other => Err(unexpected(other.result)),
         }
     }
 
@@ -263,8 +333,11 @@ impl KvService {
             )
             .await?
         {
-            CommandResult::Batch { version } => Ok(pb::BatchResponse { version }),
-            other => Err(unexpected(other)),
+            Applied {
+                result: CommandResult::Batch { version },
+                index,
+            } => Ok(pb::BatchResponse { version, index }),
+            other => Err(unexpected(other.result)),
         }
     }
 
@@ -275,13 +348,14 @@ impl KvService {
     ) -> Result<pb::ScanResponse, ServiceError> {
         let node = self.node()?;
         let budget = node.budget(budget);
+        let level = ReadLevel::from_wire(request.level.as_ref())?;
         check_scan(&request.prefix, &request.cursor)?;
         let replica = node.route_shard(request.route.as_ref())?;
         let limit = match request.limit as usize {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
         };
-        node.linearizable_barrier(&replica, budget).await?;
+        node.read_barrier(&replica, level, budget).await?;
         let range = replica.range.get();
         // A cursor names the hash it stopped at: a split may have given that hash to another
         // shard since, which goes on from there.
@@ -311,6 +385,8 @@ impl KvService {
                 .collect(),
             next_cursor: page.next_cursor.into(),
             range_end: Some(range.end),
+            index: replica.applied_bound.get(),
+            node_id: node.node_id().0,
         })
     }
 }
@@ -365,6 +441,15 @@ impl Kv for KvService {
     async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         Ok(Response::new(
             KvService::scan(self, client_budget(&request)?, request.into_inner()).await?,
+        ))
+    }
+
+    async fn multi_get(
+        &self,
+        request: Request<pb::MultiGetRequest>,
+    ) -> Result<Response<pb::MultiGetResponse>, Status> {
+        Ok(Response::new(
+            KvService::multi_get(self, client_budget(&request)?, request.into_inner()).await?,
         ))
     }
 }

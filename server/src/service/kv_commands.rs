@@ -46,8 +46,9 @@ impl KvService {
             Some(Command::Delete(request)) => self.delete(budget, request).await.map(Reply::Delete),
             Some(Command::Cas(request)) => self.compare_and_swap(budget, request).await.map(Reply::Cas),
             Some(Command::Batch(request)) => self.batch(budget, request).await.map(Reply::Batch),
+            Some(Command::MultiGet(request)) => self.multi_get(budget, request).await.map(Reply::MultiGet),
             None => Err(ServiceError::InvalidArgument(format!(
-                "command {} carries no request: it needs one of get, put, delete, cas or batch",
+                "command {} carries no request: it needs one of get, multi_get, put, delete, cas or batch",
                 command.id
             ))),
         };

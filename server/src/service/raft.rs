@@ -130,6 +130,12 @@ impl RaftService {
                 })
                 .await
             }
+            pb::RaftRpc::ReadIndex => {
+                self.decode_and_handle(request, |node, header, shard, replica, rpc| async move {
+                    node.raft_read_index(&header, shard, replica, rpc).await
+                })
+                .await
+            }
             pb::RaftRpc::Pulse => {
                 self.decode_and_handle(request, |node, header, _, _, pulse| async move {
                     node.raft_pulse(&header, pulse)

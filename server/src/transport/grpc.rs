@@ -26,7 +26,9 @@ use ringkv_engine::{SnapshotFile, TypeConfig};
 use ringkv_proto::batch_stream::{self, Failure, Protocol};
 use ringkv_proto::pb::{self, raft_client::RaftClient};
 
-use super::{Pulse, QuiesceRequest, RaftTransport, SnapshotThrottle, Target, TransportError};
+use super::{
+    Pulse, QuiesceRequest, RaftTransport, ReadIndexRequest, SnapshotThrottle, Target, TransportError,
+};
 use crate::wire;
 
 /// Bytes of snapshot file per streamed chunk.
@@ -265,6 +267,15 @@ impl RaftTransport for GrpcTransport {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<bool, TransportError>> {
         self.call(target, pb::RaftRpc::Quiesce, request, timeout)
+    }
+
+    fn read_index(
+        &self,
+        target: &Target,
+        request: ReadIndexRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<u64, TransportError>> {
+        self.call(target, pb::RaftRpc::ReadIndex, request, timeout)
     }
 
     fn pulse(

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use ringkv_engine::{NodeId, ShardId, SnapshotFile, TypeConfig};
 
-use super::{Pulse, QuiesceRequest, RaftTransport, Target, TransportError};
+use super::{Pulse, QuiesceRequest, RaftTransport, ReadIndexRequest, Target, TransportError};
 use crate::node::Node;
 
 /// The faults in force. Changed only through `MemoryNetwork`'s methods.
@@ -351,6 +351,23 @@ impl RaftTransport for MemoryEndpoint {
             network
                 .deliver(from, &target, timeout, |node| async move {
                     node.raft_quiesce(&target.header, target.shard_id, target.replica_id, request)
+                })
+                .await
+        })
+    }
+
+    fn read_index(
+        &self,
+        target: &Target,
+        request: ReadIndexRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<u64, TransportError>> {
+        let (network, from, target) = (self.network.clone(), self.from, target.clone());
+        Box::pin(async move {
+            network
+                .deliver(from, &target, timeout, |node| async move {
+                    node.raft_read_index(&target.header, target.shard_id, target.replica_id, request)
+                        .await
                 })
                 .await
         })

@@ -12,5 +12,7 @@ mod throttle;
 pub use grpc::{GrpcTransport, MAX_RAFT_MESSAGE_BYTES, SNAPSHOT_CHUNK_BYTES};
 pub use memory::{MemoryEndpoint, MemoryNetwork};
 pub use network::{RaftTimeouts, ShardNetworkFactory};
-pub use raft_transport::{Pulse, QuiesceRequest, RaftHeader, RaftTransport, Target, TransportError};
+pub use raft_transport::{
+    Pulse, QuiesceRequest, RaftHeader, RaftTransport, ReadIndexRequest, Target, TransportError,
+};
 pub use throttle::SnapshotThrottle;

@@ -70,6 +70,16 @@ pub struct QuiesceRequest {
     pub last_log_index: Option<u64>,
 }
 
+/// A replica's request for its shard leader's read index (replica-linearizable and bounded reads):
+/// the leader confirms it still leads, as for its own linearizable reads, and answers the log
+/// index a replica must apply before its state includes every write acknowledged before the
+/// request arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexRequest {
+    /// How long the leader may take to confirm it leads, in milliseconds.
+    pub budget_ms: u64,
+}
+
 /// What a node tells each peer node about itself every heartbeat interval, and answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pulse {
@@ -132,6 +142,14 @@ pub trait RaftTransport: Send + Sync + 'static {
         request: QuiesceRequest,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<bool, TransportError>>;
+
+    /// Asks the target replica, which the caller believes leads its shard, for a read index.
+    fn read_index(
+        &self,
+        target: &Target,
+        request: ReadIndexRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<u64, TransportError>>;
 
     /// Sends this node's pulse to the target node (`target.shard_id` and `replica_id` are not
     /// used) and returns the target's.

@@ -154,7 +154,9 @@ async fn each_command_is_answered_under_its_id_and_a_bad_one_fails_alone() -> an
     assert_eq!(empty_key.code, Code::InvalidArgument as i32, "{empty_key:?}");
     assert!(empty_key.message.contains("empty"), "{empty_key:?}");
     match &answers[&9] {
-        Some(Reply::Get(pb::GetResponse { value: Some(value) })) => assert_eq!(&value.value[..], b"yes"),
+        Some(Reply::Get(pb::GetResponse {
+            value: Some(value), ..
+        })) => assert_eq!(&value.value[..], b"yes"),
         other => panic!("command 9 should read \"yes\", got {other:?}"),
     }
 

@@ -52,6 +52,7 @@ async fn a_scan_of_a_hash_tag_needs_only_the_shard_holding_it() -> anyhow::Resul
         prefix: Bytes::from(tag.clone()),
         limit: 1_000,
         cursor: None,
+        read: None,
     };
     // The tag's shard may need an election first (its leader may have been on node 3 or 4).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -78,6 +79,7 @@ async fn a_scan_of_a_hash_tag_needs_only_the_shard_holding_it() -> anyhow::Resul
         prefix: Bytes::from(tag.trim_end_matches(['}', ':']).to_owned()),
         limit: 1_000,
         cursor: None,
+        read: None,
     };
     assert!(
         client.scan(open).await.is_err(),

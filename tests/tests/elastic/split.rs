@@ -32,6 +32,7 @@ async fn scan_all(client: &Client, prefix: &str) -> anyhow::Result<BTreeMap<Byte
                 prefix: Bytes::copy_from_slice(prefix.as_bytes()),
                 limit: 37,
                 cursor,
+                read: None,
             })
             .await?;
         for entry in page.entries {

@@ -6,6 +6,7 @@ mod identity;
 mod lapsed_lease;
 mod lease;
 mod quiesce;
+mod read_levels;
 
 use std::time::Duration;
 

@@ -1,0 +1,407 @@
+//! Reads at a consistency level chosen per request, and what each level waits for before the
+//! replica reads its local state (ARCHITECTURE.md, "Consistency levels"):
+//!
+//! - `Linearizable`: this replica must lead; it confirms that it still does (lease or ReadIndex)
+//!   and waits until it has applied the read index (`Node::linearizable_barrier`).
+//! - `ReplicaLinearizable`: any replica asks the leader for its read index (`raft_read_index` on
+//!   the leader's node), then waits until it has applied that far.
+//! - `Session { min_index }`: waits, briefly, until the replica has applied the session's index.
+//! - `Bounded { max_staleness }`: serves if a leader told it a commit index it has applied, at a
+//!   moment (on this node's clock) less than `max_staleness` ago. Such moments come from every
+//!   AppendEntries the replica accepts (`LeaderContact`); when none is recent enough (an idle,
+//!   quiet shard sends none), the replica asks the leader for a read index, and the moment it
+//!   asked counts. A replica that can show neither refuses (`ReplicaBehind`).
+//! - `Eventual`: reads at once.
+//!
+//! After the read, the response carries the replica's `AppliedBound`: an index at or above the
+//! state the read saw, which a session keeps as its token for the shard.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use openraft::LinearizerOption;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{LinearizableReadError, RaftError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+
+use ringkv_engine::{LogIndex, ReplicaId, ShardId, TypeConfig};
+use ringkv_proto::pb;
+
+use super::host::{Node, ShardReplica};
+use crate::error::ServiceError;
+use crate::transport::{RaftHeader, ReadIndexRequest};
+
+/// How long a session read waits for its replica to apply the session's index before answering
+/// `ReplicaBehind`, so the client tries a fresher replica instead.
+const SESSION_WAIT: Duration = Duration::from_millis(200);
+/// Longest wait for the leader's read index on a bounded read: a replica cut off from its leader
+/// says so quickly, and the client tries elsewhere within its deadline.
+const BOUNDED_PROBE: Duration = Duration::from_millis(500);
+/// Leader contacts remembered per replica: enough that one at or below the applied index is
+/// found while applying trails the leader's commits by a few messages.
+const CONTACT_SAMPLES: usize = 32;
+/// A contact is remembered at most this often (one per heartbeat-sized interval is plenty).
+const CONTACT_EVERY: Duration = Duration::from_millis(5);
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLevel {
+    Linearizable,
+    ReplicaLinearizable,
+    Session { min_index: LogIndex },
+    Bounded { max_staleness: Duration },
+    Eventual,
+}
+
+impl ReadLevel {
+    /// The level a request asks for (absent: linearizable).
+    pub fn from_wire(level: Option<&pb::ReadLevel>) -> Result<ReadLevel, ServiceError> {
+        let Some(level) = level else {
+            return Ok(ReadLevel::Linearizable);
+        };
+        let consistency = pb::Consistency::try_from(level.consistency).map_err(|_| {
+            ServiceError::InvalidArgument(format!(
+                "consistency level {} is unknown (this node knows 0 to 4)",
+                level.consistency
+            ))
+        })?;
+        Ok(match consistency {
+            pb::Consistency::Linearizable => ReadLevel::Linearizable,
+            pb::Consistency::ReplicaLinearizable => ReadLevel::ReplicaLinearizable,
+            pb::Consistency::Session => ReadLevel::Session {
+                min_index: level.min_index,
+            },
+            pb::Consistency::Bounded => {
+                if level.max_staleness_ms == 0 {
+                    return Err(ServiceError::InvalidArgument(
+                        "a bounded-staleness read needs max_staleness_ms above 0".into(),
+                    ));
+                }
+                ReadLevel::Bounded {
+                    max_staleness: Duration::from_millis(level.max_staleness_ms),
+                }
+            }
+            pb::Consistency::Eventual => ReadLevel::Eventual,
+        })
+    }
+}
+
+/// Moments at which a leader told this replica a commit index the replica then held in its log:
+/// `(commit index, when the message arrived)`, oldest first.
+#[derive(Debug, Default)]
+pub struct LeaderContact {
+    samples: Mutex<VecDeque<(LogIndex, Instant)>>,
+}
+
+impl LeaderContact {
+    /// Records that a message arriving at `at` showed `committed` committed.
+    pub(crate) fn record(&self, committed: LogIndex, at: Instant) {
+        let mut samples = self.samples.lock().expect("contact lock");
+        if let Some(last) = samples.back_mut() {
+            if committed < last.0 || at < last.1 {
+                return;
+            }
+            if at.duration_since(last.1) < CONTACT_EVERY && committed == last.0 {
+                last.1 = at;
+                return;
+            }
+        }
+        if samples.len() == CONTACT_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((committed, at));
+    }
+
+    /// The latest moment at which the leader's commit index was at most `applied`: the replica's
+    /// state then held every write the leader had committed at that moment.
+    pub(crate) fn fresh_as_of(&self, applied: LogIndex) -> Option<Instant> {
+        let samples = self.samples.lock().expect("contact lock");
+        samples
+            .iter()
+            .rev()
+            .find(|(committed, _)| *committed <= applied)
+            .map(|(_, at)| *at)
+    }
+}
+
+/// What an AppendEntries said, kept while its entries go to openraft.
+pub(crate) struct SentBounds {
+    /// The last index the request covers (its last entry, or the entry before none).
+    last: LogIndex,
+    leader_commit: LogIndex,
+}
+
+impl SentBounds {
+    pub(crate) fn of(request: &AppendEntriesRequest<TypeConfig>) -> SentBounds {
+        let last = request
+            .entries
+            .last()
+            .map(|entry| entry.log_id.index)
+            .or(request.prev_log_id.as_ref().map(|id| id.index))
+            .unwrap_or(0);
+        SentBounds {
+            last,
+            leader_commit: request.leader_commit.as_ref().map_or(0, |id| id.index),
+        }
+    }
+
+    /// The commit index the accepted request showed the replica: the leader's, as far as the
+    /// replica's log now matches the leader's. `None` when the replica refused it.
+    pub(crate) fn commit_shown(&self, response: &AppendEntriesResponse<TypeConfig>) -> Option<LogIndex> {
+        let matched = match response {
+            AppendEntriesResponse::Success => self.last,
+            AppendEntriesResponse::PartialSuccess(matched) => matched.as_ref().map_or(0, |id| id.index),
+            _ => return None,
+        };
+        Some(self.leader_commit.min(matched))
+    }
+}
+
+impl Node {
+    /// Waits until `replica` may serve a read at `level` (see the module header), at most
+    /// `budget`.
+    pub async fn read_barrier(
+        &self,
+        replica: &ShardReplica,
+        level: ReadLevel,
+        budget: Duration,
+    ) -> Result<(), ServiceError> {
+        match level {
+            ReadLevel::Linearizable => self.linearizable_barrier(replica, budget).await,
+            ReadLevel::Eventual => Ok(()),
+            ReadLevel::ReplicaLinearizable => {
+                if self.leads(replica) {
+                    return self.linearizable_barrier(replica, budget).await;
+                }
+                let started = Instant::now();
+                let index = self.leader_read_index(replica, budget).await?;
+                self.wait_applied(replica, index, budget.saturating_sub(started.elapsed()))
+                    .await
+                    .map_err(|applied| ServiceError::Unavailable {
+                        shard_id: replica.shard_id,
+                        outcome_unknown: false,
+                        reason: format!(
+                            "its replica on node {} had applied index {applied} of the leader's read \
+                             index {index} when the budget of {} ms ran out",
+                            self.node_id(),
+                            budget.as_millis()
+                        ),
+                    })
+            }
+            ReadLevel::Session { min_index } => self
+                .wait_applied(replica, min_index, budget.min(SESSION_WAIT))
+                .await
+                .map_err(|applied| ServiceError::ReplicaBehind {
+                    shard_id: replica.shard_id,
+                    applied_index: applied,
+                    reason: format!(
+                        "its replica on node {} has applied index {applied}, below the session's {min_index}",
+                        self.node_id()
+                    ),
+                }),
+            ReadLevel::Bounded { max_staleness } => {
+                self.bounded_barrier(replica, max_staleness, budget).await
+            }
+        }
+    }
+
+    async fn bounded_barrier(
+        &self,
+        replica: &ShardReplica,
+        max_staleness: Duration,
+        budget: Duration,
+    ) -> Result<(), ServiceError> {
+        if self.leads(replica) {
+            // The leader's own state, once it has confirmed it leads: not stale at all.
+            return self.linearizable_barrier(replica, budget).await;
+        }
+        let applied = applied_index(replica);
+        if let Some(at) = replica.contact.fresh_as_of(applied)
+            && at.elapsed() <= max_staleness
+        {
+            return Ok(());
+        }
+        // Nothing recent enough: ask the leader. Its answer holds every write committed before
+        // the moment of asking, which is then how old the data is.
+        let asked = Instant::now();
+        let probe = budget.min(BOUNDED_PROBE).min(max_staleness);
+        let behind = |reason: String| ServiceError::ReplicaBehind {
+            shard_id: replica.shard_id,
+            applied_index: applied_index(replica),
+            reason,
+        };
+        let index = self.leader_read_index(replica, probe).await.map_err(|error| {
+            behind(format!(
+                "its replica on node {} cannot show its data is at most {} ms old: no recent message \
+                 from the leader, and asking it failed ({error})",
+                self.node_id(),
+                max_staleness.as_millis()
+            ))
+        })?;
+        let remaining = max_staleness
+            .saturating_sub(asked.elapsed())
+            .min(budget.saturating_sub(asked.elapsed()));
+        self.wait_applied(replica, index, remaining)
+            .await
+            .map_err(|applied| {
+                behind(format!(
+                    "its replica on node {} had applied index {applied}, below the leader's {index}, \
+                     when its data became older than {} ms",
+                    self.node_id(),
+                    max_staleness.as_millis()
+                ))
+            })
+    }
+
+    /// Whether `replica` leads its shard now, as far as it knows.
+    fn leads(&self, replica: &ShardReplica) -> bool {
+        replica.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+    }
+
+    /// Asks the shard's leader (as this replica knows it) for a read index, within `budget`.
+    async fn leader_read_index(
+        &self,
+        replica: &ShardReplica,
+        budget: Duration,
+    ) -> Result<LogIndex, ServiceError> {
+        let shard_id = replica.shard_id;
+        let metrics = replica.raft.metrics().borrow_watched().clone();
+        let unavailable = |reason: String| ServiceError::Unavailable {
+            shard_id,
+            outcome_unknown: false,
+            reason,
+        };
+        let leader = metrics.current_leader.ok_or_else(|| {
+            unavailable(format!(
+                "its replica on node {} knows no leader to ask for a read index",
+                self.node_id()
+            ))
+        })?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+            .ok_or_else(|| unavailable(format!("leader replica {leader} is not in the membership")))?;
+        let target = self.raft_target_of(shard_id, leader, &node);
+        let request = ReadIndexRequest {
+            budget_ms: budget.as_millis() as u64,
+        };
+        self.transport
+            .read_index(&target, request, budget)
+            .await
+            .map_err(|error| {
+                unavailable(format!(
+                    "the leader on node {} did not give a read index: {error}",
+                    node.node_id
+                ))
+            })
+    }
+
+    /// Waits until `replica` has applied `index`, at most `budget`; on timeout, what it had
+    /// applied.
+    async fn wait_applied(
+        &self,
+        replica: &ShardReplica,
+        index: LogIndex,
+        budget: Duration,
+    ) -> Result<(), LogIndex> {
+        if applied_index(replica) >= index {
+            return Ok(());
+        }
+        let mut metrics = replica.raft.metrics();
+        let reached = tokio::time::timeout(budget, async {
+            loop {
+                if metrics.borrow_watched().last_applied.map_or(0, |id| id.index) >= index {
+                    return true;
+                }
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(applied_index(replica)),
+        }
+    }
+
+    /// A replica of this node asks for a read index, believing the local replica leads: it
+    /// confirms it does (as for its own linearizable reads) and answers the index a replica must
+    /// apply to hold every write acknowledged so far.
+    pub async fn raft_read_index(
+        &self,
+        header: &RaftHeader,
+        shard_id: ShardId,
+        replica_id: ReplicaId,
+        request: ReadIndexRequest,
+    ) -> Result<LogIndex, String> {
+        let replica = self.raft_target(header, shard_id, replica_id)?;
+        let budget = self.budget(Some(Duration::from_millis(request.budget_ms)));
+        self.activate(&replica, false, budget).await;
+        let linearizer = tokio::time::timeout(
+            budget,
+            replica
+                .raft
+                .get_read_linearizer(LinearizerOption::new(None, true)),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "leadership of shard {shard_id} not confirmed within {} ms",
+                budget.as_millis()
+            )
+        })?;
+        match linearizer {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(format!(
+                "replica {replica_id} of shard {shard_id} on node {} does not lead it",
+                self.node_id()
+            )),
+            Err(error) => Err(format!("cannot confirm leadership of shard {shard_id}: {error}")),
+        }
+    }
+}
+
+/// What openraft reports the replica has applied (its data is visible by then).
+fn applied_index(replica: &ShardReplica) -> LogIndex {
+    replica
+        .raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .map_or(0, |id| id.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_freshest_contact_at_or_below_the_applied_index_counts() {
+        let contact = LeaderContact::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(contact.fresh_as_of(100), None, "no contact yet");
+        contact.record(10, at(0));
+        contact.record(20, at(100));
+        contact.record(30, at(200));
+        // Applied 25: the leader had committed 20 at 100 ms, which the replica holds.
+        assert_eq!(contact.fresh_as_of(25), Some(at(100)));
+        assert_eq!(contact.fresh_as_of(30), Some(at(200)));
+        assert_eq!(contact.fresh_as_of(9), None, "behind every contact");
+        // Out-of-order and going-back samples are ignored; a repeat refreshes the moment.
+        contact.record(25, at(300));
+        contact.record(30, at(301));
+        assert_eq!(contact.fresh_as_of(30), Some(at(301)));
+        assert_eq!(contact.fresh_as_of(29), Some(at(100)));
+        // Bounded memory: old samples go first.
+        for i in 0..100 {
+            contact.record(100 + i, at(1_000 + 10 * i));
+        }
+        assert_eq!(contact.fresh_as_of(30), None, "forgotten");
+        assert_eq!(contact.fresh_as_of(199), Some(at(1_990)));
+    }
+}
