@@ -83,6 +83,25 @@ async fn every_workload_runs_its_mix_without_errors() -> anyhow::Result<()> {
             }
         }
 
+        // Reads at every level, spread over the replicas, without errors.
+        for level in ["eventual", "bounded=500ms", "session", "replica"] {
+            let report = bench(
+                &endpoints,
+                &[
+                    "--workload",
+                    "mixed",
+                    "--consistency",
+                    level,
+                    "--concurrency",
+                    "8",
+                    "--duration",
+                    "1",
+                ],
+            );
+            assert_eq!(report["errors"], 0, "{level}: {report}");
+            assert!(count(&report, "read") > 0, "{level} did no read: {report}");
+        }
+
         // Open loop: 200 ops/s for 1 s is 200 operations started, however fast the cluster.
         let report = bench(
             &endpoints,

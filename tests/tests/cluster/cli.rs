@@ -117,6 +117,66 @@ async fn cli_commands_print_results_and_exit_codes() -> anyhow::Result<()> {
             "16 shards and meta"
         );
 
+        // Reads at each level, at each node's replica; a session carried between commands.
+        let out = ringkv(&endpoint, &["put", "levels", "one", "--session", "new"]);
+        assert!(out.status.success(), "put: {}", stderr(&out));
+        let session = stderr(&out)
+            .lines()
+            .find_map(|line| line.strip_prefix("session: ").map(str::to_owned))
+            .expect("put --session prints the session");
+        for node in ["1", "2", "3"] {
+            for level in ["eventual", "bounded=2s", "replica", "linearizable"] {
+                let out = ringkv(
+                    &endpoint,
+                    &["get", "levels", "--consistency", level, "--replica", node],
+                );
+                assert!(
+                    out.status.success(),
+                    "get at {level} from node {node}: {}",
+                    stderr(&out)
+                );
+                // A fresh write may not have reached every replica yet: eventual may miss it.
+                if level != "eventual" {
+                    assert_eq!(stdout(&out).trim(), "one", "{level} at node {node}");
+                }
+            }
+            let out = ringkv(
+                &endpoint,
+                &[
+                    "get",
+                    "levels",
+                    "--consistency",
+                    "session",
+                    "--session",
+                    &session,
+                    "--replica",
+                    node,
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "session get at node {node}: {}",
+                stderr(&out)
+            );
+            assert_eq!(
+                stdout(&out).trim(),
+                "one",
+                "the session reads its write at node {node}"
+            );
+        }
+        let out = ringkv(
+            &endpoint,
+            &["scan", "--prefix", "levels", "--consistency", "eventual"],
+        );
+        assert!(out.status.success(), "scan: {}", stderr(&out));
+        let out = ringkv(&endpoint, &["get", "levels", "--consistency", "strong"]);
+        assert_eq!(out.status.code(), Some(2), "an unknown level is an error");
+        assert!(
+            stderr(&out).contains("not a consistency level"),
+            "{}",
+            stderr(&out)
+        );
+
         let out = ringkv("127.0.0.1:1", &["--timeout-ms", "2000", "get", "x"]);
         assert_eq!(out.status.code(), Some(2), "an unreachable cluster is an error");
         let message = stderr(&out);
