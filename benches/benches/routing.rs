@@ -30,6 +30,7 @@ fn shard_lookup(c: &mut Criterion) {
                 addr: format!("127.0.0.1:{}", 7000 + id),
                 incarnation: id,
                 state: Default::default(),
+                role: Default::default(),
             };
             (NodeId(id), info)
         })

@@ -76,6 +76,49 @@ impl Client {
         self.adopt(decode_map(map, "DecommissionNode")?)
     }
 
+    /// Sets the cluster's `read_replicas`: the read replicas (learners) every data shard keeps
+    /// at least, besides one on each read-replica node. The controller then adds or removes
+    /// them. Returns the map with the setting recorded.
+    pub async fn set_read_replicas(&self, read_replicas: u32) -> Result<ShardMap, Error> {
+        // A compare-and-swap on the map's epoch: retried when another change landed first.
+        for _ in 0..20 {
+            self.refresh_shard_map().await?;
+            let mut map = self.shard_map().await;
+            if map.read_replicas == read_replicas {
+                return Ok(map);
+            }
+            let expect_epoch = map.epoch;
+            map.read_replicas = read_replicas;
+            let proposed = map.to_proto();
+            let answer = self
+                .ask_any_node(|mut client, timeout| {
+                    let mut request = tonic::Request::new(pb::ProposeMapRequest {
+                        expect_epoch,
+                        map: Some(proposed.clone()),
+                        forwarded: false,
+                    });
+                    request.set_timeout(timeout);
+                    async move {
+                        client
+                            .propose_map(request)
+                            .await
+                            .map(|r| r.into_inner())
+                            .map(|answer| (answer.succeeded, answer.map))
+                    }
+                })
+                .await?;
+            let map = self.adopt(decode_map(answer.1, "ProposeMap")?)?;
+            if answer.0 {
+                return Ok(map);
+            }
+        }
+        Err(Error::Unavailable {
+            shard_id: ShardId::META,
+            attempts: 20,
+            last_error: "the shard map kept changing under the setting; try again".into(),
+        })
+    }
+
     /// Caches `map` (the one a change produced), so that waiting for the change to end never
     /// looks at an older map a lagging node still serves.
     fn adopt(&self, map: ShardMap) -> Result<ShardMap, Error> {

@@ -149,6 +149,7 @@ mod tests {
                     addr: format!("127.0.0.1:{}", 7000 + id),
                     incarnation: id,
                     state: Default::default(),
+                    role: Default::default(),
                 };
                 (NodeId(id), info)
             })

@@ -29,7 +29,7 @@ mod placement;
 mod splits;
 mod wire;
 
-pub use moves::{FIRST_FRESH_REPLICA_ID, Move, MoveStep};
+pub use moves::{FIRST_FRESH_REPLICA_ID, Move, MoveKind, MoveStep};
 pub use placement::PlacementStep;
 pub use splits::Split;
 
@@ -89,6 +89,26 @@ pub struct NodeInfo {
     /// Random id of the node's data directory, fixed when it was created; never 0.
     pub incarnation: u64,
     pub state: NodeState,
+    pub role: NodeRole,
+}
+
+/// What replicas a node takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeRole {
+    /// Voters, and read replicas when `read_replicas` asks for them.
+    #[default]
+    Voter,
+    /// Only read replicas (learners): one of every data shard.
+    ReadReplica,
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeRole::Voter => "voter",
+            NodeRole::ReadReplica => "read-replica",
+        })
+    }
 }
 
 /// Where a node is in its life in the cluster.
@@ -149,6 +169,8 @@ pub struct ShardMap {
     pub moves: Vec<Move>,
     /// Shard splits in progress, at most one per shard (and never with a move).
     pub splits: Vec<Split>,
+    /// Read replicas every data shard keeps at least, besides one per up read-replica node.
+    pub read_replicas: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -265,6 +287,7 @@ impl ShardMap {
             next_replica_id: FIRST_FRESH_REPLICA_ID,
             moves: Vec::new(),
             splits: Vec::new(),
+            read_replicas: 0,
         };
         map.validate()?;
         Ok(map)
@@ -478,6 +501,7 @@ mod tests {
                     addr: format!("127.0.0.1:{}", 7000 + id),
                     incarnation: 100 + id,
                     state: Default::default(),
+                    role: Default::default(),
                 };
                 (NodeId(id), info)
             })
@@ -571,6 +595,7 @@ mod tests {
                 addr: "127.0.0.1:1".into(),
                 incarnation: 1,
                 state: Default::default(),
+                role: Default::default(),
             },
         );
         assert_eq!(bootstrap(&zero, 4, 1), Err(MapError::BadNodeId(NodeId(0))));

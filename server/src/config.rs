@@ -32,6 +32,10 @@ pub struct NodeConfig {
     /// Address of any node of a running cluster to join (instead of forming one with `peers`).
     /// With it, `node_id` 0 asks the cluster to assign an id.
     pub join: Option<String>,
+    /// What replicas the node takes: "voter" (voters, and read replicas when the cluster's
+    /// `read_replicas` asks), or "read-replica" (only read replicas, one of every shard; such a
+    /// node joins a running cluster with `join`).
+    pub role: String,
     /// Number of shards the ring is cut into when the cluster is first created.
     pub shards: u32,
     /// Replicas per shard when the cluster is first created; at most the number of nodes.
@@ -104,6 +108,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("ringkv-data"),
             peers: BTreeMap::new(),
             join: None,
+            role: "voter".into(),
             shards: 16,
             replication: None,
             request_timeout_ms: 5_000,
@@ -242,8 +247,33 @@ impl NodeConfig {
 
     /// Checks everything that can be checked without touching the disk or the network, and says
     /// which setting is wrong.
+    /// The role as the cluster's map records it (`validate` has checked the text).
+    pub fn node_role(&self) -> ringkv_proto::pb::NodeRole {
+        if self.role == "read-replica" {
+            ringkv_proto::pb::NodeRole::ReadReplica
+        } else {
+            ringkv_proto::pb::NodeRole::Voter
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
+        match self.role.as_str() {
+            "voter" => {}
+            "read-replica" if self.join.is_some() => {}
+            "read-replica" => {
+                return invalid(
+                    "role \"read-replica\" needs join: a read-replica node joins a running cluster (it cannot \
+                     form one, which needs voters)"
+                        .into(),
+                );
+            }
+            other => {
+                return invalid(format!(
+                    "role {other:?} is unknown: use \"voter\" or \"read-replica\""
+                ));
+            }
+        }
         if let Some(join) = &self.join {
             if !self.peers.is_empty() {
                 return invalid(

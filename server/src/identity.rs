@@ -74,6 +74,7 @@ impl BootstrapParams {
                     addr: addr.clone(),
                     incarnation: 0,
                     state: 0,
+                    role: Default::default(),
                 })
                 .collect(),
         }
@@ -137,6 +138,7 @@ impl BootstrapParams {
                     addr: addr.clone(),
                     incarnation: incarnations.get(&node).copied().unwrap_or(0),
                     state: Default::default(),
+                    role: Default::default(),
                 };
                 (node, info)
             })

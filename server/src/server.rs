@@ -164,8 +164,15 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
     let stored = engine.run_blocking(identity::load).await?;
     let (record, member) = match (stored, &config.join) {
         (Stored::Fresh, Some(join)) => {
-            let record =
-                bootstrap::join_cluster(&engine, join, config.id(), config.advertised_addr(), None).await?;
+            let record = bootstrap::join_cluster(
+                &engine,
+                join,
+                config.id(),
+                config.advertised_addr(),
+                config.node_role(),
+                None,
+            )
+            .await?;
             (record.0, Some(record.1))
         }
         (Stored::Waiting(record), Some(join)) => {
@@ -174,6 +181,7 @@ pub async fn start_with(config: &NodeConfig, options: StartOptions) -> anyhow::R
                 join,
                 record.node_id,
                 config.advertised_addr(),
+                config.node_role(),
                 Some(record),
             )
             .await?;

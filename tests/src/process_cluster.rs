@@ -46,6 +46,8 @@ pub struct ProcessNode {
     join: Option<String>,
     /// Started without `--node-id` (the cluster assigns it).
     assigned_id: bool,
+    /// Flags of its own, after the cluster's.
+    own_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -94,6 +96,7 @@ impl ProcessCluster {
                 log_path: root.join(format!("node-{node_id}.log")),
                 join: None,
                 assigned_id: false,
+                own_args: Vec::new(),
                 child: None,
             });
         }
@@ -107,6 +110,16 @@ impl ProcessCluster {
     /// --join`), and starts it. With `assigned`, it is started without `--node-id`: the cluster
     /// must assign it `node_id` (the next id after every node it has had).
     pub fn add_joining_node(&mut self, node_id: u64, assigned: bool) -> anyhow::Result<()> {
+        self.add_joining_node_with(node_id, assigned, &[])
+    }
+
+    /// `add_joining_node` with flags of the node's own (such as `--role read-replica`).
+    pub fn add_joining_node_with(
+        &mut self,
+        node_id: u64,
+        assigned: bool,
+        own_args: &[&str],
+    ) -> anyhow::Result<()> {
         let port = free_ports(1)[0];
         let root = self._dir.path();
         let join = self.node(1).addr.clone();
@@ -117,6 +130,7 @@ impl ProcessCluster {
             log_path: root.join(format!("node-{node_id}.log")),
             join: Some(join),
             assigned_id: assigned,
+            own_args: own_args.iter().map(|s| s.to_string()).collect(),
             child: None,
         });
         self.start_node(node_id)
@@ -155,6 +169,7 @@ impl ProcessCluster {
             .arg(&node.data_dir)
             .args(["--shards", &self.shards.to_string()])
             .args(&self.extra_args)
+            .args(&node.own_args)
             .env(
                 "RINGKV_LOG",
                 std::env::var("RINGKV_NODE_LOG").unwrap_or_else(|_| "info".into()),

@@ -24,6 +24,19 @@ pub enum MoveStep {
     RollBack,
 }
 
+/// What a move changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MoveKind {
+    /// `to` replaces the voter `from` (or, with one of them `Replica::NONE`, a voter is added or
+    /// removed).
+    #[default]
+    Voter,
+    /// `to` becomes a read replica: added as a learner, caught up, and left a learner.
+    AddReadReplica,
+    /// The read replica `from` leaves the shard's learners.
+    RemoveReadReplica,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     pub shard: ShardId,
@@ -34,6 +47,7 @@ pub struct Move {
     pub started_unix_ms: u64,
     /// Why the move was made.
     pub reason: String,
+    pub kind: MoveKind,
 }
 
 impl Move {
@@ -116,6 +130,7 @@ impl ShardMap {
             step: MoveStep::CatchUp,
             started_unix_ms: now_unix_ms,
             reason: reason.to_owned(),
+            kind: MoveKind::Voter,
         };
         self.moves.push(begun.clone());
         self.record_decision(
@@ -166,6 +181,7 @@ impl ShardMap {
             step: MoveStep::CatchUp,
             started_unix_ms: now_unix_ms,
             reason: reason.to_owned(),
+            kind: MoveKind::Voter,
         };
         self.moves.push(begun.clone());
         self.record_decision(
@@ -216,6 +232,7 @@ impl ShardMap {
             step: MoveStep::CatchUp,
             started_unix_ms: now_unix_ms,
             reason: reason.to_owned(),
+            kind: MoveKind::Voter,
         };
         self.moves.push(begun.clone());
         self.record_decision(
@@ -227,6 +244,113 @@ impl ShardMap {
             ),
         );
         Ok(begun)
+    }
+
+    /// Records a move of `shard` that adds a read replica, a fresh learner on `to_node`, as the
+    /// change to the next epoch.
+    pub fn begin_add_read_replica(
+        &mut self,
+        shard: ShardId,
+        to_node: NodeId,
+        now_unix_ms: u64,
+        reason: &str,
+    ) -> Result<Move, String> {
+        if self.is_changing(shard) {
+            return Err(format!(
+                "shard {shard} is moving a replica or splitting; wait for it to end"
+            ));
+        }
+        if self.nodes.get(&to_node).map(|info| info.state) != Some(super::NodeState::Up) {
+            return Err(format!("node {to_node} is not up: it takes no replicas"));
+        }
+        let to = Replica {
+            replica_id: ReplicaId(self.next_replica_id),
+            node_id: to_node,
+        };
+        let group = self
+            .shard_mut(shard)
+            .ok_or_else(|| format!("shard {shard} does not exist"))?;
+        if group.replica_on(to_node).is_some() {
+            return Err(format!("shard {shard} already has a replica on node {to_node}"));
+        }
+        group.learners.push(to);
+        self.next_replica_id += 1;
+        let begun = Move {
+            shard,
+            from: Replica::NONE,
+            to,
+            step: MoveStep::CatchUp,
+            started_unix_ms: now_unix_ms,
+            reason: reason.to_owned(),
+            kind: MoveKind::AddReadReplica,
+        };
+        self.moves.push(begun.clone());
+        self.record_decision(
+            self.epoch + 1,
+            now_unix_ms,
+            format!(
+                "begin adding a read replica to shard {shard}: replica {} on node {to_node}: {reason}",
+                to.replica_id
+            ),
+        );
+        Ok(begun)
+    }
+
+    /// Records a move of `shard` that removes its read replica on `from_node`, as the change to
+    /// the next epoch.
+    pub fn begin_remove_read_replica(
+        &mut self,
+        shard: ShardId,
+        from_node: NodeId,
+        now_unix_ms: u64,
+        reason: &str,
+    ) -> Result<Move, String> {
+        if self.is_changing(shard) {
+            return Err(format!(
+                "shard {shard} is moving a replica or splitting; wait for it to end"
+            ));
+        }
+        let from = self
+            .read_replicas_of(shard)
+            .into_iter()
+            .find(|r| r.node_id == from_node)
+            .ok_or_else(|| format!("shard {shard} has no read replica on node {from_node}"))?;
+        let begun = Move {
+            shard,
+            from,
+            to: Replica::NONE,
+            step: MoveStep::CatchUp,
+            started_unix_ms: now_unix_ms,
+            reason: reason.to_owned(),
+            kind: MoveKind::RemoveReadReplica,
+        };
+        self.moves.push(begun.clone());
+        self.record_decision(
+            self.epoch + 1,
+            now_unix_ms,
+            format!(
+                "begin removing shard {shard}'s read replica on node {from_node} (replica {}): {reason}",
+                from.replica_id
+            ),
+        );
+        Ok(begun)
+    }
+
+    /// `shard`'s read replicas: its learners that no move in progress is adding as a voter or
+    /// a read replica.
+    pub fn read_replicas_of(&self, shard: ShardId) -> Vec<Replica> {
+        let adding = self
+            .move_of(shard)
+            .filter(|m| m.kind != MoveKind::RemoveReadReplica)
+            .map(|m| m.to.replica_id);
+        self.shard(shard).map_or_else(Vec::new, |group| {
+            group
+                .learners
+                .iter()
+                .filter(|r| Some(r.replica_id) != adding)
+                .copied()
+                .collect()
+        })
     }
 
     /// Records the next step of the move of `shard`.
@@ -242,6 +366,25 @@ impl ShardMap {
             return;
         };
         let done = self.moves.remove(index);
+        if done.kind != MoveKind::Voter {
+            if let Some(group) = self.shard_mut(shard)
+                && done.kind == MoveKind::RemoveReadReplica
+            {
+                group.learners.retain(|r| r.replica_id != done.from.replica_id);
+            }
+            let text = match done.kind {
+                MoveKind::AddReadReplica => format!(
+                    "added read replica {} on node {} to shard {shard}",
+                    done.to.replica_id, done.to.node_id
+                ),
+                _ => format!(
+                    "removed read replica {} on node {} from shard {shard}",
+                    done.from.replica_id, done.from.node_id
+                ),
+            };
+            self.record_decision(self.epoch + 1, now_unix_ms, text);
+            return;
+        }
         if let Some(group) = self.shard_mut(shard) {
             group.learners.retain(|r| r.replica_id != done.to.replica_id);
             if done.adds_only() {
@@ -313,8 +456,12 @@ impl ShardMap {
                     m.shard, m.to.replica_id
                 ));
             }
-            // `from` is a voter until the move finishes.
-            if !m.adds_only() && !group.voters.contains(&m.from) {
+            // `from` is a voter (a learner, for a read replica's removal) until the move finishes.
+            let sources = match m.kind {
+                MoveKind::RemoveReadReplica => &group.learners,
+                _ => &group.voters,
+            };
+            if !m.adds_only() && !sources.contains(&m.from) {
                 return Some(format!(
                     "the move of shard {} names replica {} as its source, which is not a voter of the shard",
                     m.shard, m.from.replica_id

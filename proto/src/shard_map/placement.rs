@@ -13,7 +13,12 @@
 //! 5. balance preferred leaders (a shard's first voter, whom the leader balancer hands leadership
 //!    to) by reordering voters, no data moves: from a node with the most to one with at least two
 //!    fewer, directly or along a chain of shards whose nodes each give one and take one (a node's
-//!    shards may all share their other voters with nodes as full as it is).
+//!    shards may all share their other voters with nodes as full as it is);
+//! 6. place read replicas (learners): one of every shard on each up read-replica node, at least
+//!    `read_replicas` per shard (the rest on voter nodes holding no replica of the shard). Read
+//!    replicas on nodes that are not up are removed first, right after step 1.
+//!
+//! Voters go only to nodes with the voter role (`up_nodes`).
 //!
 //! Counts are taken as the map will be once the moves in progress finish, so steps taken while
 //! moves run never overshoot. Data shards are balanced; the metadata group is drained and sized.
@@ -22,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ringkv_core::{NodeId, ShardId};
 
-use super::{NodeState, Shard, ShardMap, meta_voter_count};
+use super::{MoveKind, NodeRole, NodeState, Shard, ShardMap, meta_voter_count};
 
 /// One change the controller makes to the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +59,119 @@ pub enum PlacementStep {
         node: NodeId,
         reason: String,
     },
+    /// Begin adding a read replica (a learner) of `shard` on `node`.
+    AddReadReplica {
+        shard: ShardId,
+        node: NodeId,
+        reason: String,
+    },
+    /// Begin removing `shard`'s read replica on `node`.
+    RemoveReadReplica {
+        shard: ShardId,
+        node: NodeId,
+        reason: String,
+    },
 }
 
 impl ShardMap {
-    /// The nodes that take replicas.
+    /// The nodes that take voters: up, with the voter role.
     pub fn up_nodes(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, info)| info.state == NodeState::Up)
+            .filter(|(_, info)| info.state == NodeState::Up && info.role == NodeRole::Voter)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The up nodes with the read-replica role.
+    pub fn up_read_replica_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, info)| info.state == NodeState::Up && info.role == NodeRole::ReadReplica)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The step that brings one shard's read replicas towards what the map calls for, if any:
+    /// none on a node that is not up (`drain` only looks at those); one on every up read-replica
+    /// node; at least `read_replicas` in all, the extra ones on voter nodes holding no replica of
+    /// the shard (the emptiest first); none on voter nodes beyond that.
+    fn read_replica_step(&self, drain: bool) -> Option<PlacementStep> {
+        let rr_nodes = self.up_read_replica_nodes();
+        let voter_nodes = self.up_nodes();
+        for shard in &self.shards {
+            if self.is_changing(shard.id) {
+                continue;
+            }
+            let replicas = self.read_replicas_of(shard.id);
+            for replica in &replicas {
+                let state = self.nodes.get(&replica.node_id).map(|info| info.state);
+                if state != Some(NodeState::Up) {
+                    return Some(PlacementStep::RemoveReadReplica {
+                        shard: shard.id,
+                        node: replica.node_id,
+                        reason: format!(
+                            "node {} is {}",
+                            replica.node_id,
+                            state.map_or("unknown".to_owned(), |s| s.to_string())
+                        ),
+                    });
+                }
+            }
+            if drain {
+                continue;
+            }
+            if let Some(node) = rr_nodes.iter().find(|node| shard.replica_on(**node).is_none()) {
+                return Some(PlacementStep::AddReadReplica {
+                    shard: shard.id,
+                    node: *node,
+                    reason: format!("node {node} is a read-replica node: it holds one of every shard"),
+                });
+            }
+            let on_voter_nodes: Vec<NodeId> = replicas
+                .iter()
+                .map(|r| r.node_id)
+                .filter(|node| voter_nodes.contains(node))
+                .collect();
+            let wanted = self.read_replicas as usize;
+            if replicas.len() < wanted {
+                let held = |node: NodeId| {
+                    self.shards
+                        .iter()
+                        .filter(|s| s.replica_on(node).is_some())
+                        .count()
+                };
+                let target = voter_nodes
+                    .iter()
+                    .filter(|node| shard.replica_on(**node).is_none())
+                    .min_by_key(|node| (held(**node), **node));
+                if let Some(node) = target {
+                    return Some(PlacementStep::AddReadReplica {
+                        shard: shard.id,
+                        node: *node,
+                        reason: format!(
+                            "shard {} has {} read replicas; read_replicas is {wanted}",
+                            shard.id,
+                            replicas.len()
+                        ),
+                    });
+                }
+            }
+            if replicas.len() > wanted.max(rr_nodes.len())
+                && let Some(node) = on_voter_nodes.last()
+            {
+                return Some(PlacementStep::RemoveReadReplica {
+                    shard: shard.id,
+                    node: *node,
+                    reason: format!(
+                        "shard {} has {} read replicas; read_replicas is {wanted}",
+                        shard.id,
+                        replicas.len()
+                    ),
+                });
+            }
+        }
+        None
     }
 
     /// Whether `node` is still joining (as `ringkv node list` shows it): up, and holding fewer
@@ -74,7 +182,7 @@ impl ShardMap {
         if self
             .nodes
             .get(&node)
-            .is_none_or(|info| info.state != NodeState::Up)
+            .is_none_or(|info| info.state != NodeState::Up || info.role != NodeRole::Voter)
         {
             return false;
         }
@@ -91,7 +199,9 @@ impl ShardMap {
     /// The nodes holding `group`'s replicas once its move in progress, if any, has finished.
     fn planned_nodes(&self, group: &Shard) -> BTreeSet<NodeId> {
         let mut nodes: BTreeSet<NodeId> = group.voters.iter().map(|r| r.node_id).collect();
-        if let Some(moving) = self.move_of(group.id) {
+        if let Some(moving) = self.move_of(group.id)
+            && moving.kind == MoveKind::Voter
+        {
             nodes.remove(&moving.from.node_id);
             nodes.insert(moving.to.node_id);
         }
@@ -143,6 +253,10 @@ impl ShardMap {
                     }
                 }
             }
+        }
+        // 1b. Drop read replicas on nodes that are not up.
+        if may_move && let Some(step) = self.read_replica_step(true) {
+            return Some(step);
         }
         // 2. Size the metadata group.
         if may_move && !self.is_changing(ShardId::META) {
@@ -221,8 +335,14 @@ impl ShardMap {
             }
         }
         // 5. Balance preferred leaders.
-        self.leader_chain()
-            .map(|(changes, reason)| PlacementStep::PreferLeaders { changes, reason })
+        if let Some((changes, reason)) = self.leader_chain() {
+            return Some(PlacementStep::PreferLeaders { changes, reason });
+        }
+        // 6. Place read replicas.
+        if may_move {
+            return self.read_replica_step(false);
+        }
+        None
     }
 
     /// Records `step` as the change to the next epoch.
@@ -259,6 +379,12 @@ impl ShardMap {
             }
             PlacementStep::RemoveVoter { shard, node, reason } => self
                 .begin_remove_voter(*shard, *node, now_unix_ms, reason)
+                .map(drop),
+            PlacementStep::AddReadReplica { shard, node, reason } => self
+                .begin_add_read_replica(*shard, *node, now_unix_ms, reason)
+                .map(drop),
+            PlacementStep::RemoveReadReplica { shard, node, reason } => self
+                .begin_remove_read_replica(*shard, *node, now_unix_ms, reason)
                 .map(drop),
             PlacementStep::Remove { node, reason } => {
                 let info = self
@@ -328,6 +454,7 @@ impl ShardMap {
                 addr: addr.to_owned(),
                 incarnation,
                 state: NodeState::Up,
+                role: Default::default(),
             },
         );
         self.record_decision(self.epoch + 1, now_unix_ms, format!("node {id} joined at {addr}"));
@@ -412,7 +539,10 @@ mod tests {
                     moves += 1;
                     map.finish_move(shard, 0);
                 }
-                PlacementStep::AddVoter { shard, .. } | PlacementStep::RemoveVoter { shard, .. } => {
+                PlacementStep::AddVoter { shard, .. }
+                | PlacementStep::RemoveVoter { shard, .. }
+                | PlacementStep::AddReadReplica { shard, .. }
+                | PlacementStep::RemoveReadReplica { shard, .. } => {
                     map.finish_move(shard, 0);
                 }
                 _ => {}
@@ -441,6 +571,7 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 7000 + id),
                 incarnation: 100 + id,
                 state: NodeState::Up,
+                role: Default::default(),
             };
             map.nodes.insert(NodeId(id), info);
         }
@@ -519,6 +650,64 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn read_replicas_go_to_read_replica_nodes_and_voter_nodes_as_the_setting_asks() {
+        let mut map = cluster(3, 4);
+        for id in [4, 5] {
+            map.add_node(Some(NodeId(id)), &format!("127.0.0.1:{}", 7000 + id), 100 + id, 0)
+                .expect("added");
+            map.nodes.get_mut(&NodeId(id)).expect("added").role = NodeRole::ReadReplica;
+        }
+        settle(&mut map);
+        let on = |map: &ShardMap, shard: &Shard| -> BTreeSet<NodeId> {
+            map.read_replicas_of(shard.id).iter().map(|r| r.node_id).collect()
+        };
+        for shard in &map.shards {
+            assert_eq!(
+                on(&map, shard),
+                BTreeSet::from([NodeId(4), NodeId(5)]),
+                "shard {}",
+                shard.id
+            );
+            assert!(
+                shard.voters.iter().all(|v| v.node_id.0 <= 3),
+                "no voter on a read-replica node: {shard:?}"
+            );
+        }
+        assert!(
+            map.meta.voters.iter().all(|v| v.node_id.0 <= 3),
+            "nor a metadata voter"
+        );
+        assert_eq!(map.replica_counts().len(), 3, "read-replica nodes hold no voters");
+
+        // A fourth voter node, and read_replicas 3: one more per shard, on a voter node holding
+        // no replica of the shard (node 4 is the only one).
+        map.add_node(Some(NodeId(6)), "127.0.0.1:7006", 106, 0)
+            .expect("added");
+        map.read_replicas = 3;
+        settle(&mut map);
+        for shard in &map.shards {
+            let nodes = on(&map, shard);
+            assert_eq!(nodes.len(), 3, "shard {}: {nodes:?}", shard.id);
+            let extra: Vec<&NodeId> = nodes.iter().filter(|n| n.0 != 4 && n.0 != 5).collect();
+            assert!(
+                extra
+                    .iter()
+                    .all(|n| shard.voters.iter().all(|v| v.node_id != **n)),
+                "the extra read replica is not on a node voting in the shard: {shard:?}"
+            );
+        }
+        // Read-replica node 5 goes down: its read replicas are removed; lowering the setting
+        // removes the extra ones on voter nodes.
+        map.read_replicas = 0;
+        map.nodes.get_mut(&NodeId(5)).expect("node 5").state = NodeState::Down;
+        settle(&mut map);
+        for shard in &map.shards {
+            assert_eq!(on(&map, shard), BTreeSet::from([NodeId(4)]), "shard {}", shard.id);
+        }
+        map.validate().expect("valid");
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use ringkv_core::{NodeId, ReplicaId, ShardId};
 
-use super::{Arc, Decision, MapError, Move, MoveStep, NodeInfo, NodeState, Replica, Shard, ShardMap, Split};
+use super::{
+    Arc, Decision, MapError, Move, MoveKind, MoveStep, NodeInfo, NodeRole, NodeState, Replica, Shard,
+    ShardMap, Split,
+};
 use crate::pb;
 
 impl ShardMap {
@@ -36,12 +39,18 @@ impl ShardMap {
                         NodeState::Down => pb::NodeState::Down,
                     }
                     .into(),
+                    role: match info.role {
+                        NodeRole::Voter => pb::NodeRole::Voter,
+                        NodeRole::ReadReplica => pb::NodeRole::ReadReplica,
+                    }
+                    .into(),
                 })
                 .collect(),
             shards: self.shards.iter().map(shard_to_proto).collect(),
             next_replica_id: self.next_replica_id,
             moves: self.moves.iter().map(move_to_proto).collect(),
             splits: self.splits.iter().map(split_to_proto).collect(),
+            read_replicas: self.read_replicas,
         }
     }
 
@@ -61,10 +70,21 @@ impl ShardMap {
                     )));
                 }
             };
+            let role = match pb::NodeRole::try_from(node.role) {
+                Ok(pb::NodeRole::Voter) => NodeRole::Voter,
+                Ok(pb::NodeRole::ReadReplica) => NodeRole::ReadReplica,
+                Err(_) => {
+                    return Err(MapError::Malformed(format!(
+                        "node {} has an unknown role {}",
+                        node.node_id, node.role
+                    )));
+                }
+            };
             let info = NodeInfo {
                 addr: node.addr.clone(),
                 incarnation: node.incarnation,
                 state,
+                role,
             };
             if nodes.insert(NodeId(node.node_id), info).is_some() {
                 return Err(MapError::DuplicateNode(NodeId(node.node_id)));
@@ -95,6 +115,7 @@ impl ShardMap {
             next_replica_id: map.next_replica_id,
             moves: map.moves.iter().map(move_from_proto).collect::<Result<_, _>>()?,
             splits: map.splits.iter().map(split_from_proto).collect(),
+            read_replicas: map.read_replicas,
         };
         map.validate()?;
         Ok(map)
@@ -152,6 +173,12 @@ fn move_to_proto(m: &Move) -> pb::Move {
         step: step.into(),
         started_unix_ms: m.started_unix_ms,
         reason: m.reason.clone(),
+        kind: match m.kind {
+            MoveKind::Voter => pb::MoveKind::Voter,
+            MoveKind::AddReadReplica => pb::MoveKind::AddReadReplica,
+            MoveKind::RemoveReadReplica => pb::MoveKind::RemoveReadReplica,
+        }
+        .into(),
     }
 }
 
@@ -162,6 +189,12 @@ fn move_from_proto(m: &pb::Move) -> Result<Move, MapError> {
         Ok(pb::MoveStep::Promote) => MoveStep::Promote,
         Ok(pb::MoveStep::RollBack) => MoveStep::RollBack,
         Err(_) => return Err(malformed(&format!("has an unknown step {}", m.step))),
+    };
+    let kind = match pb::MoveKind::try_from(m.kind) {
+        Ok(pb::MoveKind::Voter) => MoveKind::Voter,
+        Ok(pb::MoveKind::AddReadReplica) => MoveKind::AddReadReplica,
+        Ok(pb::MoveKind::RemoveReadReplica) => MoveKind::RemoveReadReplica,
+        Err(_) => return Err(malformed(&format!("has an unknown kind {}", m.kind))),
     };
     Ok(Move {
         shard: ShardId(m.shard_id),
@@ -174,6 +207,7 @@ fn move_from_proto(m: &pb::Move) -> Result<Move, MapError> {
         step,
         started_unix_ms: m.started_unix_ms,
         reason: m.reason.clone(),
+        kind,
     })
 }
 

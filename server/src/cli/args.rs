@@ -84,6 +84,17 @@ pub(super) enum Command {
     /// Operate on nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Change cluster settings.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ClusterCommand {
+    /// Set how many read replicas (non-voting learners) every shard keeps at least, besides one
+    /// on each read-replica node; the controller adds or removes them on voter nodes that hold
+    /// no replica of the shard.
+    ReadReplicas { count: u32 },
 }
 
 /// How fresh a read must be, and where it may be served.
@@ -189,6 +200,10 @@ pub(super) struct StartArgs {
     /// one.
     #[arg(long)]
     pub(super) join: Option<String>,
+    /// voter (the default) or read-replica: a node that hosts only read replicas (non-voting
+    /// learners, one of every shard) and joins a running cluster with --join.
+    #[arg(long)]
+    pub(super) role: Option<String>,
     /// Raft snapshot threshold: build a snapshot after this many log entries.
     #[arg(long)]
     pub(super) snapshot_after_logs: Option<u64>,

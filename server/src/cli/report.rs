@@ -15,6 +15,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
     let map = client.shard_map().await;
     let mut nodes = Vec::new();
     let mut applied: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let mut lag: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
     let mut failed: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for (&node_id, info) in &map.nodes {
         let (node_id, addr) = (node_id.0, &info.addr);
@@ -22,6 +23,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             Ok(Ok(status)) => {
                 for replica in &status.replicas {
                     applied.insert((replica.shard_id, node_id), replica.applied_index);
+                    lag.insert((replica.shard_id, node_id), (replica.lag_entries, replica.lag_ms));
                     if !replica.failure.is_empty() {
                         failed
                             .entry(replica.shard_id)
@@ -47,6 +49,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             })),
         }
     }
+    let applied_all = applied.clone();
     // The metadata group is listed last, as shard `meta`.
     let shards: Vec<serde_json::Value> = map
         .groups()
@@ -68,6 +71,17 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
                 "learners": shard.learners.iter().map(|l| l.node_id.0).collect::<Vec<_>>(),
                 "leader": shard.leader.map(|node| node.0),
                 "applied_index": applied,
+                // Read replicas and how far each trails the leader (entries, and how old its
+                // data provably is; null when it has heard from no leader it caught up with).
+                "read_replicas": map.read_replicas_of(shard.id).iter().map(|r| {
+                    let (entries, ms) = lag.get(&(shard.id.0, r.node_id.0)).copied().unwrap_or((0, u64::MAX));
+                    serde_json::json!({
+                        "node_id": r.node_id.0,
+                        "applied_index": applied_of(&applied_all, shard.id.0, r.node_id.0),
+                        "lag_entries": entries,
+                        "lag_ms": (ms != u64::MAX).then_some(ms),
+                    })
+                }).collect::<Vec<_>>(),
                 "failed_replicas": failed.get(&shard.id.0).cloned().unwrap_or_default(),
             })
         })
@@ -153,7 +167,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
     }
     println!();
     println!(
-        "{:<6} {:<35} {:<12} {:<7} APPLIED (node:index)",
+        "{:<6} {:<35} {:<12} {:<7} APPLIED (node:index); READ REPLICAS (node:entries behind/ms old)",
         "SHARD", "ARC", "VOTERS", "LEADER"
     );
     for shard in &shards {
@@ -184,7 +198,7 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
             ),
             voters.join(","),
             leader,
-            applied.join(" ")
+            applied.join(" ") + &read_replicas_text(&shard["read_replicas"])
         );
     }
     for (shard_id, reasons) in &failed {
@@ -348,6 +362,7 @@ pub(super) async fn node_list(client: &Client, output: Output) -> anyhow::Result
         let placed = map.groups().filter(|g| g.replica_on(*node_id).is_some()).count();
         rows.push(serde_json::json!({
             "node_id": node_id.0, "addr": info.addr, "state": state,
+            "role": info.role.to_string(),
             "replicas_placed": placed,
             "replicas_running": status.as_ref().map(|s| s.replicas.len()),
             "leaders": status.as_ref().map(|s| s.replicas.iter().filter(|r| r.role == "leader").count()),
@@ -388,4 +403,26 @@ pub(super) async fn node_list(client: &Client, output: Output) -> anyhow::Result
         );
     }
     Ok(())
+}
+
+fn applied_of(applied: &BTreeMap<(u64, u64), u64>, shard: u64, node: u64) -> Option<u64> {
+    applied.get(&(shard, node)).copied()
+}
+
+/// `; 4:0/12ms 5:3/80ms` for a shard's read replicas, or nothing without any.
+fn read_replicas_text(replicas: &serde_json::Value) -> String {
+    let parts: Vec<String> = replicas
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let ms = r["lag_ms"].as_u64().map_or("?".to_string(), |ms| ms.to_string());
+            format!("{}:{}/{ms}ms", r["node_id"], r["lag_entries"])
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", parts.join(" "))
+    }
 }

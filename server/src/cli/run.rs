@@ -13,7 +13,7 @@ use ringkv_client::{
     ScanOptions, Session, ShardId,
 };
 
-use super::args::{CasArgs, Cli, Command, NodeCommand, ReadArgs, ShardCommand};
+use super::args::{CasArgs, Cli, ClusterCommand, Command, NodeCommand, ReadArgs, ShardCommand};
 use super::{report, start};
 
 /// Process entry point for the `ringkv` binary.
@@ -139,6 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return split_shard(&client, ShardId(shard), wait).await;
         }
         Command::Node(NodeCommand::List { output }) => report::node_list(&client, output).await?,
+        Command::Cluster(ClusterCommand::ReadReplicas { count }) => {
+            let map = client.set_read_replicas(count).await?;
+            println!("read_replicas is {} (map epoch {})", map.read_replicas, map.epoch);
+        }
         Command::Node(NodeCommand::Decommission { node, wait } | NodeCommand::Remove { node, wait }) => {
             return decommission(&client, NodeId(node), wait).await;
         }

@@ -84,6 +84,9 @@ fn config_from(args: StartArgs) -> anyhow::Result<NodeConfig> {
     if let Some(bytes) = args.split_size_bytes {
         config.split_size_bytes = bytes;
     }
+    if let Some(role) = &args.role {
+        config.role = role.clone();
+    }
     if let Some(rate) = args.split_writes_per_sec {
         config.split_writes_per_sec = rate;
     }

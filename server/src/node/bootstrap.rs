@@ -225,6 +225,7 @@ pub async fn join_cluster(
     join: &str,
     node_id: NodeId,
     addr: &str,
+    role: pb::NodeRole,
     existing: Option<NodeRecord>,
 ) -> anyhow::Result<(NodeRecord, (BootstrapParams, ShardMap))> {
     let incarnation = existing.map_or_else(random_nonzero, |record| record.incarnation);
@@ -240,6 +241,7 @@ pub async fn join_cluster(
             node_id: node_id.0,
             addr: addr.to_owned(),
             incarnation,
+            role: role.into(),
         };
         match ask_to_join(join, request).await {
             Ok(response) => {

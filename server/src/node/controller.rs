@@ -14,7 +14,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use ringkv_engine::NodeId;
-use ringkv_proto::{NodeState, ShardMap};
+use ringkv_proto::pb;
+use ringkv_proto::{NodeRole, NodeState, ShardMap};
 
 use super::host::Node;
 use super::moves::unix_ms;
@@ -125,11 +126,20 @@ impl Node {
         node: Option<NodeId>,
         addr: &str,
         incarnation: u64,
+        role: pb::NodeRole,
         budget: Duration,
     ) -> Result<(NodeId, ShardMap), ServiceError> {
+        let role = match role {
+            pb::NodeRole::Voter => NodeRole::Voter,
+            pb::NodeRole::ReadReplica => NodeRole::ReadReplica,
+        };
         let (id, map) = self
             .change_map("the join", budget, |map| {
-                map.add_node(node, addr, incarnation, unix_ms())
+                let id = map.add_node(node, addr, incarnation, unix_ms())?;
+                if let Some(info) = map.nodes.get_mut(&id) {
+                    info.role = role;
+                }
+                Ok(id)
             })
             .await?;
         info!(node_id = %id, %addr, "a node is a member of the cluster");

@@ -40,7 +40,7 @@ use tracing::{info, warn};
 
 use ringkv_engine::{NodeId, ReplicaId, ReplicaNode, ShardId};
 use ringkv_proto::pb::{self, ChangeReplicasAction};
-use ringkv_proto::{Move, MoveStep, Replica, ShardMap};
+use ringkv_proto::{Move, MoveKind, MoveStep, Replica, ShardMap};
 
 use super::host::{Node, ShardReplica};
 use super::leadership::{most_caught_up_voter, transfer_watched};
@@ -408,6 +408,59 @@ async fn step(
 ) -> Result<bool, ServiceError> {
     let shard = moving.shard;
     let (from, to) = (moving.from, moving.to);
+    match (moving.kind, moving.step) {
+        // A read replica leaves: remove the learner, then the move is done.
+        (MoveKind::RemoveReadReplica, _) => {
+            let membership = ask_leader(
+                node,
+                map,
+                shard,
+                ChangeReplicasAction::ChangeReplicasRemoveLearner,
+                Some(from),
+                None,
+            )
+            .await?;
+            if membership.learners.contains(&from.replica_id) || membership.voters.contains(&from.replica_id)
+            {
+                return Ok(false);
+            }
+            return record(node, map, |m| m.finish_move(shard, unix_ms())).await;
+        }
+        // A read replica joins: added as a learner and caught up, it is one.
+        (MoveKind::AddReadReplica, MoveStep::CatchUp) if !timed_out => {
+            let membership = ask_leader(
+                node,
+                map,
+                shard,
+                ChangeReplicasAction::ChangeReplicasQuery,
+                Some(to),
+                None,
+            )
+            .await?;
+            if !membership.learners.contains(&to.replica_id) {
+                ask_leader(
+                    node,
+                    map,
+                    shard,
+                    ChangeReplicasAction::ChangeReplicasAddLearner,
+                    Some(to),
+                    None,
+                )
+                .await?;
+                return Ok(false);
+            }
+            let caught_up = membership.add_matched_index > 0
+                && membership
+                    .leader_last_index
+                    .saturating_sub(membership.add_matched_index)
+                    <= CATCH_UP_SLACK;
+            if !caught_up {
+                return Ok(false);
+            }
+            return record(node, map, |m| m.finish_move(shard, unix_ms())).await;
+        }
+        _ => {}
+    }
     match moving.step {
         // A move that only removes a voter has nothing to catch up.
         MoveStep::CatchUp if moving.removes_only() => {

@@ -113,6 +113,20 @@ impl LeaderContact {
         samples.push_back((committed, at));
     }
 
+    /// How far a replica that has applied `applied` trails its leader: the entries the leader's
+    /// last message showed committed that it has not applied, and the milliseconds since its
+    /// data was provably current (`fresh_as_of`); `(0, 0)` before any message.
+    pub(crate) fn lag(&self, applied: LogIndex) -> (u64, u64) {
+        let newest = self.samples.lock().expect("contact lock").back().copied();
+        let Some((committed, _)) = newest else {
+            return (0, 0);
+        };
+        let age = self
+            .fresh_as_of(applied)
+            .map_or(u64::MAX, |at| at.elapsed().as_millis() as u64);
+        (committed.saturating_sub(applied), age)
+    }
+
     /// The latest moment at which the leader's commit index was at most `applied`: the replica's
     /// state then held every write the leader had committed at that moment.
     pub(crate) fn fresh_as_of(&self, applied: LogIndex) -> Option<Instant> {

@@ -47,6 +47,12 @@ impl Node {
                     ServerState::Shutdown => "shutdown",
                 };
                 let leader_replica_id = metrics.current_leader.map_or(0, |id| id.0);
+                let applied = metrics.last_applied.map_or(0, |id| id.index);
+                let (lag_entries, lag_ms) = if metrics.state == ServerState::Leader {
+                    (0, 0)
+                } else {
+                    replica.contact.lag(applied)
+                };
                 let leader_node_id = metrics
                     .current_leader
                     .and_then(|leader| map.replica_node(replica.shard_id, leader))
@@ -64,6 +70,8 @@ impl Node {
                     snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
                     purged_index: metrics.purged.map_or(0, |id| id.index),
                     failure: replica.failure().unwrap_or_default(),
+                    lag_entries,
+                    lag_ms,
                 }
             })
             .collect();

@@ -131,7 +131,7 @@ impl Cluster for ClusterService {
         let request = request.into_inner();
         let wanted = (request.node_id != 0).then_some(NodeId(request.node_id));
         let (node_id, map) = node
-            .join_node(wanted, &request.addr, request.incarnation, budget)
+            .join_node(wanted, &request.addr, request.incarnation, request.role(), budget)
             .await?;
         Ok(Response::new(pb::JoinResponse {
             node_id: node_id.0,

@@ -7,6 +7,7 @@ mod decommission;
 mod grow;
 mod metadata;
 mod moves;
+mod read_replicas;
 mod split;
 
 use std::time::{Duration, Instant};
