@@ -155,6 +155,8 @@ pub fn json(args: &Args, result: &LoadResult) -> String {
         "keys": args.keys,
         "value_size": args.value_size,
         "concurrency": args.concurrency,
+        "consistency": args.consistency,
+        "replica": args.replica,
         "duration_s": elapsed,
         "preloaded_keys": result.preloaded,
         "ops": all.len(),

@@ -54,10 +54,16 @@ impl ShardMap {
         let Some(group) = self.shard(shard) else {
             return Err(format!("shard {shard} does not exist"));
         };
-        if !group.learners.is_empty() {
+        // Read replicas stay the parent's; the child gets its own from the controller later.
+        let read_replicas = self.read_replicas_of(shard);
+        let joining: Vec<_> = group
+            .learners
+            .iter()
+            .filter(|learner| !read_replicas.contains(learner))
+            .collect();
+        if !joining.is_empty() {
             return Err(format!(
-                "shard {shard} has learners {:?}; split it once they are gone",
-                group.learners
+                "shard {shard} has learners {joining:?} joining it; split it once they have"
             ));
         }
         let arc = group.arc;

@@ -5,7 +5,7 @@
 //!    leader when P grows past `split_size_bytes` or `split_writes_per_sec`) records the split in
 //!    the map with one change: the child's id, `at` (the midpoint of P's arc) and one fresh
 //!    replica id per voter of P, on the same nodes. A shard that is moving a replica, has
-//!    learners or is splitting already takes no split.
+//!    learners joining or is splitting already takes no split (read replicas stay P's).
 //! 2. The splitter, a task on the metadata group's leader, asks P's leader (`ChangeReplicas`,
 //!    action `SPLIT`) to apply the split its map lists. P's leader proposes a `Split` command;
 //!    every replica of P applies it at the same index (`engine/src/split.rs`): P's range ends
@@ -300,7 +300,9 @@ pub(crate) fn spawn_split_checker(node: Weak<Node>, policy: SplitPolicy) {
                 if shard_id.is_meta()
                     || metrics.state != openraft::ServerState::Leader
                     || map.is_changing(shard_id)
-                    || map.shard(shard_id).is_none_or(|shard| !shard.learners.is_empty())
+                    || map
+                        .shard(shard_id)
+                        .is_none_or(|shard| shard.learners.len() != map.read_replicas_of(shard_id).len())
                 {
                     continue;
                 }

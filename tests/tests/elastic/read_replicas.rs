@@ -140,6 +140,43 @@ async fn read_replica_nodes_hold_a_learner_of_every_shard_and_serve_reads() -> a
     }
     assert_replicas_identical(&client).await?;
 
+    // A shard with read replicas splits; the child gets read replicas of its own.
+    let parent = map.shards[0].id;
+    let split = client.split_shard(parent).await?;
+    let child = split
+        .split_of(parent)
+        .map(|s| s.child)
+        .expect("the split is recorded");
+    client
+        .wait_for_split(parent, Duration::from_secs(60))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("shard {parent} did not split within 60 s"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        client.refresh_shard_map().await.ok();
+        let map = client.shard_map().await;
+        let nodes: BTreeSet<u64> = map.read_replicas_of(child).iter().map(|r| r.node_id.0).collect();
+        if nodes == BTreeSet::from([4, 5]) && map.moves.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the split child {child} has read replicas on {nodes:?}, not nodes 4 and 5, after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for i in 0..40 {
+        let key = format!("rr-{i}");
+        let options = ReadOptions::new(Consistency::ReplicaLinearizable)
+            .with_selection(ReplicaSelection::Node(NodeId(5)));
+        assert_eq!(
+            client.get_with(&key, options).await?.map(|v| v.value),
+            Some(Bytes::from(format!("v{i}"))),
+            "{key} after the split"
+        );
+    }
+    assert_replicas_identical(&client).await?;
+
     // A dead read replica takes no part in any quorum: writes go on.
     cluster.kill(5);
     for i in 0..40 {
