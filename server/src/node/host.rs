@@ -26,7 +26,7 @@ use super::controller::spawn_controller;
 use super::metadata::spawn_map_follower;
 use super::moves::spawn_mover;
 use super::quiesce::{PeerLiveness, QuietState, spawn_pulses, spawn_quiescer};
-use super::reads::LeaderContact;
+use super::reads::{LeaderContact, ReadIndexQueue};
 use super::reconcile::spawn_reconciler;
 use super::splits::{spawn_split_checker, spawn_splitter};
 use crate::config::NodeConfig;
@@ -57,6 +57,8 @@ pub struct ShardReplica {
     pub applied_bound: AppliedBound,
     /// When leaders last told it commit indexes (bounded-staleness reads; see `reads`).
     pub(crate) contact: LeaderContact,
+    /// Reads waiting for the leader's read index (replica-linearizable, bounded probes).
+    pub(crate) read_index: Mutex<ReadIndexQueue>,
 }
 
 impl ShardReplica {
@@ -335,6 +337,7 @@ impl Node {
             quiet: QuietState::default(),
             applied_bound,
             contact: LeaderContact::default(),
+            read_index: Mutex::new(ReadIndexQueue::default()),
         });
         {
             // Checked under the lock `shutdown` drains the replicas with: a group that finishes

@@ -17,13 +17,14 @@
 //! state the read saw, which a session keeps as its token for the shard.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::LinearizerOption;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use tokio::sync::oneshot;
 
 use ringkv_engine::{LogIndex, ReplicaId, ShardId, TypeConfig};
 use ringkv_proto::pb;
@@ -43,6 +44,18 @@ const BOUNDED_PROBE: Duration = Duration::from_millis(500);
 const CONTACT_SAMPLES: usize = 32;
 /// A contact is remembered at most this often (one per heartbeat-sized interval is plenty).
 const CONTACT_EVERY: Duration = Duration::from_millis(5);
+
+/// Longest wait for one read-index request to the leader (each read waits at most its own
+/// budget for the answer).
+const READ_INDEX_ROUND: Duration = Duration::from_secs(2);
+
+/// Reads of one replica waiting for the leader's read index (see `batched_read_index`).
+#[derive(Debug, Default)]
+pub struct ReadIndexQueue {
+    /// Whether a task is sending requests for the waiting reads.
+    driving: bool,
+    waiting: Vec<oneshot::Sender<Result<LogIndex, ServiceError>>>,
+}
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,8 +189,8 @@ impl Node {
     /// Waits until `replica` may serve a read at `level` (see the module header), at most
     /// `budget`.
     pub async fn read_barrier(
-        &self,
-        replica: &ShardReplica,
+        self: &Arc<Self>,
+        replica: &Arc<ShardReplica>,
         level: ReadLevel,
         budget: Duration,
     ) -> Result<(), ServiceError> {
@@ -189,7 +202,7 @@ impl Node {
                     return self.linearizable_barrier(replica, budget).await;
                 }
                 let started = Instant::now();
-                let index = self.leader_read_index(replica, budget).await?;
+                let index = self.batched_read_index(replica, budget).await?;
                 self.wait_applied(replica, index, budget.saturating_sub(started.elapsed()))
                     .await
                     .map_err(|applied| ServiceError::Unavailable {
@@ -221,8 +234,8 @@ impl Node {
     }
 
     async fn bounded_barrier(
-        &self,
-        replica: &ShardReplica,
+        self: &Arc<Self>,
+        replica: &Arc<ShardReplica>,
         max_staleness: Duration,
         budget: Duration,
     ) -> Result<(), ServiceError> {
@@ -245,7 +258,7 @@ impl Node {
             applied_index: applied_index(replica),
             reason,
         };
-        let index = self.leader_read_index(replica, probe).await.map_err(|error| {
+        let index = self.batched_read_index(replica, probe).await.map_err(|error| {
             behind(format!(
                 "its replica on node {} cannot show its data is at most {} ms old: no recent message \
                  from the leader, and asking it failed ({error})",
@@ -271,6 +284,55 @@ impl Node {
     /// Whether `replica` leads its shard now, as far as it knows.
     fn leads(&self, replica: &ShardReplica) -> bool {
         replica.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+    }
+
+    /// The leader's read index for a read that arrived now, within `budget`. Concurrent reads of
+    /// one replica share requests: a read joins the batch of the next request to leave, which
+    /// leaves only after it joined, so the index it gets was given after the read arrived (every
+    /// write acknowledged before then is at or below it). At most one request per replica is in
+    /// flight; under load each carries every read that arrived while the previous one was out.
+    async fn batched_read_index(
+        self: &Arc<Self>,
+        replica: &Arc<ShardReplica>,
+        budget: Duration,
+    ) -> Result<LogIndex, ServiceError> {
+        let (sender, receiver) = oneshot::channel();
+        let start_driver = {
+            let mut queue = replica.read_index.lock().expect("read index queue lock");
+            queue.waiting.push(sender);
+            !std::mem::replace(&mut queue.driving, true)
+        };
+        if start_driver {
+            let (node, replica) = (self.clone(), replica.clone());
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut queue = replica.read_index.lock().expect("read index queue lock");
+                        if queue.waiting.is_empty() {
+                            queue.driving = false;
+                            return;
+                        }
+                        std::mem::take(&mut queue.waiting)
+                    };
+                    let answer = node.leader_read_index(&replica, READ_INDEX_ROUND).await;
+                    for waiter in batch {
+                        let _ = waiter.send(answer.clone());
+                    }
+                }
+            });
+        }
+        match tokio::time::timeout(budget, receiver).await {
+            Ok(Ok(answer)) => answer,
+            _ => Err(ServiceError::Unavailable {
+                shard_id: replica.shard_id,
+                outcome_unknown: false,
+                reason: format!(
+                    "its replica on node {} got no read index from the leader within {} ms",
+                    self.node_id(),
+                    budget.as_millis()
+                ),
+            }),
+        }
     }
 
     /// Asks the shard's leader (as this replica knows it) for a read index, within `budget`.
