@@ -97,6 +97,11 @@ pub struct RaftTuning {
     /// node-level liveness (one pulse per peer node per heartbeat interval) watches its leader
     /// instead. In milliseconds; 0 keeps every shard's timers running.
     pub quiesce_after_ms: u64,
+    /// Whether a leader serves linearizable reads (and gives replicas read indexes) on its lease,
+    /// without a heartbeat round, while a quorum acknowledged one of its messages less than
+    /// `election_timeout_max_ms` ago. Safe while the nodes' clocks advance at the same rate (they
+    /// need not agree); false asks a quorum for every read (ReadIndex), at the cost of a round.
+    pub lease_reads: bool,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +147,7 @@ impl Default for RaftTuning {
             logs_to_keep_after_snapshot: 1_000,
             snapshot_idle_timeout_ms: 30_000,
             quiesce_after_ms: 2_000,
+            lease_reads: true,
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct Node {
     pub(crate) raft_config: Arc<openraft::Config>,
     /// How long a leader may serve reads on its lease (see `ShardReplica::votes_from`).
     pub(crate) leader_lease: Duration,
+    /// Whether linearizable reads may rest on the leader's lease (`raft.lease_reads`).
+    pub(crate) lease_reads: bool,
     /// Held while starting or removing replicas, so two never race for the same shard.
     pub(crate) placing: tokio::sync::Mutex<()>,
     /// Set once the node has logged that the map marks it removed.
@@ -162,6 +164,7 @@ impl Node {
             raft_timeouts: config.raft_timeouts(),
             raft_config,
             leader_lease: config.leader_lease(),
+            lease_reads: config.raft.lease_reads,
             placing: tokio::sync::Mutex::new(()),
             removed_logged: AtomicBool::new(false),
             leftovers: AtomicBool::new(false),

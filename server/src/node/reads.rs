@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::LinearizerOption;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
@@ -417,19 +416,14 @@ impl Node {
         let replica = self.raft_target(header, shard_id, replica_id)?;
         let budget = self.budget(Some(Duration::from_millis(request.budget_ms)));
         self.activate(&replica, false, budget).await;
-        let linearizer = tokio::time::timeout(
-            budget,
-            replica
-                .raft
-                .get_read_linearizer(LinearizerOption::new(None, true)),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "leadership of shard {shard_id} not confirmed within {} ms",
-                budget.as_millis()
-            )
-        })?;
+        let linearizer = tokio::time::timeout(budget, replica.raft.get_read_linearizer(self.read_option()))
+            .await
+            .map_err(|_| {
+                format!(
+                    "leadership of shard {shard_id} not confirmed within {} ms",
+                    budget.as_millis()
+                )
+            })?;
         match linearizer {
             Ok(linearizer) => Ok(linearizer.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(format!(

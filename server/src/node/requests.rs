@@ -279,14 +279,7 @@ impl Node {
     ) -> Result<(), ServiceError> {
         let shard_id = replica.shard_id;
         self.activate(replica, false, budget).await;
-        match tokio::time::timeout(
-            budget,
-            replica
-                .raft
-                .ensure_linearizable(LinearizerOption::new(None, true)),
-        )
-        .await
-        {
+        match tokio::time::timeout(budget, replica.raft.ensure_linearizable(self.read_option())).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                 Err(ServiceError::NotLeader {
@@ -305,6 +298,13 @@ impl Node {
                 reason: format!("leadership not confirmed within {} ms", budget.as_millis()),
             }),
         }
+    }
+
+    /// How a linearizable read confirms leadership: on the lease while it holds (None: the
+    /// configured lease), or with a quorum round for every read (`raft.lease_reads = false`).
+    pub(crate) fn read_option(&self) -> LinearizerOption {
+        let max_age = (!self.lease_reads).then_some(Duration::ZERO);
+        LinearizerOption::new(max_age, true)
     }
 
     /// Reads `key` from the local engine: here if the memtables or the block cache hold the

@@ -169,3 +169,71 @@ async fn each_command_is_answered_under_its_id_and_a_bad_one_fails_alone() -> an
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_get_asks_each_shard_once_and_answers_in_the_order_asked() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start(3, 16, &[])?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = cluster.client().await?;
+    let keys: Vec<String> = (0..200).map(|i| format!("many-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        client.put(key, format!("v{i}")).await?;
+    }
+    // Every fourth key asked for does not exist.
+    let asked: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            if i % 4 == 3 {
+                format!("missing-{i}")
+            } else {
+                key.clone()
+            }
+        })
+        .collect();
+    let expected: Vec<Option<Bytes>> = (0..asked.len())
+        .map(|i| (i % 4 != 3).then(|| Bytes::from(format!("v{i}"))))
+        .collect();
+    let levels = [
+        ringkv_client::ReadOptions::default(),
+        ringkv_client::ReadOptions::new(ringkv_client::Consistency::ReplicaLinearizable)
+            .with_selection(ringkv_client::ReplicaSelection::Spread),
+    ];
+    for options in levels {
+        let (before, _, _) = stream_counters(&client, &cluster).await?;
+        let values = client.get_many_with(&asked, options).await?;
+        let (after, _, _) = stream_counters(&client, &cluster).await?;
+        let got: Vec<Option<Bytes>> = values.into_iter().map(|v| v.map(|v| v.value)).collect();
+        assert_eq!(got, expected, "{options:?}");
+        // 200 keys over 16 shards: one request per shard (a request lost to a leader change
+        // would be retried, but the leaders are settled).
+        assert!(
+            after - before <= 16,
+            "{options:?}: {} requests for 200 keys on 16 shards",
+            after - before
+        );
+    }
+
+    // Malformed multi-gets are refused, naming what is wrong.
+    let addr = format!("http://{}", cluster.nodes[0].addr);
+    let mut raw = KvClient::connect(addr).await?;
+    let empty = raw.multi_get(pb::MultiGetRequest::default()).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(
+        empty.message().contains("at least one key"),
+        "{}",
+        empty.message()
+    );
+    let too_many = pb::MultiGetRequest {
+        keys: (0..1_001).map(|i| Bytes::from(format!("k{i}"))).collect(),
+        ..Default::default()
+    };
+    let refused = raw.multi_get(too_many).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("at most 1000 keys"),
+        "{}",
+        refused.message()
+    );
+    Ok(())
+}

@@ -351,3 +351,31 @@ async fn replica_linearizable_reads_stay_linearizable_through_partitions_and_kil
     cluster.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_lease_reads_every_linearizable_read_asks_a_quorum() -> anyhow::Result<()> {
+    let network = MemoryNetwork::new(26);
+    let cluster = LocalCluster::start(3, 1, TransportKind::Memory(network.clone()), |config| {
+        config.raft.lease_reads = false;
+    })
+    .await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let leader = cluster.leader_of(1, SHARD)?;
+    let key = cluster.keys_of_shard(leader, SHARD, "no-lease-", 1).remove(0);
+    let client = cluster.client().await?;
+    client.put(&key, "v").await?;
+    // Each read confirms leadership with a round of messages to the followers (ReadIndex); the
+    // lease would answer from the leader alone.
+    let reads = 50;
+    let before = network.shard_messages();
+    for _ in 0..reads {
+        assert_eq!(client.get(&key).await?.map(|v| v.value), Some(Bytes::from("v")));
+    }
+    let sent = network.shard_messages() - before;
+    assert!(
+        sent >= reads,
+        "{reads} linearizable reads without the lease sent only {sent} Raft messages"
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
