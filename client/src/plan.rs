@@ -26,6 +26,7 @@ use crate::client::{Client, Inner};
 use crate::error::{Error, ShardOutcome};
 use crate::pool::NodeConnection;
 use crate::read::ReplicaSelection;
+use crate::route::Route;
 use crate::types::{BatchOp, BatchOutcome};
 
 /// Longest time one attempt may take, so one stalled node cannot eat a whole deadline: after it,
@@ -161,22 +162,9 @@ impl Plan<'_> {
                 self.pause(&mut backoff).await;
                 continue;
             };
-            let time = AttemptTime::within(self.deadline - now);
-            let header = pb::RouteHeader {
-                shard_id: route.shard_id.0,
-                map_epoch: route.epoch,
-            };
-            let attempt = match inner.pool.node(&route.addr) {
-                Err(error) => Attempt::Unreachable(error),
-                Ok(node) => match tokio::time::timeout(time.wait, send(node, header, time)).await {
-                    Ok(Ok(response)) => return Ok(response),
-                    Ok(Err(attempt)) => attempt,
-                    Err(_) => Attempt::Ambiguous(format!(
-                        "no answer from node {} within {} ms",
-                        route.node_id,
-                        time.wait.as_millis()
-                    )),
-                },
+            let attempt = match self.attempt(&route, now, &send).await {
+                Ok(response) => return Ok(response),
+                Err(attempt) => attempt,
             };
             debug!(shard_id = %shard_id, node = %route.node_id, attempt = attempts, outcome = ?attempt, "request attempt failed");
             maybe_applied |= attempt.may_have_applied();
@@ -286,25 +274,9 @@ impl Plan<'_> {
             };
             attempts += 1;
             tried.push(route.node_id);
-            let time = AttemptTime::within(self.deadline - now);
-            let header = pb::RouteHeader {
-                shard_id: route.shard_id.0,
-                map_epoch: route.epoch,
-            };
-            let attempt = match inner.pool.node(&route.addr) {
-                Err(error) => Attempt::Unreachable(error),
-                Ok(node) => match tokio::time::timeout(time.wait, send(node, header, time)).await {
-                    Ok(Ok(response)) => {
-                        inner.health.record_latency(route.node_id, now.elapsed());
-                        return Ok(response);
-                    }
-                    Ok(Err(attempt)) => attempt,
-                    Err(_) => Attempt::Ambiguous(format!(
-                        "no answer from node {} within {} ms",
-                        route.node_id,
-                        time.wait.as_millis()
-                    )),
-                },
+            let attempt = match self.attempt(&route, now, &send).await {
+                Ok(response) => return Ok(response),
+                Err(attempt) => attempt,
             };
             debug!(shard_id = %shard_id, node = %route.node_id, attempt = attempts, outcome = ?attempt, "replica read attempt failed");
             match attempt {
@@ -324,6 +296,33 @@ impl Plan<'_> {
                     inner.health.skip(shard_id, route.node_id, Instant::now());
                 }
             }
+        }
+    }
+
+    /// One attempt at `route`, begun at `now`, with what remains of the deadline (see
+    /// `AttemptTime`). A success's round trip feeds the replica latencies `Nearest` goes by.
+    async fn attempt<T, F, Fut>(&self, route: &Route, now: Instant, send: &F) -> Result<T, Attempt>
+    where
+        F: Fn(NodeConnection, pb::RouteHeader, AttemptTime) -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let time = AttemptTime::within(self.deadline - now);
+        let header = pb::RouteHeader {
+            shard_id: route.shard_id.0,
+            map_epoch: route.epoch,
+        };
+        let node = self.inner.pool.node(&route.addr).map_err(Attempt::Unreachable)?;
+        match tokio::time::timeout(time.wait, send(node, header, time)).await {
+            Ok(Ok(response)) => {
+                self.inner.health.record_latency(route.node_id, now.elapsed());
+                Ok(response)
+            }
+            Ok(Err(attempt)) => Err(attempt),
+            Err(_) => Err(Attempt::Ambiguous(format!(
+                "no answer from node {} within {} ms",
+                route.node_id,
+                time.wait.as_millis()
+            ))),
         }
     }
 

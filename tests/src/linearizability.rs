@@ -153,6 +153,23 @@ pub enum Verdict {
     },
 }
 
+/// Panics unless `check` shows the history linearizable within `budget`, first printing (to
+/// stderr) every operation on the key it could not show, so a failure can be analysed after.
+pub fn assert_linearizable(operations: &[Operation], budget: usize) {
+    let verdict = check(operations, budget);
+    let key = match &verdict {
+        Verdict::Linearizable => return,
+        Verdict::NotLinearizable { key, .. } | Verdict::BudgetExceeded { key } => key,
+    };
+    for operation in operations.iter().filter(|op| &op.key == key) {
+        eprintln!("{operation:?}");
+    }
+    panic!(
+        "history of {} operations is not shown linearizable: {verdict:?}",
+        operations.len()
+    );
+}
+
 /// Checks a history, key by key, spending at most `budget` search steps per key.
 pub fn check(operations: &[Operation], budget: usize) -> Verdict {
     let mut by_key: HashMap<&[u8], Vec<&Operation>> = HashMap::new();

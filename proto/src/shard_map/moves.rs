@@ -154,6 +154,19 @@ impl ShardMap {
         now_unix_ms: u64,
         reason: &str,
     ) -> Result<Move, String> {
+        self.begin_adding(shard, to_node, MoveKind::Voter, now_unix_ms, reason)
+    }
+
+    /// Records a move that adds a fresh learner of `shard` on `to_node`, of `kind`: a voter to
+    /// be (promoted through the steps of any move) or a read replica (left a learner).
+    fn begin_adding(
+        &mut self,
+        shard: ShardId,
+        to_node: NodeId,
+        kind: MoveKind,
+        now_unix_ms: u64,
+        reason: &str,
+    ) -> Result<Move, String> {
         if self.is_changing(shard) {
             return Err(format!(
                 "shard {shard} is moving a replica or splitting; wait for it to end"
@@ -181,14 +194,18 @@ impl ShardMap {
             step: MoveStep::CatchUp,
             started_unix_ms: now_unix_ms,
             reason: reason.to_owned(),
-            kind: MoveKind::Voter,
+            kind,
         };
         self.moves.push(begun.clone());
+        let what = match kind {
+            MoveKind::Voter => "a voter",
+            _ => "a read replica",
+        };
         self.record_decision(
             self.epoch + 1,
             now_unix_ms,
             format!(
-                "begin adding a voter to shard {shard}: replica {} on node {to_node}: {reason}",
+                "begin adding {what} to shard {shard}: replica {} on node {to_node}: {reason}",
                 to.replica_id
             ),
         );
@@ -255,45 +272,7 @@ impl ShardMap {
         now_unix_ms: u64,
         reason: &str,
     ) -> Result<Move, String> {
-        if self.is_changing(shard) {
-            return Err(format!(
-                "shard {shard} is moving a replica or splitting; wait for it to end"
-            ));
-        }
-        if self.nodes.get(&to_node).map(|info| info.state) != Some(super::NodeState::Up) {
-            return Err(format!("node {to_node} is not up: it takes no replicas"));
-        }
-        let to = Replica {
-            replica_id: ReplicaId(self.next_replica_id),
-            node_id: to_node,
-        };
-        let group = self
-            .shard_mut(shard)
-            .ok_or_else(|| format!("shard {shard} does not exist"))?;
-        if group.replica_on(to_node).is_some() {
-            return Err(format!("shard {shard} already has a replica on node {to_node}"));
-        }
-        group.learners.push(to);
-        self.next_replica_id += 1;
-        let begun = Move {
-            shard,
-            from: Replica::NONE,
-            to,
-            step: MoveStep::CatchUp,
-            started_unix_ms: now_unix_ms,
-            reason: reason.to_owned(),
-            kind: MoveKind::AddReadReplica,
-        };
-        self.moves.push(begun.clone());
-        self.record_decision(
-            self.epoch + 1,
-            now_unix_ms,
-            format!(
-                "begin adding a read replica to shard {shard}: replica {} on node {to_node}: {reason}",
-                to.replica_id
-            ),
-        );
-        Ok(begun)
+        self.begin_adding(shard, to_node, MoveKind::AddReadReplica, now_unix_ms, reason)
     }
 
     /// Records a move of `shard` that removes its read replica on `from_node`, as the change to

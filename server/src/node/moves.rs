@@ -67,6 +67,15 @@ pub(crate) struct Membership {
     pub range_end: u64,
 }
 
+impl Membership {
+    /// Whether the replica being added holds the leader's whole log as of the last look, within
+    /// `CATCH_UP_SLACK` (the leader keeps appending under load, so "equal" may never be seen).
+    fn caught_up(&self) -> bool {
+        self.add_matched_index > 0
+            && self.leader_last_index.saturating_sub(self.add_matched_index) <= CATCH_UP_SLACK
+    }
+}
+
 impl From<pb::ChangeReplicasResponse> for Membership {
     fn from(response: pb::ChangeReplicasResponse) -> Self {
         Membership {
@@ -449,12 +458,7 @@ async fn step(
                 .await?;
                 return Ok(false);
             }
-            let caught_up = membership.add_matched_index > 0
-                && membership
-                    .leader_last_index
-                    .saturating_sub(membership.add_matched_index)
-                    <= CATCH_UP_SLACK;
-            if !caught_up {
+            if !membership.caught_up() {
                 return Ok(false);
             }
             return record(node, map, |m| m.finish_move(shard, unix_ms())).await;
@@ -498,14 +502,7 @@ async fn step(
                 .await?;
                 return Ok(false);
             }
-            // Caught up when it holds the leader's whole log as of the last look (the leader
-            // keeps appending under load, so "equal" may never be seen).
-            let caught_up = membership.add_matched_index > 0
-                && membership
-                    .leader_last_index
-                    .saturating_sub(membership.add_matched_index)
-                    <= CATCH_UP_SLACK;
-            if !caught_up {
+            if !membership.caught_up() {
                 return Ok(false);
             }
             record(node, map, |m| m.set_move_step(shard, MoveStep::Promote)).await

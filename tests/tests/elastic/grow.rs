@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use bytes::Bytes;
 use ringkv_client::{NodeId, ShardMap};
-use ringkv_tests::linearizability::{self, History, Verdict};
+use ringkv_tests::linearizability::{self, History};
 use ringkv_tests::workload::{WorkerReport, run_worker};
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
@@ -162,12 +162,6 @@ async fn growing_from_three_to_five_nodes_under_load_balances_with_the_fewest_mo
         "the workload ran: {} operations",
         report.completed
     );
-    match linearizability::check(&operations, 50_000_000) {
-        Verdict::Linearizable => {}
-        other => panic!(
-            "history of {} operations is not shown linearizable: {other:?}",
-            operations.len()
-        ),
-    }
+    linearizability::assert_linearizable(&operations, 50_000_000);
     assert_replicas_identical(&client).await
 }

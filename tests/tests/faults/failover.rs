@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringkv_tests::linearizability::{self, History, Verdict};
+use ringkv_tests::linearizability::{self, History};
 use ringkv_tests::workload::{WorkerReport, run_worker};
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 
@@ -143,23 +143,7 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
         "the workload ran: {} completed operations",
         report.completed
     );
-    match linearizability::check(&operations, 50_000_000) {
-        Verdict::Linearizable => {}
-        other => {
-            // Print the offending key's history so a failure can be analysed after the fact.
-            let key = match &other {
-                Verdict::NotLinearizable { key, .. } | Verdict::BudgetExceeded { key } => key.clone(),
-                Verdict::Linearizable => unreachable!(),
-            };
-            for operation in operations.iter().filter(|op| op.key == key) {
-                eprintln!("{operation:?}");
-            }
-            panic!(
-                "history of {} operations is not shown linearizable: {other:?}",
-                operations.len()
-            );
-        }
-    }
+    linearizability::assert_linearizable(&operations, 50_000_000);
     assert_replicas_identical(&reader).await?;
     eprintln!(
         "failover: killed node {victim}; all shards took writes again after {resumed_after:?}; \

@@ -13,7 +13,7 @@ use ringkv_client::{Client, Consistency, NodeId as ClientNodeId, ReadOptions, Re
 use ringkv_engine::{NodeId, ShardId};
 use ringkv_server::node::ReadLevel;
 use ringkv_server::transport::MemoryNetwork;
-use ringkv_tests::linearizability::{self, History, Verdict};
+use ringkv_tests::linearizability::{self, History};
 use ringkv_tests::local_cluster::TransportKind;
 use ringkv_tests::workload::{WorkerReport, run_worker};
 use ringkv_tests::{LocalCluster, assert_replicas_identical};
@@ -324,22 +324,7 @@ async fn replica_linearizable_reads_stay_linearizable_through_partitions_and_kil
         "the workload ran: {} operations",
         report.completed
     );
-    match linearizability::check(&operations, 50_000_000) {
-        Verdict::Linearizable => {}
-        other => {
-            let key = match &other {
-                Verdict::NotLinearizable { key, .. } | Verdict::BudgetExceeded { key } => key.clone(),
-                Verdict::Linearizable => unreachable!(),
-            };
-            for operation in operations.iter().filter(|op| op.key == key) {
-                eprintln!("{operation:?}");
-            }
-            panic!(
-                "history of {} operations is not shown linearizable: {other:?}",
-                operations.len()
-            );
-        }
-    }
+    linearizability::assert_linearizable(&operations, 50_000_000);
     let client = cluster.client().await?;
     cluster.wait_for_leaders(Duration::from_secs(60), false).await?;
     assert_replicas_identical(&client).await?;
