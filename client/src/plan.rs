@@ -275,7 +275,12 @@ impl Plan<'_> {
             attempts += 1;
             tried.push(route.node_id);
             let attempt = match self.attempt(&route, now, &send).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    // The round trips `Nearest` goes by (only reads that may go to any replica
+                    // pay for the shared record).
+                    inner.health.record_latency(route.node_id, now.elapsed());
+                    return Ok(response);
+                }
                 Err(attempt) => attempt,
             };
             debug!(shard_id = %shard_id, node = %route.node_id, attempt = attempts, outcome = ?attempt, "replica read attempt failed");
@@ -300,7 +305,7 @@ impl Plan<'_> {
     }
 
     /// One attempt at `route`, begun at `now`, with what remains of the deadline (see
-    /// `AttemptTime`). A success's round trip feeds the replica latencies `Nearest` goes by.
+    /// `AttemptTime`).
     async fn attempt<T, F, Fut>(&self, route: &Route, now: Instant, send: &F) -> Result<T, Attempt>
     where
         F: Fn(NodeConnection, pb::RouteHeader, AttemptTime) -> Fut,
@@ -313,11 +318,7 @@ impl Plan<'_> {
         };
         let node = self.inner.pool.node(&route.addr).map_err(Attempt::Unreachable)?;
         match tokio::time::timeout(time.wait, send(node, header, time)).await {
-            Ok(Ok(response)) => {
-                self.inner.health.record_latency(route.node_id, now.elapsed());
-                Ok(response)
-            }
-            Ok(Err(attempt)) => Err(attempt),
+            Ok(result) => result,
             Err(_) => Err(Attempt::Ambiguous(format!(
                 "no answer from node {} within {} ms",
                 route.node_id,

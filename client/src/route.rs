@@ -49,13 +49,7 @@ impl RouteCache {
                     .node_id
             }
         };
-        let addr = self.map.node_addr(node_id)?.to_owned();
-        Some(Route {
-            shard_id,
-            epoch: self.map.epoch,
-            node_id,
-            addr,
-        })
+        self.route_to(shard_id, node_id)
     }
 
     /// The nodes holding `shard_id`'s replicas, voters and read replicas (learners).

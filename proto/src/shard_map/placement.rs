@@ -76,18 +76,18 @@ pub enum PlacementStep {
 impl ShardMap {
     /// The nodes that take voters: up, with the voter role.
     pub fn up_nodes(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|(_, info)| info.state == NodeState::Up && info.role == NodeRole::Voter)
-            .map(|(id, _)| *id)
-            .collect()
+        self.up_nodes_with(NodeRole::Voter)
     }
 
     /// The up nodes with the read-replica role.
     pub fn up_read_replica_nodes(&self) -> Vec<NodeId> {
+        self.up_nodes_with(NodeRole::ReadReplica)
+    }
+
+    fn up_nodes_with(&self, role: NodeRole) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, info)| info.state == NodeState::Up && info.role == NodeRole::ReadReplica)
+            .filter(|(_, info)| info.state == NodeState::Up && info.role == role)
             .map(|(id, _)| *id)
             .collect()
     }
