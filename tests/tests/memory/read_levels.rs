@@ -129,15 +129,17 @@ async fn a_session_never_reads_back_in_time_across_replicas() -> anyhow::Result<
     let writer = {
         let (client, key, stop) = (client.clone(), key.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut written = 0u64;
-            while !stop.load(Ordering::Relaxed) && written < 100_000 {
-                written += 1;
-                if client.put(&key, written.to_string()).await.is_err() {
-                    written -= 1;
+            // Every attempt writes a larger number, so the key only ever grows, whatever a
+            // failed put did (a failure may still have applied). Returns the acknowledged puts.
+            let (mut next, mut acknowledged) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) && next < 100_000 {
+                next += 1;
+                if client.put(&key, next.to_string()).await.is_ok() {
+                    acknowledged += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            written
+            acknowledged
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -163,8 +165,11 @@ async fn a_session_never_reads_back_in_time_across_replicas() -> anyhow::Result<
         served_by.insert(served.0);
     }
     stop.store(true, Ordering::Relaxed);
-    let written = writer.await?;
-    assert!(last > 0 && written > 0, "the writer ran: {written} writes");
+    let acknowledged = writer.await?;
+    assert!(
+        last > 0 && acknowledged > 0,
+        "the writer ran: {acknowledged} acknowledged writes"
+    );
     assert!(
         served_by.len() >= 2,
         "reads were spread over replicas: {served_by:?}"
