@@ -20,7 +20,7 @@ port="${RINGKV_BENCH_PORT:-7579}"
 # shellcheck source=scripts/local-cluster.sh
 source "$(dirname "$0")/local-cluster.sh"
 start_local_cluster "$bin" "$port" "$shards"
-wait_for_leaders "$bin" "$shards"
+wait_for_leaders "$bin"
 # The leader balancer hands leaderships back to their preferred nodes within a few seconds.
 sleep 4
 for args in "$@"; do

@@ -11,7 +11,7 @@ bin="${RINGKV_BIN:-$HOME/.cache/ringkv-target/release}"
 # shellcheck source=scripts/local-cluster.sh
 source "$(dirname "$0")/local-cluster.sh"
 start_local_cluster "$bin" 7979 16
-wait_for_leaders "$bin" 16
+wait_for_leaders "$bin"
 # The leader balancer hands leaderships back to their preferred nodes within a few seconds.
 sleep 4
 "$bin/ringkv-bench" --endpoints "$endpoints" --workload write --concurrency 32 --duration 16 \

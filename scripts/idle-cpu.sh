@@ -17,7 +17,7 @@ port="${RINGKV_IDLE_PORT:-7479}"
 # shellcheck source=scripts/local-cluster.sh
 source "$(dirname "$0")/local-cluster.sh"
 start_local_cluster "$bin" "$port" "$shards"
-wait_for_leaders "$bin" "$shards"
+wait_for_leaders "$bin"
 # Let elections, the leader balancer and any quiescence settle.
 sleep 10
 

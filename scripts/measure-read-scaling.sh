@@ -23,7 +23,7 @@ port=7779
 # shellcheck source=scripts/local-cluster.sh
 source "$(dirname "$0")/local-cluster.sh"
 start_local_cluster "$bin" "$port" 16
-wait_for_leaders "$bin" 16
+wait_for_leaders "$bin"
 for n in 4 5; do
   "$bin/ringkv" start --join "${endpoints%%,*}" --node-id "$n" --role read-replica \
     --listen "127.0.0.1:$((port + n - 1))" --data-dir "$base/node-$n" >"$base/node-$n.log" 2>&1 &

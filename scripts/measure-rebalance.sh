@@ -27,7 +27,7 @@ port=7679
 # shellcheck source=scripts/local-cluster.sh
 source "$(dirname "$0")/local-cluster.sh"
 start_local_cluster "$bin" "$port" 16
-wait_for_leaders "$bin" 16
+wait_for_leaders "$bin"
 sleep 4
 
 # The data that moves: DATA_MIB of 16 KiB values.

@@ -18,7 +18,7 @@ command -v inferno-flamegraph >/dev/null || { echo "error: inferno not found: ca
 # shellcheck source=scripts/local-cluster.sh
 source "$(dirname "$0")/local-cluster.sh"
 start_local_cluster "$bin" 7679 "$shards"
-wait_for_leaders "$bin" "$shards"
+wait_for_leaders "$bin"
 # The leader balancer hands leaderships back to their preferred nodes within a few seconds.
 sleep 4
 "$bin/ringkv-bench" --endpoints "$endpoints" --workload write --concurrency 256 \

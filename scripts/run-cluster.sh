@@ -3,16 +3,35 @@
 # waits until every shard has a leader, runs a short mixed workload, and keeps the cluster running
 # until Ctrl-C, which stops all three nodes.
 #
+#   --debug   use the debug build (what .ci/run builds) instead of the release build
+#   --exit    after the workload, also write and read a key with the CLI, check the replicas, and
+#             stop the nodes; exit 1 if any of it failed (CI runs `run-cluster.sh --debug --exit`)
+#
 # Environment: RINGKV_DEMO_DIR (data dirs; default a new temp dir), RINGKV_DEMO_PORT (first port,
 # default 7379), RINGKV_DEMO_SECONDS (workload duration, default 10), RINGKV_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+profile=release
+exit_after=""
+for arg in "$@"; do
+  case "$arg" in
+    --debug) profile=debug ;;
+    --exit) exit_after=yes ;;
+    *) echo "error: unknown argument $arg (known: --debug, --exit)" >&2; exit 2 ;;
+  esac
+done
+
 scripts/install-deps.sh
 export CARGO_TARGET_DIR="${RINGKV_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/ringkv-target}}"
-echo "building ringkv (release; the first build compiles RocksDB and takes about 15 minutes on 2 cores)..."
-cargo build --release --locked -p ringkv-server -p ringkv-bench --bins
-bin="$CARGO_TARGET_DIR/release"
+echo "building ringkv ($profile; the first build compiles RocksDB and takes about 15 minutes on 2 cores)..."
+if [ "$profile" = release ]; then
+  cargo build --release --locked -p ringkv-server -p ringkv-bench --bins
+else
+  # Exactly what .ci/run builds, so nothing is compiled again.
+  cargo build --workspace --bins --locked
+fi
+bin="$CARGO_TARGET_DIR/$profile"
 
 base="${RINGKV_DEMO_DIR:-$(mktemp -d /tmp/ringkv-demo.XXXXXX)}"
 port="${RINGKV_DEMO_PORT:-7379}"
@@ -27,7 +46,12 @@ stop() {
   echo "stopping nodes (pids ${pids[*]:-none})..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  echo "stopped. data is kept in $base"
+  if [ -n "$exit_after" ] && [ -z "${RINGKV_DEMO_DIR:-}" ]; then
+    rm -rf "$base"
+    echo "stopped; deleted $base"
+  else
+    echo "stopped. data is kept in $base"
+  fi
 }
 trap stop INT TERM EXIT
 
@@ -40,26 +64,34 @@ for i in 1 2 3; do
 done
 
 echo "waiting for every shard to elect a leader..."
-ready=""
-for _ in $(seq 1 120); do
-  if status=$("$bin/ringkv" --endpoints "$endpoints" --timeout-ms 2000 status --output json 2>/dev/null) \
-     && [ "$(grep -c '"shard_id"' <<<"$status")" = 16 ] && ! grep -q '"leader": null' <<<"$status"; then
-    ready=yes
-    break
-  fi
+if ! "$bin/ringkv" --endpoints "$endpoints" --timeout-ms 2000 wait-ready --timeout 120; then
   for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { echo "a node exited; its log:" >&2; tail -n 20 "$base"/node-*.log >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || echo "node with pid $pid exited" >&2
   done
-  sleep 0.5
-done
-[ -n "$ready" ] || { echo "error: shards still without a leader after 60 s; see $base/node-*.log" >&2; exit 1; }
+  echo "error: the cluster did not become ready; the nodes' last log lines:" >&2
+  tail -n 20 "$base"/node-*.log >&2
+  exit 1
+fi
 "$bin/ringkv" --endpoints "$endpoints" status
 
 seconds="${RINGKV_DEMO_SECONDS:-10}"
 echo
 echo "running a mixed workload (50% reads, 100-byte values, 10,000 keys, 32 clients) for ${seconds}s..."
+max_errors=()
+[ -n "$exit_after" ] && max_errors=(--max-errors 0)
 "$bin/ringkv-bench" --endpoints "$endpoints" --workload mixed --read-ratio 0.5 --keys 10000 \
-  --value-size 100 --concurrency 32 --duration "$seconds"
+  --value-size 100 --concurrency 32 --duration "$seconds" "${max_errors[@]}"
+
+if [ -n "$exit_after" ]; then
+  echo
+  echo "writing and reading a key with the CLI, then checking every shard's replicas..."
+  "$bin/ringkv" --endpoints "$endpoints" put hello world
+  got=$("$bin/ringkv" --endpoints "$endpoints" get hello)
+  [ "$got" = world ] || { echo "error: get hello printed '$got', not 'world'" >&2; exit 1; }
+  "$bin/ringkv" --endpoints "$endpoints" check
+  echo "the demo cluster worked: ready, workload without errors, CLI round trip, replicas identical"
+  exit 0
+fi
 
 echo
 echo "cluster is running: endpoints $endpoints, data in $base"

@@ -64,6 +64,10 @@ pub struct Args {
     pub progress_interval: u64,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Exit with status 1 when more than this many operations failed (the report is printed
+    /// either way). Unset: failures are only reported.
+    #[arg(long)]
+    pub max_errors: Option<u64>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,7 +123,16 @@ fn main() -> ExitCode {
                 Output::Text => print!("{}", report::text(&args, &result)),
                 Output::Json => println!("{}", report::json(&args, &result)),
             }
-            ExitCode::SUCCESS
+            match args.max_errors {
+                Some(max) if result.errors > max => {
+                    eprintln!(
+                        "error: {} operations failed, more than --max-errors {max} allows; the samples above say why",
+                        result.errors
+                    );
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(error) => {
             eprintln!("error: {error:#}");

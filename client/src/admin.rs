@@ -1,5 +1,9 @@
-//! Operator requests that change where replicas live: moving a replica, splitting a shard,
-//! decommissioning a node, and waiting for each to end. Each is sent to any node, which hands it to the metadata leader.
+//! The operator's client, apart from the application's (etcd keeps its Cluster and Maintenance
+//! APIs apart from KV the same way): requests that change where replicas live (moving a replica,
+//! splitting a shard, decommissioning a node, the read-replica setting) and waiting for each to
+//! end, a node's status, and the replica check (`check.rs`). Each change is its own typed request,
+//! sent to any node, which hands it to the metadata group's leader; the leader validates it
+//! against the map and refuses, saying why and changing nothing, one that does not apply.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -9,10 +13,66 @@ use tonic::transport::Channel;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
 use ringkv_proto::{NodeId, NodeState, ShardId, ShardMap};
 
-use crate::client::Client;
+use crate::client::{Client, ClientConfig};
 use crate::error::Error;
+use crate::status::NodeStatus;
 
-impl Client {
+/// Operator requests against a cluster. Built from a `Client` (sharing its connections and shard
+/// map) or on its own; cheap to clone.
+#[derive(Clone)]
+pub struct AdminClient {
+    client: Client,
+}
+
+impl AdminClient {
+    /// Connects to the cluster through any of `endpoints`.
+    pub async fn connect<S: Into<String>>(
+        endpoints: impl IntoIterator<Item = S>,
+    ) -> Result<AdminClient, Error> {
+        Ok(AdminClient::new(Client::connect(endpoints).await?))
+    }
+
+    pub async fn with_config(config: ClientConfig) -> Result<AdminClient, Error> {
+        Ok(AdminClient::new(Client::with_config(config).await?))
+    }
+
+    /// An admin client sharing `client`'s connections and shard map.
+    pub fn new(client: Client) -> AdminClient {
+        AdminClient { client }
+    }
+
+    /// The application client this one shares its connections with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The cached shard map, with leader hints.
+    pub async fn shard_map(&self) -> ShardMap {
+        self.client.shard_map().await
+    }
+
+    /// Fetches the shard map from the nodes now.
+    pub async fn refresh_shard_map(&self) -> Result<(), Error> {
+        self.client.refresh_shard_map().await
+    }
+
+    /// A node's view of itself and its replicas, within the request timeout.
+    pub async fn node_status(&self, addr: &str) -> Result<NodeStatus, Error> {
+        let unreachable = |last_error: String| Error::NoSeedReachable {
+            seeds: vec![addr.into()],
+            last_error,
+        };
+        let mut client = self.client.inner.pool.cluster(addr).map_err(unreachable)?;
+        let timeout = self.client.inner.config.request_timeout;
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.status(request)).await {
+            Ok(Ok(response)) => Ok(NodeStatus::from_proto(response.into_inner())),
+            Ok(Err(status)) => Err(unreachable(status.message().into())),
+            Err(_) => Err(unreachable("no answer".into())),
+        }
+    }
+
     /// Begins moving `shard`'s replica on node `from` to node `to`. Returns the map with the move
     /// recorded, once it is; the cluster then carries the move out in the background (see
     /// `wait_for_move`). A move that cannot be made (no such shard, no voter on `from`, a replica
@@ -77,52 +137,29 @@ impl Client {
     }
 
     /// Sets the cluster's `read_replicas`: the read replicas (learners) every data shard keeps
-    /// at least, besides one on each read-replica node. The controller then adds or removes
-    /// them. Returns the map with the setting recorded.
+    /// at least, besides one on each read-replica node (at most `MAX_READ_REPLICAS`). The
+    /// controller then adds or removes them. Returns the map with the setting recorded.
     pub async fn set_read_replicas(&self, read_replicas: u32) -> Result<ShardMap, Error> {
-        // A compare-and-swap on the map's epoch: retried when another change landed first.
-        for _ in 0..20 {
-            self.refresh_shard_map().await?;
-            let mut map = self.shard_map().await;
-            if map.read_replicas == read_replicas {
-                return Ok(map);
-            }
-            let expect_epoch = map.epoch;
-            map.read_replicas = read_replicas;
-            let proposed = map.to_proto();
-            let answer = self
-                .ask_any_node(|mut client, timeout| {
-                    let mut request = tonic::Request::new(pb::ProposeMapRequest {
-                        expect_epoch,
-                        map: Some(proposed.clone()),
-                        forwarded: false,
-                    });
-                    request.set_timeout(timeout);
-                    async move {
-                        client
-                            .propose_map(request)
-                            .await
-                            .map(|r| r.into_inner())
-                            .map(|answer| (answer.succeeded, answer.map))
-                    }
-                })
-                .await?;
-            let map = self.adopt(decode_map(answer.1, "ProposeMap")?)?;
-            if answer.0 {
-                return Ok(map);
-            }
-        }
-        Err(Error::Unavailable {
-            shard_id: ShardId::META,
-            attempts: 20,
-            last_error: "the shard map kept changing under the setting; try again".into(),
-        })
+        let map = self
+            .ask_any_node(|mut client, timeout| {
+                let mut request = tonic::Request::new(pb::SetReadReplicasRequest { read_replicas });
+                request.set_timeout(timeout);
+                async move {
+                    client
+                        .set_read_replicas(request)
+                        .await
+                        .map(|r| r.into_inner().map)
+                }
+            })
+            .await?;
+        self.adopt(decode_map(map, "SetReadReplicas")?)
     }
 
     /// Caches `map` (the one a change produced), so that waiting for the change to end never
     /// looks at an older map a lagging node still serves.
     fn adopt(&self, map: ShardMap) -> Result<ShardMap, Error> {
-        self.inner
+        self.client
+            .inner
             .routes
             .lock()
             .expect("route cache lock")
@@ -178,7 +215,7 @@ impl Client {
         F: Fn(ClusterClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let deadline = self.deadline(crate::classify::RequestKind::Read);
+        let deadline = self.client.deadline(crate::classify::RequestKind::Read);
         let addrs: Vec<String> = self
             .shard_map()
             .await
@@ -192,7 +229,7 @@ impl Client {
             if remaining.is_zero() {
                 break;
             }
-            let client = match self.inner.pool.cluster(addr) {
+            let client = match self.client.inner.pool.cluster(addr) {
                 Ok(client) => client,
                 Err(error) => {
                     last_error = error;

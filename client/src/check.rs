@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use ringkv_proto::pb::{self, replica_digest_response::State};
 use ringkv_proto::{NodeId, ReplicaId, ShardId};
 
+use crate::admin::AdminClient;
 use crate::classify::RequestKind;
-use crate::client::Client;
 use crate::error::Error;
 use crate::plan::{Plan, Target, request, unary};
 use crate::pool::cluster;
@@ -78,7 +78,7 @@ impl CheckReport {
     }
 }
 
-impl Client {
+impl AdminClient {
     /// Checks every shard's replicas (see the module header). Each shard gets `per_shard` to finish.
     pub async fn check_replicas(&self, per_shard: Duration) -> Result<CheckReport, Error> {
         self.refresh_shard_map().await?;
@@ -146,7 +146,7 @@ impl Client {
 
     async fn propose_digest(&self, shard_id: ShardId, deadline: Instant) -> Result<u64, Error> {
         let plan = Plan {
-            inner: &self.inner,
+            inner: &self.client().inner,
             target: Target::Shard(shard_id),
             kind: RequestKind::Read,
             deadline,
@@ -193,7 +193,7 @@ impl Client {
             if remaining.is_zero() {
                 return Err(last);
             }
-            let mut client = self.inner.pool.cluster(addr)?;
+            let mut client = self.client().inner.pool.cluster(addr)?;
             let message = pb::ReplicaDigestRequest {
                 shard_id: shard_id.0,
                 index,

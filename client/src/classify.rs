@@ -27,8 +27,8 @@ pub(crate) enum Attempt {
     Fatal(Error),
     /// Not applied: the node does not lead the shard; it named the leader, if it knows one.
     NotLeader { leader: Option<(NodeId, String)> },
-    /// Not applied: the client's shard map is stale.
-    WrongShard,
+    /// Not applied: the client's shard map is stale; the node's map has this epoch.
+    WrongShard { node_epoch: u64 },
     /// Not applied: the node is overloaded.
     Busy(String),
     /// Not applied: the node could not take the request now (no quorum for a read, shard
@@ -71,7 +71,7 @@ pub(crate) fn next(attempt: &Attempt) -> Next {
     match attempt {
         Attempt::Fatal(_) => Next::Fail,
         Attempt::NotLeader { leader: Some(_) } => Next::FollowHint,
-        Attempt::WrongShard => Next::Refresh,
+        Attempt::WrongShard { .. } => Next::Refresh,
         Attempt::Busy(_) => Next::BackOffBusy,
         Attempt::NotLeader { leader: None }
         | Attempt::NotApplied(_)
@@ -113,7 +113,9 @@ pub(crate) fn classify(status: &tonic::Status) -> Attempt {
             leader: (not_leader.leader_node_id != 0)
                 .then_some((NodeId(not_leader.leader_node_id), not_leader.leader_addr)),
         },
-        Some(Kind::WrongShard(_)) => Attempt::WrongShard,
+        Some(Kind::WrongShard(wrong)) => Attempt::WrongShard {
+            node_epoch: wrong.map_epoch,
+        },
         Some(Kind::Busy(_)) => Attempt::Busy(message),
         Some(Kind::Unavailable(unavailable)) if unavailable.outcome_unknown => Attempt::Ambiguous(message),
         Some(Kind::Unavailable(_)) => Attempt::NotApplied(message),

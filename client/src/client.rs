@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::{join_all, select_ok};
+use futures::StreamExt;
+use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
@@ -24,7 +26,7 @@ use crate::read::{Consistency, ReadOptions, ReplicaSelection, Session};
 use crate::replicas::ReplicaHealth;
 use crate::request_ids::RequestIds;
 use crate::route::RouteCache;
-use crate::types::{BatchOp, BatchOutcome, CasOutcome, Expect, Versioned, versioned};
+use crate::types::{BatchOp, BatchOutcome, CasOutcome, Expect, Served, Versioned, versioned};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -85,18 +87,24 @@ pub(crate) struct Inner {
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 /// Longest wait for one node's shard map during a refresh.
 const MAX_MAP_FETCH: Duration = Duration::from_secs(1);
+/// How long a map refresh waits for newer maps after the first that will do.
+const MAP_FETCH_GRACE: Duration = Duration::from_millis(20);
 
 impl Client {
     pub async fn connect<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Result<Client, Error> {
         Client::with_config(ClientConfig::new(endpoints)).await
     }
 
-    /// Connects to the cluster through the first endpoint that answers, within the config's
-    /// request timeout.
+    /// Connects to the cluster through the endpoints (the newest map any of them answers with),
+    /// within the config's request timeout.
     pub async fn with_config(config: ClientConfig) -> Result<Client, Error> {
         let pool = Pool::new(config.connect_timeout);
         let deadline = Instant::now() + config.request_timeout;
-        let map = fetch_first(&pool, &config.endpoints, deadline).await?;
+        let fetch = |addr: String, timeout| {
+            let pool = &pool;
+            async move { pool.fetch_map(&addr, timeout).await }
+        };
+        let map = fetch_newest(fetch, &config.endpoints, 0, deadline).await?;
         let inner = Arc::new(Inner {
             routes: Mutex::new(RouteCache::new(map)),
             pool,
@@ -182,8 +190,14 @@ impl Client {
             deadline,
         };
         let send = |node, route: pb::RouteHeader, time| {
-            let level = options.wire(session, ShardId(route.shard_id));
-            send(node, route, time, level)
+            let token = match session {
+                Some(session) if options.consistency == Consistency::Session => {
+                    let routes = self.inner.routes.lock().expect("route cache lock");
+                    session.token_in(ShardId(route.shard_id), routes.map())
+                }
+                _ => 0,
+            };
+            send(node, route, time, options.wire(token))
         };
         if options.consistency.needs_leader() || options.selection == ReplicaSelection::Leader {
             plan.run(send).await
@@ -200,23 +214,6 @@ impl Client {
     /// Fetches the shard map from any reachable node now.
     pub async fn refresh_shard_map(&self) -> Result<(), Error> {
         self.inner.refresh(true, self.deadline(RequestKind::Read)).await
-    }
-
-    /// A node's view of its replicas (for `ringkv status`), within the request timeout.
-    pub async fn node_status(&self, addr: &str) -> Result<pb::StatusResponse, Error> {
-        let unreachable = |last_error: String| Error::NoSeedReachable {
-            seeds: vec![addr.into()],
-            last_error,
-        };
-        let mut client = self.inner.pool.cluster(addr).map_err(unreachable)?;
-        let timeout = self.inner.config.request_timeout;
-        let mut request = tonic::Request::new(pb::StatusRequest {});
-        request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.status(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(unreachable(status.message().into())),
-            Err(_) => Err(unreachable("no answer".into())),
-        }
     }
 
     pub(crate) fn deadline(&self, kind: RequestKind) -> Instant {
@@ -256,6 +253,17 @@ impl Client {
         key: impl AsRef<[u8]>,
         options: ReadOptions,
     ) -> Result<(Option<Versioned>, ringkv_proto::NodeId), Error> {
+        let (value, served) = self.get_traced(key, options).await?;
+        Ok((value, served.node_id))
+    }
+
+    /// Reads `key` at `options`; also says which replica served it, and the log index of the
+    /// shard its answer is as new as.
+    pub async fn get_traced(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: ReadOptions,
+    ) -> Result<(Option<Versioned>, Served), Error> {
         let key = Bytes::copy_from_slice(key.as_ref());
         check_key(&key)?;
         let deadline = self.deadline(RequestKind::Read);
@@ -282,10 +290,12 @@ impl Client {
                 },
             )
             .await?;
-        Ok((
-            response.value.map(versioned),
-            ringkv_proto::NodeId(response.node_id),
-        ))
+        let served = Served {
+            node_id: ringkv_proto::NodeId(response.node_id),
+            replica_id: ringkv_proto::ReplicaId(response.replica_id),
+            index: response.index,
+        };
+        Ok((response.value.map(versioned), served))
     }
 
     /// Sets `key` to `value`; returns the version written. Applied at most once, however often it
@@ -535,7 +545,22 @@ impl Client {
 }
 
 /// The shard map from whichever of `addrs` answers first, all asked at once, by `deadline`.
-async fn fetch_first(pool: &Pool, addrs: &[String], deadline: Instant) -> Result<ShardMap, Error> {
+/// Asks every address in `addrs` for its map at once and returns the newest one answered: once a
+/// map of at least `at_least` has arrived, the others get `MAP_FETCH_GRACE` more to answer with a
+/// newer one. The first answer alone could come from a node whose map lags (one cut off from the
+/// metadata group), and a client that takes it would be sent back by every node that knows
+/// better, until its deadline. Each address gets at most `MAX_MAP_FETCH` and what is left of
+/// `deadline`.
+async fn fetch_newest<F, Fut>(
+    fetch: F,
+    addrs: &[String],
+    at_least: u64,
+    deadline: Instant,
+) -> Result<ShardMap, Error>
+where
+    F: Fn(String, Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<ShardMap, String>>,
+{
     let failed = |last_error: String| Error::NoSeedReachable {
         seeds: addrs.to_vec(),
         last_error,
@@ -545,14 +570,49 @@ async fn fetch_first(pool: &Pool, addrs: &[String], deadline: Instant) -> Result
         return Err(failed("no endpoint to ask, or no time left".into()));
     }
     let timeout = remaining.min(MAX_MAP_FETCH);
-    let fetches = addrs.iter().map(|addr| Box::pin(pool.fetch_map(addr, timeout)));
-    select_ok(fetches).await.map(|(map, _)| map).map_err(failed)
+    let mut fetches: FuturesUnordered<_> = addrs.iter().map(|addr| fetch(addr.clone(), timeout)).collect();
+    let mut newest: Option<ShardMap> = None;
+    let mut last_error = String::new();
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    loop {
+        let answer = match grace_until {
+            Some(until) => match tokio::time::timeout_at(until, fetches.next()).await {
+                Ok(answer) => answer,
+                Err(_) => break,
+            },
+            None => fetches.next().await,
+        };
+        match answer {
+            None => break,
+            Some(Ok(map)) => {
+                if newest.as_ref().is_none_or(|newest| map.epoch > newest.epoch) {
+                    newest = Some(map);
+                }
+                if grace_until.is_none() && newest.as_ref().is_some_and(|map| map.epoch >= at_least) {
+                    grace_until = Some(tokio::time::Instant::now() + MAP_FETCH_GRACE);
+                }
+            }
+            Some(Err(error)) => last_error = error,
+        }
+    }
+    newest.ok_or_else(|| failed(last_error))
 }
 
 impl Inner {
-    /// Refreshes the map from the first node that answers (known nodes and seeds, asked at once),
-    /// by `deadline`. Without `force`, skips the fetch if another refresh finished moments ago.
+    /// Refreshes the map from the nodes (known nodes and seeds, asked at once), taking the newest
+    /// answered (`fetch_newest`), by `deadline`. Without `force`, skips the fetch if another
+    /// refresh finished moments ago.
     pub(crate) async fn refresh(&self, force: bool, deadline: Instant) -> Result<(), Error> {
+        self.refresh_from(force, 0, deadline).await
+    }
+
+    /// Refreshes the map, asking until one at least as new as `epoch` (a node's, that said the
+    /// cached one is stale) is found, or every node has answered.
+    pub(crate) async fn refresh_to(&self, epoch: u64, deadline: Instant) -> Result<(), Error> {
+        self.refresh_from(true, epoch, deadline).await
+    }
+
+    async fn refresh_from(&self, force: bool, at_least: u64, deadline: Instant) -> Result<(), Error> {
         let timed_out = || Error::NoSeedReachable {
             seeds: self.config.endpoints.clone(),
             last_error: "the request's deadline passed while refreshing the shard map".into(),
@@ -575,7 +635,9 @@ impl Inner {
         addrs.extend(self.config.endpoints.iter().cloned());
         let mut seen = std::collections::HashSet::new();
         addrs.retain(|addr| seen.insert(addr.clone()));
-        let result = fetch_first(&self.pool, &addrs, deadline).await;
+        let pool = &self.pool;
+        let fetch = |addr: String, timeout| async move { pool.fetch_map(&addr, timeout).await };
+        let result = fetch_newest(fetch, &addrs, at_least, deadline).await;
         *last = Instant::now();
         let map = result?;
         self.routes.lock().expect("route cache lock").replace(map)
@@ -601,3 +663,73 @@ fn spawn_refresher(inner: Weak<Inner>) {
 
 /// Keys one multi-get request names at most (the node's limit).
 const MULTI_GET_CHUNK: usize = 1_000;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ringkv_proto::{NodeId, NodeInfo};
+
+    use super::*;
+
+    fn map(epoch: u64) -> ShardMap {
+        let nodes: BTreeMap<NodeId, NodeInfo> = (1..=3)
+            .map(|id| {
+                let info = NodeInfo {
+                    addr: format!("node-{id}"),
+                    incarnation: id,
+                    state: Default::default(),
+                    role: Default::default(),
+                };
+                (NodeId(id), info)
+            })
+            .collect();
+        let mut map = ShardMap::bootstrap(7, &nodes, 2, 3).unwrap();
+        map.epoch = epoch;
+        map
+    }
+
+    /// Node 3's map lags (epoch 4) and it answers first; the others know epoch 9. The first
+    /// answer alone would pin the client to a map every other node refuses.
+    #[tokio::test]
+    async fn a_refresh_takes_the_newest_map_not_the_first_answer() {
+        let addrs: Vec<String> = (1..=3).map(|id| format!("node-{id}")).collect();
+        let fetch = |addr: String, _timeout: Duration| async move {
+            if addr == "node-3" {
+                Ok(map(4))
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(map(9))
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Told by a node that its map is epoch 9: waits for one that new.
+        let newest = fetch_newest(fetch, &addrs, 9, deadline).await.unwrap();
+        assert_eq!(newest.epoch, 9);
+        // Told nothing: still the newest that arrives within the grace after the first.
+        let newest = fetch_newest(fetch, &addrs, 0, deadline).await.unwrap();
+        assert_eq!(newest.epoch, 9);
+        // A node that never answers holds the refresh up only as long as its fetch may take.
+        let silent = |addr: String, timeout: Duration| async move {
+            if addr == "node-1" {
+                tokio::time::sleep(timeout).await;
+                Err(format!("{addr} did not answer"))
+            } else {
+                Ok(map(4))
+            }
+        };
+        let started = Instant::now();
+        let newest = fetch_newest(silent, &addrs, 9, Instant::now() + Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(newest.epoch, 4, "the newest there is");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Nobody answers: the error says so.
+        let none =
+            |addr: String, _timeout: Duration| async move { Err::<ShardMap, _>(format!("{addr} is down")) };
+        assert!(matches!(
+            fetch_newest(none, &addrs, 0, deadline).await,
+            Err(Error::NoSeedReachable { .. })
+        ));
+    }
+}

@@ -44,11 +44,12 @@ pub enum Error {
     NoSeedReachable { seeds: Vec<String>, last_error: String },
     /// A batch across shards did not fully apply. `error` is the overall answer: the unknown
     /// outcome of a part whenever any part's outcome is unknown, else a part's failure. `shards`
-    /// says what happened to each shard's part.
+    /// says what happened to each shard's part, and `keys` which keys each part held.
     #[error("batch did not fully apply ({}): {error}", describe(shards))]
     Batch {
         error: Box<Error>,
         shards: BTreeMap<ShardId, ShardOutcome>,
+        keys: BTreeMap<ShardId, Vec<bytes::Bytes>>,
     },
     /// A node's answer could not be understood, or the node does not implement the request.
     #[error("protocol error: {0}")]

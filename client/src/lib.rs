@@ -13,11 +13,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Operators use `AdminClient` (moves, splits, decommission, settings, node status, the replica
+//! check) beside it.
+//!
 //! Layout: `client` (the API), `plan` (route, send, retry, merge), `classify` (what a failure
 //! means), `pool` (connections), `commands` (the per-node request stream), `route` (the shard-map
 //! cache), `request_ids`, `read` (consistency levels, sessions), `replicas` (which replica
-//! serves a read), `scan`, `check` (the replica check), `admin` (moves, decommission), `backoff`,
-//! `error`, `types`.
+//! serves a read), `scan`, `admin` (`AdminClient`), `check` (the replica check), `status` (a node's status),
+//! `backoff`, `error`, `types`.
 
 mod admin;
 mod backoff;
@@ -33,13 +36,16 @@ mod replicas;
 mod request_ids;
 mod route;
 mod scan;
+mod status;
 mod types;
 
+pub use admin::AdminClient;
 pub use backoff::Backoff;
 pub use check::{CheckReport, ReplicaDigest, ShardCheck};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, ShardOutcome};
 pub use read::{Consistency, ReadOptions, ReplicaSelection, Session};
-pub use ringkv_proto::{NodeId, NodeState, ReplicaId, ShardId, ShardMap};
+pub use ringkv_proto::{MAX_READ_REPLICAS, NodeId, NodeState, ReplicaId, ShardId, ShardMap};
 pub use scan::{ScanCursor, ScanOptions, ScanPage};
-pub use types::{BatchOp, BatchOutcome, CasOutcome, Expect, KeyValue, Versioned};
+pub use status::{NodeStatus, ReplicaRole, ReplicaStatus};
+pub use types::{BatchOp, BatchOutcome, CasOutcome, Expect, KeyValue, Served, Versioned};

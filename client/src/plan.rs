@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -26,6 +27,7 @@ use crate::client::{Client, Inner};
 use crate::error::{Error, ShardOutcome};
 use crate::pool::NodeConnection;
 use crate::read::ReplicaSelection;
+use crate::request_ids::Ticket;
 use crate::route::Route;
 use crate::types::{BatchOp, BatchOutcome};
 
@@ -52,6 +54,10 @@ const BUDGET_HEADER: &str = "ringkv-budget-ms";
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Target<'a> {
     Key(&'a [u8]),
+    /// One shard's part of a batch: routed by its first key. When a newer map puts its keys in
+    /// more than one shard (a split moved some), the part stops (`Stopped::Spans`) to be split
+    /// again: no single shard could apply it.
+    Part(&'a [bytes::Bytes]),
     Shard(ShardId),
     /// The shard owning a point of the hash ring (a scan's position).
     Hash(u64),
@@ -119,10 +125,32 @@ pub(crate) struct Plan<'a> {
     pub deadline: Instant,
 }
 
+/// Why a plan stopped without a result.
+pub(crate) enum Stopped {
+    /// It failed: what the caller is told.
+    Failed(Error),
+    /// A batch part whose keys the map now puts in several shards (`Target::Part`). No attempt
+    /// since the last that could have applied it was sent; earlier ones may have (the part is
+    /// then re-sent, split, under the same request id, which the shards recognise).
+    Spans,
+}
+
 impl Plan<'_> {
     /// Runs `send` against the shard's leader until it succeeds, fails for good, or the deadline
     /// passes (see the module header).
     pub(crate) async fn run<T, F, Fut>(&self, send: F) -> Result<T, Error>
+    where
+        F: Fn(NodeConnection, pb::RouteHeader, AttemptTime) -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        self.run_part(send).await.map_err(|stopped| match stopped {
+            Stopped::Failed(error) => error,
+            Stopped::Spans => Error::Protocol("a batch part was routed as a single request".into()),
+        })
+    }
+
+    /// `run`, for a batch part: also stops when the part's keys no longer share a shard.
+    pub(crate) async fn run_part<T, F, Fut>(&self, send: F) -> Result<T, Stopped>
     where
         F: Fn(NodeConnection, pb::RouteHeader, AttemptTime) -> Fut,
         Fut: Future<Output = Result<T, Attempt>>,
@@ -139,6 +167,13 @@ impl Plan<'_> {
                 let routes = inner.routes.lock().expect("route cache lock");
                 let shard_id = match self.target {
                     Target::Key(key) => routes.shard_for_key(key),
+                    Target::Part(keys) => {
+                        let shard_id = routes.shard_for_key(&keys[0]);
+                        if keys.iter().any(|key| routes.shard_for_key(key) != shard_id) {
+                            return Err(Stopped::Spans);
+                        }
+                        shard_id
+                    }
                     Target::Shard(id) => id,
                     Target::Hash(hash) => routes.shard_for_hash(hash),
                 };
@@ -153,7 +188,12 @@ impl Plan<'_> {
                     attempts,
                     last_error,
                 };
-                return Err(final_error(self.kind, shard_id, ended, maybe_applied));
+                return Err(Stopped::Failed(final_error(
+                    self.kind,
+                    shard_id,
+                    ended,
+                    maybe_applied,
+                )));
             }
             attempts += 1;
             let Some(route) = route else {
@@ -170,7 +210,12 @@ impl Plan<'_> {
             maybe_applied |= attempt.may_have_applied();
             match (next(&attempt), attempt) {
                 (Next::Fail, Attempt::Fatal(error)) => {
-                    return Err(final_error(self.kind, shard_id, error, maybe_applied));
+                    return Err(Stopped::Failed(final_error(
+                        self.kind,
+                        shard_id,
+                        error,
+                        maybe_applied,
+                    )));
                 }
                 (
                     Next::FollowHint,
@@ -192,10 +237,14 @@ impl Plan<'_> {
                         inner.refresh(true, self.deadline).await.ok();
                     }
                 }
-                (Next::Refresh, _) => {
+                (Next::Refresh, attempt) => {
                     last_error = "the cached shard map is stale".into();
                     let epoch = route.epoch;
-                    inner.refresh(true, self.deadline).await.ok();
+                    let node_epoch = match attempt {
+                        Attempt::WrongShard { node_epoch } => node_epoch,
+                        _ => 0,
+                    };
+                    inner.refresh_to(node_epoch, self.deadline).await.ok();
                     let newer = inner.routes.lock().expect("route cache lock").map().epoch > epoch;
                     if !newer {
                         // The node knows of a change the map does not record yet (a split
@@ -248,6 +297,7 @@ impl Plan<'_> {
                 let routes = inner.routes.lock().expect("route cache lock");
                 let shard_id = match self.target {
                     Target::Key(key) => routes.shard_for_key(key),
+                    Target::Part(keys) => routes.shard_for_key(&keys[0]),
                     Target::Shard(id) => id,
                     Target::Hash(hash) => routes.shard_for_hash(hash),
                 };
@@ -286,10 +336,10 @@ impl Plan<'_> {
             debug!(shard_id = %shard_id, node = %route.node_id, attempt = attempts, outcome = ?attempt, "replica read attempt failed");
             match attempt {
                 Attempt::Fatal(error) => return Err(error),
-                Attempt::WrongShard => {
+                Attempt::WrongShard { node_epoch } => {
                     last_error = "the cached shard map is stale".into();
                     let epoch = route.epoch;
-                    inner.refresh(true, self.deadline).await.ok();
+                    inner.refresh_to(node_epoch, self.deadline).await.ok();
                     tried.clear();
                     let newer = inner.routes.lock().expect("route cache lock").map().epoch > epoch;
                     if !newer {
@@ -342,7 +392,9 @@ fn describe(attempt: &Attempt) -> String {
     match attempt {
         Attempt::Fatal(error) => error.to_string(),
         Attempt::NotLeader { .. } => "not the leader, and knows none".into(),
-        Attempt::WrongShard => "the cached shard map is stale".into(),
+        Attempt::WrongShard { node_epoch } => {
+            format!("the cached shard map is stale (the node's is epoch {node_epoch})")
+        }
         Attempt::Busy(message)
         | Attempt::Behind(message)
         | Attempt::NotApplied(message)
@@ -358,80 +410,119 @@ pub(crate) async fn batch(
     ops: Vec<BatchOp>,
     deadline: Instant,
 ) -> Result<BatchOutcome, Error> {
-    let inner: &Inner = &client.inner;
-    let mut by_shard: BTreeMap<ShardId, Vec<BatchOp>> = BTreeMap::new();
-    {
-        let routes = inner.routes.lock().expect("route cache lock");
-        for op in ops {
-            by_shard
-                .entry(routes.shard_for_key(op.key()))
-                .or_default()
-                .push(op);
+    merge(run_parts(client, ops, None, deadline).await)
+}
+
+/// One shard's part of a batch: its shard, its keys, and how it ended.
+pub(crate) type PartResult = (ShardId, Vec<bytes::Bytes>, Result<u64, Error>);
+
+/// Splits `ops` per shard by the cached map and runs each part as its own plan, each under its
+/// own request id, or under `ticket` when these ops are a part that had one. A part whose keys a
+/// newer map spreads over several shards (a split since it was formed) is split again and its
+/// pieces sent under the part's request id: the pieces of a part that an earlier attempt applied
+/// are answered from the request-id tables (a split copies the parent's to the child), so nothing
+/// applies twice. Returns each shard's outcome.
+fn run_parts<'a>(
+    client: &'a Client,
+    ops: Vec<BatchOp>,
+    ticket: Option<Arc<Ticket>>,
+    deadline: Instant,
+) -> futures::future::BoxFuture<'a, Vec<PartResult>> {
+    Box::pin(async move {
+        let inner: &Inner = &client.inner;
+        let mut by_shard: BTreeMap<ShardId, Vec<BatchOp>> = BTreeMap::new();
+        {
+            let routes = inner.routes.lock().expect("route cache lock");
+            for op in ops {
+                by_shard
+                    .entry(routes.shard_for_key(op.key()))
+                    .or_default()
+                    .push(op);
+            }
         }
-    }
-    let results = join_all(by_shard.into_iter().map(|(shard_id, ops)| async move {
-        let wire: Vec<pb::BatchOp> = ops
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put { key, value } => pb::BatchOp {
-                    key: key.clone(),
-                    op: Some(pb::batch_op::Op::Put(value.clone())),
-                },
-                BatchOp::Delete { key } => pb::BatchOp {
-                    key: key.clone(),
-                    op: Some(pb::batch_op::Op::Delete(true)),
-                },
-            })
-            .collect();
-        let ticket = inner.ids.begin();
-        let plan = Plan {
-            inner,
-            target: Target::Key(ops[0].key()),
-            kind: RequestKind::Write,
-            deadline,
-        };
-        let result = plan
-            .run(|node, route, time| {
-                let message = pb::BatchRequest {
-                    route: Some(route),
-                    ops: wire.clone(),
-                    request_id: Some(inner.ids.wire(ticket.seq)),
-                };
-                async move {
-                    let reply = node.commands.call(Command::Batch(message), time).await?;
-                    match reply {
-                        Reply::Batch(response) => {
-                            client.observe(&route, response.index);
-                            Ok(response)
-                        }
-                        other => Err(unexpected_reply("batch", &other)),
-                    }
+        let parts = join_all(by_shard.into_iter().map(|(shard_id, ops)| {
+            let ticket = ticket.clone().unwrap_or_else(|| Arc::new(inner.ids.begin()));
+            async move {
+                let keys = || ops.iter().map(|op| op.key().clone()).collect();
+                match run_part(client, &ops, ticket.seq, deadline).await {
+                    Ok(version) => vec![(shard_id, keys(), Ok(version))],
+                    Err(Stopped::Failed(error)) => vec![(shard_id, keys(), Err(error))],
+                    Err(Stopped::Spans) => run_parts(client, ops, Some(ticket), deadline).await,
                 }
-            })
-            .await;
-        (shard_id, result.map(|response| response.version))
-    }))
-    .await;
-    merge(results)
+            }
+        }))
+        .await;
+        parts.into_iter().flatten().collect()
+    })
+}
+
+/// Sends one shard's part of a batch under request id `seq`, until it applies, fails, or the map
+/// spreads its keys over several shards.
+async fn run_part(client: &Client, ops: &[BatchOp], seq: u64, deadline: Instant) -> Result<u64, Stopped> {
+    let inner: &Inner = &client.inner;
+    let keys: Vec<bytes::Bytes> = ops.iter().map(|op| op.key().clone()).collect();
+    let wire: Vec<pb::BatchOp> = ops
+        .iter()
+        .map(|op| match op {
+            BatchOp::Put { key, value } => pb::BatchOp {
+                key: key.clone(),
+                op: Some(pb::batch_op::Op::Put(value.clone())),
+            },
+            BatchOp::Delete { key } => pb::BatchOp {
+                key: key.clone(),
+                op: Some(pb::batch_op::Op::Delete(true)),
+            },
+        })
+        .collect();
+    let plan = Plan {
+        inner,
+        target: Target::Part(&keys),
+        kind: RequestKind::Write,
+        deadline,
+    };
+    let response = plan
+        .run_part(|node, route, time| {
+            let message = pb::BatchRequest {
+                route: Some(route),
+                ops: wire.clone(),
+                request_id: Some(inner.ids.wire(seq)),
+            };
+            async move {
+                let reply = node.commands.call(Command::Batch(message), time).await?;
+                match reply {
+                    Reply::Batch(response) => {
+                        client.observe(&route, response.index);
+                        Ok(response)
+                    }
+                    other => Err(unexpected_reply("batch", &other)),
+                }
+            }
+        })
+        .await?;
+    Ok(response.version)
 }
 
 /// Merges the parts of a batch: every version when all applied; otherwise the part's own error
 /// when there was one part, or `Error::Batch` with each part's outcome, whose overall error is an
 /// unknown part's whenever any part's outcome is unknown.
-pub(crate) fn merge(results: Vec<(ShardId, Result<u64, Error>)>) -> Result<BatchOutcome, Error> {
-    if results.iter().all(|(_, result)| result.is_ok()) {
+pub(crate) fn merge(results: Vec<PartResult>) -> Result<BatchOutcome, Error> {
+    let keys: BTreeMap<ShardId, Vec<bytes::Bytes>> = results
+        .iter()
+        .map(|(shard, keys, _)| (*shard, keys.clone()))
+        .collect();
+    if results.iter().all(|(_, _, result)| result.is_ok()) {
         let versions = results
             .into_iter()
-            .map(|(shard, result)| (shard, result.expect("all ok")))
+            .map(|(shard, _, result)| (shard, result.expect("all ok")))
             .collect();
-        return Ok(BatchOutcome { versions });
+        return Ok(BatchOutcome { versions, keys });
     }
     if results.len() == 1 {
-        let (_, result) = results.into_iter().next().expect("one part");
+        let (_, _, result) = results.into_iter().next().expect("one part");
         return Err(result.expect_err("not all ok"));
     }
     let mut shards = BTreeMap::new();
-    for (shard, result) in results {
+    for (shard, _, result) in results {
         let outcome = match result {
             Ok(version) => ShardOutcome::Applied { version },
             Err(error) if error.may_have_applied() => ShardOutcome::Unknown(error),
@@ -453,6 +544,7 @@ pub(crate) fn merge(results: Vec<(ShardId, Result<u64, Error>)>) -> Result<Batch
     Err(Error::Batch {
         error: Box::new(error),
         shards,
+        keys,
     })
 }
 
@@ -496,21 +588,21 @@ mod tests {
         ];
         for (parts, expected) in table {
             let described = format!("{parts:?}");
-            let parts: Vec<(ShardId, Result<u64, Error>)> = parts
+            let parts: Vec<PartResult> = parts
                 .into_iter()
-                .map(|(shard, result)| (ShardId(shard), result))
+                .map(|(shard, result)| (ShardId(shard), Vec::new(), result))
                 .collect();
             let n_parts = parts.len();
             let applied: Vec<ShardId> = parts
                 .iter()
-                .filter(|(_, result)| result.is_ok())
-                .map(|(shard, _)| *shard)
+                .filter(|(_, _, result)| result.is_ok())
+                .map(|(shard, _, _)| *shard)
                 .collect();
             match (merge(parts), expected) {
                 (Ok(outcome), None) => assert_eq!(outcome.versions.len(), n_parts, "{described}"),
                 (Err(error), Some(unknown)) => {
                     let overall = match &error {
-                        Error::Batch { error, shards } => {
+                        Error::Batch { error, shards, .. } => {
                             for shard in &applied {
                                 assert!(
                                     matches!(shards[shard], ShardOutcome::Applied { .. }),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringkv_proto::pb;
-use ringkv_proto::{NodeId, ShardId};
+use ringkv_proto::{NodeId, ShardId, ShardMap};
 
 use crate::error::Error;
 
@@ -116,16 +116,13 @@ impl ReadOptions {
         ReadOptions { selection, ..self }
     }
 
-    /// The level on the wire, with the session's token for `shard_id`.
-    pub(crate) fn wire(&self, session: Option<&Session>, shard_id: ShardId) -> pb::ReadLevel {
+    /// The level on the wire; `session_token` is what a session read asks the replica to have
+    /// applied (`Session::token_in`).
+    pub(crate) fn wire(&self, session_token: u64) -> pb::ReadLevel {
         let (consistency, min_index, max_staleness_ms) = match self.consistency {
             Consistency::Linearizable => (pb::Consistency::Linearizable, 0, 0),
             Consistency::ReplicaLinearizable => (pb::Consistency::ReplicaLinearizable, 0, 0),
-            Consistency::Session => (
-                pb::Consistency::Session,
-                session.map_or(0, |session| session.token(shard_id)),
-                0,
-            ),
+            Consistency::Session => (pb::Consistency::Session, session_token, 0),
             Consistency::Bounded(bound) => (pb::Consistency::Bounded, 0, bound.as_millis().max(1) as u64),
             Consistency::Eventual => (pb::Consistency::Eventual, 0, 0),
         };
@@ -157,10 +154,33 @@ impl Session {
         Session::default()
     }
 
-    /// The index a replica of `shard_id` must have applied to serve this session.
+    /// The highest index of `shard_id` this session's writes produced and its reads saw.
     pub fn token(&self, shard_id: ShardId) -> u64 {
         let state = self.state.lock().expect("session lock");
         state.tokens.get(&shard_id).copied().unwrap_or(0)
+    }
+
+    /// The index a replica of `shard_id` must have applied to serve this session, given `map`:
+    /// its own token, and what it inherits from the shards it was split off. A key the session
+    /// wrote or read in a parent before a split now lives in the child, whose state as of the
+    /// split's index holds everything the parent had applied: so for each ancestor, the child
+    /// needs `min(ancestor's token, split index)` (every later index of the child is above it).
+    pub fn token_in(&self, shard_id: ShardId, map: &ShardMap) -> u64 {
+        let state = self.state.lock().expect("session lock");
+        let token_of = |shard: ShardId| state.tokens.get(&shard).copied().unwrap_or(0);
+        let mut token = token_of(shard_id);
+        let mut cap = u64::MAX;
+        let mut shard = shard_id;
+        // Parents have lower ids than their children, so this ends; the bound is for safety.
+        for _ in 0..64 {
+            let Some(origin) = map.shard(shard).and_then(|s| s.origin) else {
+                break;
+            };
+            cap = cap.min(origin.index);
+            token = token.max(token_of(origin.parent).min(cap));
+            shard = origin.parent;
+        }
+        token
     }
 
     /// The newest shard-map epoch the session has routed with: a client routing its reads must
@@ -235,6 +255,51 @@ mod tests {
         for bad in ["", "strong", "bounded=", "bounded=0ms", "bounded=5", "bounded=xs"] {
             assert!(Consistency::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A session that wrote in shard 1 before it split (at index 50) into 1 and 3, and 3 later
+    /// split (at its index 80) into 3 and 4: reads of the children must not be served by a
+    /// replica that holds less than what the session saw.
+    #[test]
+    fn a_split_child_inherits_what_the_session_knew_of_its_ancestors() {
+        let nodes: std::collections::BTreeMap<NodeId, ringkv_proto::NodeInfo> = (1..=3)
+            .map(|id| {
+                let info = ringkv_proto::NodeInfo {
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    incarnation: 100 + id,
+                    state: Default::default(),
+                    role: Default::default(),
+                };
+                (NodeId(id), info)
+            })
+            .collect();
+        let mut map = ShardMap::bootstrap(9, &nodes, 2, 3).unwrap();
+        map.begin_split(ShardId(1), 0, "test").unwrap();
+        map.finish_split(ShardId(1), 50, 0);
+        map.begin_split(ShardId(3), 0, "test").unwrap();
+        map.finish_split(ShardId(3), 80, 0);
+        let session = Session::new();
+        // Before the first split the session saw index 30 of shard 1.
+        session.observe(ShardId(1), 30, 1);
+        assert_eq!(session.token_in(ShardId(1), &map), 30);
+        assert_eq!(
+            session.token_in(ShardId(3), &map),
+            30,
+            "a child: its parent's token"
+        );
+        assert_eq!(session.token_in(ShardId(4), &map), 30, "a grandchild too");
+        assert_eq!(session.token_in(ShardId(2), &map), 0, "an unrelated shard");
+        // Later it saw index 70 of shard 1 (after the split: shard 1's own keys): the child
+        // needs only the split's index, which every state of the child is at or above.
+        session.observe(ShardId(1), 70, 3);
+        assert_eq!(session.token_in(ShardId(3), &map), 50);
+        assert_eq!(session.token_in(ShardId(4), &map), 50);
+        // The child's own token counts, capped at the grandchild's split for the grandchild.
+        session.observe(ShardId(3), 95, 5);
+        assert_eq!(session.token_in(ShardId(3), &map), 95);
+        assert_eq!(session.token_in(ShardId(4), &map), 80);
+        session.observe(ShardId(4), 120, 5);
+        assert_eq!(session.token_in(ShardId(4), &map), 120);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use ringkv_proto::ShardId;
+use ringkv_proto::{NodeId, ReplicaId, ShardId};
 
 /// A value with the version (log index) that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +51,20 @@ impl BatchOp {
     }
 }
 
-/// The versions at which each shard's part of a batch applied.
+/// Which replica served a read, and the log index of the shard its answer is as new as (the
+/// token a session keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub node_id: NodeId,
+    pub replica_id: ReplicaId,
+    pub index: u64,
+}
+
+/// The versions at which each shard's part of a batch applied, and the keys of each part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub versions: BTreeMap<ShardId, u64>,
+    pub keys: BTreeMap<ShardId, Vec<Bytes>>,
 }
 
 pub(crate) fn versioned(value: ringkv_proto::pb::VersionedValue) -> Versioned {

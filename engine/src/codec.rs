@@ -11,8 +11,12 @@ use crate::types::{LogIndex, ShardId, Versioned};
 
 /// Format version of every record written by this build. 2: log entries carry a `Proposal`
 /// (request id, leader clock, command); the applied state carries the log clock. 3: the applied
-/// state carries the shard's range (splits).
-pub const RECORD_VERSION: u8 = 3;
+/// state carries the shard's range (splits). 4: the applied state carries the index its range
+/// holds from; every other record is as in 3, and this build reads both.
+pub const RECORD_VERSION: u8 = 4;
+/// The oldest version this build reads: records of version 3 differ from 4 only in the applied
+/// state, which `decode_versioned` lets its reader convert.
+const OLDEST_READABLE: u8 = 3;
 
 /// `version ++ postcard(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -25,6 +29,24 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a record written by `encode`; `what` names it in errors.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
     let body = check_version(bytes, what)?;
+    decode_body(body, what)
+}
+
+/// The version byte of a record, and the record decoded as `Old` when that version is older than
+/// this build's, else as `New`: for the one record whose layout changed between them.
+pub fn decode_versioned<Old: DeserializeOwned, New: DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<Result<New, Old>, Error> {
+    let body = check_version(bytes, what)?;
+    if bytes[0] < RECORD_VERSION {
+        Ok(Err(decode_body(body, what)?))
+    } else {
+        Ok(Ok(decode_body(body, what)?))
+    }
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
     postcard::from_bytes(body).map_err(|e| Error::Corruption {
         what: what.into(),
         detail: e.to_string(),
@@ -33,10 +55,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error>
 
 fn check_version<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], Error> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => Ok(body),
+        Some((&version, body)) if (OLDEST_READABLE..=RECORD_VERSION).contains(&version) => Ok(body),
         Some((version, _)) => Err(Error::Corruption {
             what: what.into(),
-            detail: format!("record version {version}, this build reads version {RECORD_VERSION}"),
+            detail: format!(
+                "record version {version}, this build reads versions {OLDEST_READABLE} to {RECORD_VERSION}"
+            ),
         }),
         None => Err(Error::Corruption {
             what: what.into(),

@@ -25,9 +25,79 @@ pub struct TestFaults {
     /// machine, so tests can watch openraft stop the group and the node take the replica out of
     /// service.
     pub fail_apply: AtomicBool,
+    /// A replica with applied state but no snapshot file answers "no snapshot" when openraft
+    /// asks for one to send (the bug that stopped a split child's group the first time a leader
+    /// had to send a snapshot).
+    pub no_snapshot_on_demand: AtomicBool,
+    /// The node lets a replica that started empty under an arc a split shrank take log entries
+    /// and snapshots from before the split (the bug that replayed them under the narrowed arc).
+    pub accept_below_floor: AtomicBool,
+    /// A bounded-staleness read on a replica counts as fresh what leaders' AppendEntries showed
+    /// (the commit index capped at the replica's matched log, at the message's arrival), as it
+    /// once did: a replica far behind, or one whose leader was deposed without knowing it, then
+    /// serves old data as fresh.
+    pub bounded_from_heartbeats: AtomicBool,
+    /// Not a bug: opening the state machine of this shard id fails (0: none), as a damaged
+    /// replica's would, so tests can watch what the node does meanwhile with the others.
+    pub fail_open_shard: std::sync::atomic::AtomicU64,
+    /// A replica waits to start only for running replicas whose range overlaps its own, not for
+    /// a stopped replica's stored state (the bug that started a split child beside a parent
+    /// replica that had failed to open).
+    pub overlap_ignores_stored: AtomicBool,
+    /// Not a bug: replicas keep the log from before their last split (the node's split log
+    /// trimmer pauses), as in the moments after a split, so tests can send it to a new replica.
+    pub pause_split_log_trim: AtomicBool,
 }
 
+/// The switches that put a known bug back, by the name tests take them by (`RINGKV_TEST_BUG`,
+/// `RINGKV_SIM_BUG`).
+pub const KNOWN_BUGS: &[&str] = &[
+    "log-read-cap",
+    "no-snapshot-on-demand",
+    "accept-below-floor",
+    "bounded-from-heartbeats",
+    "overlap-ignores-stored",
+];
+
 impl TestFaults {
+    /// Turns on the bug switch named `name` (one of `KNOWN_BUGS`).
+    pub fn enable_bug(&self, name: &str) -> Result<(), String> {
+        match name {
+            "log-read-cap" => self.log_read_cap.store(4096, Ordering::Relaxed),
+            "no-snapshot-on-demand" => self.no_snapshot_on_demand.store(true, Ordering::Relaxed),
+            "accept-below-floor" => self.accept_below_floor.store(true, Ordering::Relaxed),
+            "bounded-from-heartbeats" => self.bounded_from_heartbeats.store(true, Ordering::Relaxed),
+            "overlap-ignores-stored" => self.overlap_ignores_stored.store(true, Ordering::Relaxed),
+            other => {
+                return Err(format!(
+                    "unknown bug switch {other:?}; the known ones are {}",
+                    KNOWN_BUGS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn no_snapshot_on_demand(&self) -> bool {
+        self.no_snapshot_on_demand.load(Ordering::Relaxed)
+    }
+
+    pub fn accepts_below_floor(&self) -> bool {
+        self.accept_below_floor.load(Ordering::Relaxed)
+    }
+
+    pub fn bounded_from_heartbeats(&self) -> bool {
+        self.bounded_from_heartbeats.load(Ordering::Relaxed)
+    }
+
+    pub fn overlap_ignores_stored(&self) -> bool {
+        self.overlap_ignores_stored.load(Ordering::Relaxed)
+    }
+
+    pub fn split_log_trim_paused(&self) -> bool {
+        self.pause_split_log_trim.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn log_read_cap(&self) -> Option<usize> {
         match self.log_read_cap.load(Ordering::Relaxed) {
             0 => None,

@@ -21,7 +21,7 @@ mod syncer;
 pub mod types;
 
 pub use error::Error;
-pub use faults::{EngineOptions, SyncEvent, SyncObserver, TestFaults};
+pub use faults::{EngineOptions, KNOWN_BUGS, SyncEvent, SyncObserver, TestFaults};
 pub use log_store::{LogStore, REPLICATION_PAYLOAD_BYTES};
 pub use progress::AppliedBound;
 pub use rocks::{DigestState, Engine, GroupCommitStats, HashRange, ScanPage};

@@ -126,7 +126,9 @@ impl Engine {
         // A damaged applied state must not stop the deletion (it may be why the replica goes).
         let mut range = self.range_of(shard).ok().flatten().unwrap_or(range);
         for other in self.stored_shards()? {
-            if other == shard {
+            // The metadata group's keys live in a column family of their own: no data shard's
+            // range is carved out of its deletion, nor its range out of theirs.
+            if other == shard || other.is_meta() || shard.is_meta() {
                 continue;
             }
             if let Some(theirs) = self.range_of(other).ok().flatten()
@@ -192,6 +194,61 @@ mod tests {
         data_key.extend_from_slice(b"key");
         ops.put(Cf::keys_of(shard), data_key, b"value".to_vec());
         engine.write_ops(ops, true).expect("write");
+    }
+
+    /// The metadata group's keys (`meta_kv`) have hashes anywhere on the ring, like data keys.
+    /// Deleting its replica once carved the ranges of the data shards stored here out of its
+    /// deletion, as for a split parent, and left its keys behind.
+    #[test]
+    fn deleting_a_metadata_replica_deletes_every_one_of_its_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let whole = HashRange {
+            start: 0,
+            end: u64::MAX,
+        };
+        // A data shard stored here, owning the upper half.
+        let data = ShardId(2);
+        fill(&engine, data, 1 << 63);
+        let mut ops = WriteOps::default();
+        ops.put(
+            Cf::Meta,
+            keys::shard_meta_key(data, META_APPLIED).to_vec(),
+            crate::codec::encode(&crate::state_machine::AppliedState {
+                range: Some(HashRange {
+                    start: 1 << 63,
+                    end: u64::MAX,
+                }),
+                ..Default::default()
+            }),
+        );
+        engine.write_ops(ops, true).expect("write");
+        // Metadata keys on both sides of the data shard's start.
+        for hash in [1u64 << 40, (1 << 63) + 5, u64::MAX - 1] {
+            let mut key = hash.to_be_bytes().to_vec();
+            key.extend_from_slice(b"map");
+            let mut ops = WriteOps::default();
+            ops.put(Cf::MetaKv, key, b"v".to_vec());
+            engine.write_ops(ops, true).expect("write");
+        }
+        engine.delete_replica(ShardId::META, whole).expect("delete");
+        let mut left = 0;
+        engine
+            .for_each_key(Cf::MetaKv, &[], &[0xff; 32], |_| {
+                left += 1;
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(left, 0, "metadata keys left behind");
+        // The data shard's key is untouched.
+        let mut data_keys = 0;
+        engine
+            .for_each_key(Cf::Data, &[], &[0xff; 32], |_| {
+                data_keys += 1;
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(data_keys, 1);
     }
 
     #[test]

@@ -363,6 +363,17 @@ impl Engine {
 
     /// The state machine of one shard, owning the data keys of `range`.
     pub fn state_machine(&self, shard: ShardId, range: HashRange) -> Result<StateMachine, Error> {
+        if self
+            .inner
+            .faults
+            .fail_open_shard
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == shard.0
+        {
+            return Err(Error::Io(format!(
+                "opening shard {shard} failed (test switch fail_open_shard)"
+            )));
+        }
         StateMachine::open(self.fenced(shard), shard, range)
     }
 
@@ -506,6 +517,11 @@ impl Engine {
     }
 
     pub(crate) fn faults(&self) -> &TestFaults {
+        &self.inner.faults
+    }
+
+    /// The test switches this engine was opened with, for the node's own (`faults.rs`).
+    pub fn test_faults(&self) -> &TestFaults {
         &self.inner.faults
     }
 

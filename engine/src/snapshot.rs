@@ -40,7 +40,9 @@ use crate::sessions::SessionClock;
 use crate::state_machine::AppliedState;
 use crate::types::{ShardId, TypeConfig};
 
-const MAGIC: &[u8; 8] = b"RKVSNAP3";
+/// 4: the header carries the index the range holds from. Files of an older version are not read
+/// (`current` treats one as missing, so a new one is built).
+const MAGIC: &[u8; 8] = b"RKVSNAP4";
 const END_MARK: &[u8; 4] = b"END!";
 const TAG_DATA: u8 = b'd';
 const TAG_SESSION: u8 = b's';
@@ -62,6 +64,8 @@ struct SnapshotHeader {
     clock: SessionClock,
     /// The shard's range as of the snapshot (a split since may have shrunk it).
     range: Option<HashRange>,
+    /// The log index the range holds from (the last split's).
+    range_since: u64,
 }
 
 /// The shard's current snapshot, recorded in the meta CF.
@@ -125,7 +129,7 @@ fn snapshot_error(path: &Path, message: impl Into<String>) -> Error {
 
 /// Writes the shard's state as of one point in time to a new file and makes it the current
 /// snapshot.
-fn build(
+pub(crate) fn build(
     engine: &Engine,
     shard: ShardId,
     range: HashRange,
@@ -137,7 +141,7 @@ fn build(
     let applied = engine.read_at_snapshot(|view| {
         // The applied state and the records come from the same view, so they always agree.
         let applied: AppliedState = match view.get(Cf::Meta, &keys::shard_meta_key(shard, META_APPLIED))? {
-            Some(bytes) => codec::decode(&bytes, &format!("applied state of shard {shard}"))?,
+            Some(bytes) => AppliedState::decode(&bytes, shard)?,
             None => AppliedState::default(),
         };
         let file = File::create(&temp_path)
@@ -150,6 +154,7 @@ fn build(
         let header = codec::encode(&SnapshotHeader {
             clock: applied.clock,
             range: Some(range),
+            range_since: applied.range_since,
         });
         writer
             .write_all(&(header.len() as u32).to_le_bytes())
@@ -272,7 +277,8 @@ pub(crate) fn current(
         return Ok(None);
     };
     let path = engine.snapshot_dir(shard).join(&current.file_name);
-    if !path.exists() {
+    // A missing file, or one of an older format no peer reads: the caller builds a new one.
+    if !path.exists() || read_header(&path).is_err() {
         return Ok(None);
     }
     Ok(Some(SnapshotOf::<TypeConfig, SnapshotFile> {
@@ -388,6 +394,7 @@ fn fill_and_finish(
         membership: marker.meta.last_membership.clone(),
         clock: header.clock,
         range: header.range,
+        range_since: header.range_since,
     };
     ops.put(
         Cf::Meta,

@@ -38,19 +38,22 @@ use crate::types::{LogIndex, ReplicaId, ReplicaNode, ShardId, TypeConfig};
 const COPY_CHUNK: usize = 4096;
 
 /// A shard replica's current range, shared between its state machine (which shrinks it when it
-/// applies a split or installs a snapshot of a later range) and the node serving its requests.
-/// A shard's range only ever keeps its start, so only the end moves.
+/// applies a split or installs a snapshot of a later range) and the node serving its requests,
+/// with the log index it holds from (the last split's). A shard's range only ever keeps its
+/// start, so only the end moves.
 #[derive(Debug, Clone)]
 pub struct ShardRange {
     start: u64,
     end: Arc<AtomicU64>,
+    since: Arc<AtomicU64>,
 }
 
 impl ShardRange {
-    pub(crate) fn new(range: HashRange) -> ShardRange {
+    pub(crate) fn new(range: HashRange, since: LogIndex) -> ShardRange {
         ShardRange {
             start: range.start,
             end: Arc::new(AtomicU64::new(range.end)),
+            since: Arc::new(AtomicU64::new(since)),
         }
     }
 
@@ -61,8 +64,16 @@ impl ShardRange {
         }
     }
 
-    pub(crate) fn set(&self, range: HashRange) {
+    /// The log index from which the range holds: that of the last split that shrank it or
+    /// created the shard (0: never split).
+    pub fn since(&self) -> LogIndex {
+        self.since.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set(&self, range: HashRange, since: LogIndex) {
         debug_assert_eq!(range.start, self.start, "a shard's range keeps its start");
+        // The index first: whoever sees the new end also sees the index it holds from.
+        self.since.store(since, Ordering::Release);
         self.end.store(range.end, Ordering::Release);
     }
 }
@@ -109,6 +120,7 @@ pub(crate) fn child_state_ops(
         membership: StoredMembershipOf::<TypeConfig>::new(Some(origin), membership),
         clock: parent_applied.clock,
         range: Some(child_range),
+        range_since: index,
     };
     ops.put(
         Cf::Meta,

@@ -60,6 +60,39 @@ pub(crate) struct AppliedState {
     /// The hashes the shard owns; `None` until the first apply of a replica opened before the
     /// range was recorded (it then owns the range it was opened with).
     pub range: Option<HashRange>,
+    /// The log index from which `range` holds: the index of the last split that shrank it, or
+    /// of the split that created the shard (0: never split).
+    pub range_since: LogIndex,
+}
+
+/// The applied state as record version 3 wrote it, before `range_since`.
+#[derive(Deserialize)]
+struct AppliedStateV3 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock: SessionClock,
+    range: Option<HashRange>,
+}
+
+impl AppliedState {
+    /// Decodes a stored applied state of this build's version or the one before.
+    pub(crate) fn decode(bytes: &[u8], shard: ShardId) -> Result<AppliedState, Error> {
+        let what = format!("applied state of shard {shard}");
+        Ok(
+            match codec::decode_versioned::<AppliedStateV3, AppliedState>(bytes, &what)? {
+                Ok(state) => state,
+                // A range recorded before `range_since` existed: its last split's index is not
+                // known, and 0 asks nothing of a new replica, as before.
+                Err(old) => AppliedState {
+                    last_applied: old.last_applied,
+                    membership: old.membership,
+                    clock: old.clock,
+                    range: old.range,
+                    range_since: 0,
+                },
+            },
+        )
+    }
 }
 
 pub struct StateMachine {
@@ -90,7 +123,7 @@ impl StateMachine {
         Ok(StateMachine {
             engine,
             shard,
-            range: ShardRange::new(range),
+            range: ShardRange::new(range, applied.range_since),
             bound: AppliedBound::new(applied.last_applied.map_or(0, |id| id.index)),
             applied,
             sessions: Some(sessions),
@@ -133,7 +166,7 @@ impl StateMachine {
 pub(crate) fn read_applied(engine: &Engine, shard: ShardId) -> Result<AppliedState, Error> {
     Ok(
         match engine.get_cf(Cf::Meta, &keys::shard_meta_key(shard, META_APPLIED))? {
-            Some(bytes) => codec::decode(&bytes, &format!("applied state of shard {shard}"))?,
+            Some(bytes) => AppliedState::decode(&bytes, shard)?,
             None => AppliedState::default(),
         },
     )
@@ -252,6 +285,7 @@ fn apply_group(
                             end: *at - 1,
                         };
                         state.applied.range = Some(range);
+                        state.applied.range_since = index;
                         state.applied.last_applied = Some(entry.log_id);
                         let mut ops = child_state_ops(
                             engine,
@@ -268,7 +302,7 @@ fn apply_group(
                             codec::encode(&state.applied),
                         );
                         engine.write_ops(ops, false)?;
-                        shard_range.set(range);
+                        shard_range.set(range, index);
                         overlay = Overlay::new(engine, shard, range);
                         info!(
                             shard_id = %shard, child_shard_id = %child, index,
@@ -294,8 +328,13 @@ fn apply_group(
                         {
                             Admission::Apply => {
                                 let result = overlay.apply(command, index)?;
-                                state.sessions.record(shard, request, &result, &mut overlay.ops);
-                                overlay.results.insert(request, result.clone());
+                                // A command on keys outside the range changed nothing: its request
+                                // id stays free, so a retry (routed again after a split, a batch
+                                // split again into the pieces each shard now owns) applies.
+                                if result != CommandResult::NotInShard {
+                                    state.sessions.record(shard, request, &result, &mut overlay.ops);
+                                    overlay.results.insert(request, result.clone());
+                                }
                                 result
                             }
                             Admission::Duplicate => match overlay.results.get(&request) {
@@ -510,20 +549,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.engine.syncer().sync().await?;
         self.engine.clear_digests(self.shard);
         if let Some(range) = applied.range {
-            self.range.set(range);
+            self.range.set(range, applied.range_since);
         }
         self.applied = applied;
         self.sessions = Some(sessions);
         Ok(())
     }
 
+    /// The shard's current snapshot; built now if there is none while the log is purged (so a
+    /// follower behind the purge point can only be sent a snapshot). openraft asks for it when
+    /// such a follower needs one, and treats "none" as a fatal storage error of the leader; a
+    /// snapshot file can be lost (deleted by hand, or written by an older build, whose format is
+    /// not sent), and every replica that may lead must still be able to send one. With nothing
+    /// purged, none is needed: followers are sent the log (and openraft asks at startup too, when
+    /// building one would only cost time, or fail on a damaged replica before it could be taken
+    /// out of service).
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
-        let shard = self.shard;
+        let (shard, range, lock) = (self.shard, self.range.get(), self.snapshot_lock.clone());
+        let build_missing = !self.engine.faults().no_snapshot_on_demand();
         Ok(self
             .engine
-            .run_blocking(move |engine| snapshot::current(engine, shard))
+            .run_blocking(move |engine| -> Result<_, Error> {
+                if let Some(current) = snapshot::current(engine, shard)? {
+                    return Ok(Some(current));
+                }
+                let purged = engine
+                    .get_cf(Cf::State, &keys::state_key(shard, keys::STATE_PURGED))?
+                    .is_some();
+                if !build_missing || !purged || read_applied(engine, shard)?.last_applied.is_none() {
+                    return Ok(None);
+                }
+                info!(
+                    shard_id = %shard,
+                    "building a snapshot to send: this replica has none (a split child, or its file is gone)"
+                );
+                snapshot::build(engine, shard, range, &lock).map(Some)
+            })
             .await?)
     }
 }

@@ -18,6 +18,6 @@ pub use ringkv_core::{
     hash_tag, key_hash, limits, prefix_hash,
 };
 pub use shard_map::{
-    Arc, Decision, FIRST_FRESH_REPLICA_ID, MapError, Move, MoveKind, MoveStep, NodeInfo, NodeRole, NodeState,
-    PlacementStep, Replica, Shard, ShardMap,
+    Arc, Decision, FIRST_FRESH_REPLICA_ID, MAX_READ_REPLICAS, MapChange, MapError, Move, MoveKind, MoveStep,
+    NodeInfo, NodeRole, NodeState, PlacementStep, Replica, Shard, ShardMap, SplitOrigin,
 };

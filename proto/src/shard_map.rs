@@ -23,12 +23,14 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use ringkv_core::{NodeId, ReplicaId, ShardId};
 
+mod changes;
 mod leaders;
 mod moves;
 mod placement;
 mod splits;
 mod wire;
 
+pub use changes::{MAX_READ_REPLICAS, MapChange};
 pub use moves::{FIRST_FRESH_REPLICA_ID, Move, MoveKind, MoveStep};
 pub use placement::PlacementStep;
 pub use splits::Split;
@@ -69,6 +71,22 @@ pub struct Shard {
     pub learners: Vec<Replica>,
     /// Node believed to lead the shard, if known.
     pub leader: Option<NodeId>,
+    /// The log index from which `arc` holds: the index of the shard's last split, as the parent
+    /// or as the child it created (0: never split). A replica that starts empty must start from a
+    /// snapshot taken at or after it: replayed under the arc, older entries would apply
+    /// differently from how they applied under the wider arc they were written for.
+    pub range_since: u64,
+    /// The shard this one was split off, if it was.
+    pub origin: Option<SplitOrigin>,
+}
+
+/// Where a shard created by a split came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitOrigin {
+    pub parent: ShardId,
+    /// The log index at which the parent applied the split: the child's log starts after it, and
+    /// its state then held everything the parent had applied of the child's keys.
+    pub index: u64,
 }
 
 impl Shard {
@@ -257,6 +275,8 @@ impl ShardMap {
                 voters,
                 learners: Vec::new(),
                 leader: None,
+                range_since: 0,
+                origin: None,
             });
         }
         // The metadata group is light (a write per map change): the lowest-numbered nodes.
@@ -276,6 +296,8 @@ impl ShardMap {
                 .collect(),
             learners: Vec::new(),
             leader: None,
+            range_since: 0,
+            origin: None,
         };
         let map = ShardMap {
             cluster_id,

@@ -8,7 +8,9 @@ use ringkv_client::Client;
 /// Runs the replica check (`ringkv check`) on every shard and fails, naming the shard and each
 /// replica's digest, if any shard's replicas differ or could not all be checked.
 pub async fn assert_replicas_identical(client: &Client) -> anyhow::Result<()> {
-    let report = client.check_replicas(Duration::from_secs(20)).await?;
+    let report = crate::admin(client)
+        .check_replicas(Duration::from_secs(20))
+        .await?;
     let bad: Vec<String> = report
         .shards
         .iter()

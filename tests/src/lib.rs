@@ -3,6 +3,7 @@
 //! linearizability checker and the replica check the fault tests end with.
 
 pub mod checks;
+pub mod levels;
 pub mod linearizability;
 pub mod local_cluster;
 pub mod ports;
@@ -10,6 +11,11 @@ pub mod process_cluster;
 pub mod workload;
 
 pub use checks::assert_replicas_identical;
+
+/// The operator's client for `client`'s cluster, sharing its connections.
+pub fn admin(client: &ringkv_client::Client) -> ringkv_client::AdminClient {
+    ringkv_client::AdminClient::new(client.clone())
+}
 pub use local_cluster::LocalCluster;
 pub use process_cluster::ProcessCluster;
 

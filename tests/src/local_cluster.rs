@@ -43,7 +43,8 @@ impl LocalCluster {
         LocalCluster::start_with(n, shards, transport, EngineOptions::default(), tune).await
     }
 
-    /// `start` with engine options (test switches) shared by every node.
+    /// `start` with engine options (test switches) shared by every node. `RINGKV_TEST_BUG=NAME`
+    /// turns one known bug back on (`ringkv_engine::KNOWN_BUGS`), to watch a test catch it.
     pub async fn start_with(
         n: usize,
         shards: u32,
@@ -52,6 +53,12 @@ impl LocalCluster {
         tune: impl Fn(&mut NodeConfig),
     ) -> anyhow::Result<LocalCluster> {
         crate::init_logging();
+        if let Ok(bug) = std::env::var("RINGKV_TEST_BUG") {
+            engine_options
+                .faults
+                .enable_bug(&bug)
+                .map_err(anyhow::Error::msg)?;
+        }
         let dir = tempfile::Builder::new().prefix("ringkv-local-").tempdir()?;
         let ports = free_ports(n);
         let peers: BTreeMap<String, String> = ports
@@ -98,7 +105,10 @@ impl LocalCluster {
     async fn launch(&self, node_id: u64) -> anyhow::Result<RunningNode> {
         let config = self.config(node_id).clone();
         let transport: Arc<dyn RaftTransport> = match &self.transport {
-            TransportKind::Grpc => Arc::new(GrpcTransport::new(Duration::from_secs(1))),
+            TransportKind::Grpc => Arc::new(
+                GrpcTransport::new(Duration::from_secs(1))
+                    .with_snapshot_rate(config.snapshot_rate_bytes_per_sec),
+            ),
             TransportKind::Memory(network) => network.endpoint(NodeId(node_id)),
         };
         let options = StartOptions {
@@ -122,6 +132,35 @@ impl LocalCluster {
         let running = self.launch(node_id).await?;
         self.adopt(node_id, running);
         Ok(())
+    }
+
+    /// Starts a new node that joins the running cluster through node 1 (`join`), with the next
+    /// node id and `role` ("voter" or "read-replica"); `tune` adjusts its config. Returns its id.
+    pub async fn join_node(&mut self, role: &str, tune: impl Fn(&mut NodeConfig)) -> anyhow::Result<u64> {
+        let node_id = self.configs.len() as u64 + 1;
+        let port = free_ports(1)[0];
+        let first = self.configs[0].clone();
+        let mut config = NodeConfig {
+            node_id,
+            listen: format!("127.0.0.1:{port}"),
+            data_dir: first
+                .data_dir
+                .parent()
+                .context("node 1's data dir has a parent")?
+                .join(format!("node-{node_id}")),
+            peers: BTreeMap::new(),
+            join: Some(first.listen.clone()),
+            role: role.to_owned(),
+            shards: first.shards,
+            replication: first.replication,
+            raft: first.raft.clone(),
+            ..NodeConfig::default()
+        };
+        tune(&mut config);
+        self.configs.push(config);
+        let running = self.launch(node_id).await?;
+        self.adopt(node_id, running);
+        Ok(node_id)
     }
 
     /// Stops a node gracefully: its shard leaderships are handed over first.

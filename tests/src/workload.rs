@@ -1,16 +1,23 @@
 //! The workload fault tests run: clients doing random reads, puts, compare-and-swaps and deletes
 //! on a few shared keys, each recorded in a linearizability history exactly as its result says
 //! (done, certainly not applied, or maybe applied), plus writes of keys of their own whose
-//! acknowledgements are kept for the no-loss check.
+//! acknowledgements are kept for the no-loss check; and level workers (`run_level_worker`):
+//! puts, batches across shards, and reads at every consistency level, each checked against its
+//! level's guarantee (`levels`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ringkv_client::{Client, Error, Expect};
+use ringkv_client::{
+    BatchOp, Client, Consistency, Error, Expect, ReadOptions, ReplicaSelection, ShardOutcome,
+};
 
+use crate::levels::{Level, LevelHistory, PutOutcome};
 use crate::linearizability::{History, Op, OpToken, Outcome};
 
 /// What one worker saw.
@@ -148,6 +155,220 @@ pub async fn run_worker(
                 report.acknowledged.insert(own_key, value);
             }
             Err(error) => report.error(&error),
+        }
+    }
+    report
+}
+
+/// What a level worker saw.
+#[derive(Debug, Default, Clone)]
+pub struct LevelReport {
+    /// Operations that completed, and writes whose batch spanned more than one shard.
+    pub completed: u64,
+    pub batches_across_shards: u64,
+    /// Valid requests refused as bad input: a bug, whatever the faults.
+    pub refused_as_invalid: Vec<String>,
+}
+
+/// Records a put of `worker` in both histories, as `outcome` says.
+fn record_put(
+    lin: &History,
+    levels: &LevelHistory,
+    worker: usize,
+    (token, key, value, invoked): (OpToken, &[u8], &[u8], u64),
+    outcome: PutOutcome,
+) {
+    match outcome {
+        PutOutcome::Acknowledged { .. } => lin.complete(token, Outcome::Ok),
+        PutOutcome::MaybeApplied => lin.unknown(token),
+        PutOutcome::NotApplied => lin.not_applied(token),
+    }
+    levels.put(worker, key, value, invoked, outcome);
+}
+
+fn put_outcome(error: &Error) -> PutOutcome {
+    if error.may_have_applied() {
+        PutOutcome::MaybeApplied
+    } else {
+        PutOutcome::NotApplied
+    }
+}
+
+/// Runs until `stop`: on `n_keys` keys `{prefix}-lv-{i}` (their own key space, written only by
+/// puts of values no other put writes), puts of one key and batches of two or three (whose keys
+/// land on any shards, on both sides of any split point), and reads at every level below
+/// linearizable, through `client`, which carries this worker's `Session`. Puts and
+/// replica-linearizable reads go to `lin` (the linearizability checker); puts and session,
+/// bounded and eventual reads go to `levels` (`levels::LevelHistory::check`). Every result is
+/// recorded exactly as it says: acknowledged, maybe applied, or certainly not applied.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_level_worker(
+    worker_id: usize,
+    client: Client,
+    lin: History,
+    levels: LevelHistory,
+    stop: Arc<AtomicBool>,
+    prefix: &str,
+    n_keys: usize,
+    seed: u64,
+) -> LevelReport {
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ 0x1e7e15 ^ (worker_id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut report = LevelReport::default();
+    // Ids apart from `run_worker`'s in the linearizability history.
+    let lin_client = 1_000 + worker_id;
+    let mut sequence = 0u64;
+    let key_of = |i: usize| format!("{prefix}-lv-{i}");
+    let refused = |report: &mut LevelReport, what: &str, error: &Error| {
+        if matches!(error, Error::InvalidArgument(_)) && report.refused_as_invalid.len() < 10 {
+            report
+                .refused_as_invalid
+                .push(format!("{what} refused as invalid: {error}"));
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let roll = rng.random_range(0..100);
+        if roll < 30 {
+            let key = key_of(rng.random_range(0..n_keys));
+            let value = format!("L{worker_id}-{sequence}");
+            let token = lin.invoke(lin_client, key.as_bytes(), Op::Put(value.clone().into_bytes()));
+            let invoked = levels.now();
+            let outcome = match client.put(&key, &value).await {
+                Ok(version) => PutOutcome::Acknowledged { version },
+                Err(error) => {
+                    refused(&mut report, "a put", &error);
+                    put_outcome(&error)
+                }
+            };
+            report.completed += u64::from(matches!(outcome, PutOutcome::Acknowledged { .. }));
+            record_put(
+                &lin,
+                &levels,
+                worker_id,
+                (token, key.as_bytes(), value.as_bytes(), invoked),
+                outcome,
+            );
+        } else if roll < 40 {
+            let mut indexes: Vec<usize> = (0..n_keys).collect();
+            let count = rng.random_range(2..=3.min(n_keys));
+            let mut chosen = Vec::new();
+            for _ in 0..count {
+                chosen.push(indexes.swap_remove(rng.random_range(0..indexes.len())));
+            }
+            let puts: Vec<(String, String)> = chosen
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| (key_of(i), format!("L{worker_id}-{sequence}-{j}")))
+                .collect();
+            let tokens: Vec<OpToken> = puts
+                .iter()
+                .map(|(key, value)| {
+                    lin.invoke(lin_client, key.as_bytes(), Op::Put(value.clone().into_bytes()))
+                })
+                .collect();
+            let invoked = levels.now();
+            let ops = puts
+                .iter()
+                .map(|(key, value)| BatchOp::Put {
+                    key: Bytes::from(key.clone()),
+                    value: Bytes::from(value.clone()),
+                })
+                .collect();
+            let result = client.batch(ops).await;
+            // Each key's outcome: that of the shard part that held it.
+            let outcome_of = |key: &str| -> PutOutcome {
+                let holds = |keys: &[Bytes]| keys.iter().any(|k| k.as_ref() == key.as_bytes());
+                match &result {
+                    Ok(outcome) => outcome
+                        .keys
+                        .iter()
+                        .find(|(_, keys)| holds(keys))
+                        .and_then(|(shard, _)| outcome.versions.get(shard))
+                        .map_or(PutOutcome::MaybeApplied, |&version| PutOutcome::Acknowledged {
+                            version,
+                        }),
+                    Err(Error::Batch { shards, keys, .. }) => keys
+                        .iter()
+                        .find(|(_, keys)| holds(keys))
+                        .and_then(|(shard, _)| shards.get(shard))
+                        .map_or(PutOutcome::MaybeApplied, |outcome| match outcome {
+                            ShardOutcome::Applied { version } => {
+                                PutOutcome::Acknowledged { version: *version }
+                            }
+                            ShardOutcome::NotApplied(_) => PutOutcome::NotApplied,
+                            ShardOutcome::Unknown(_) => PutOutcome::MaybeApplied,
+                        }),
+                    Err(error) => put_outcome(error),
+                }
+            };
+            if let Ok(outcome) = &result
+                && outcome.versions.len() > 1
+            {
+                report.batches_across_shards += 1;
+            }
+            if let Err(error) = &result {
+                refused(&mut report, "a batch", error);
+            }
+            for ((key, value), token) in puts.iter().zip(tokens) {
+                let outcome = outcome_of(key);
+                record_put(
+                    &lin,
+                    &levels,
+                    worker_id,
+                    (token, key.as_bytes(), value.as_bytes(), invoked),
+                    outcome,
+                );
+            }
+            report.completed += u64::from(result.is_ok());
+        } else {
+            let key = key_of(rng.random_range(0..n_keys));
+            let (consistency, level) = match rng.random_range(0..5) {
+                0 => (Consistency::ReplicaLinearizable, None),
+                1 => (Consistency::Session, Some(Level::Session)),
+                2 => {
+                    let bound = Duration::from_millis(300);
+                    (Consistency::Bounded(bound), Some(Level::Bounded(bound)))
+                }
+                3 => {
+                    let bound = Duration::from_millis(1500);
+                    (Consistency::Bounded(bound), Some(Level::Bounded(bound)))
+                }
+                _ => (Consistency::Eventual, Some(Level::Eventual)),
+            };
+            let options = ReadOptions::new(consistency).with_selection(ReplicaSelection::Spread);
+            match level {
+                None => {
+                    let token = lin.invoke(lin_client, key.as_bytes(), Op::Get);
+                    match client.get_with(&key, options).await {
+                        Ok(found) => {
+                            report.completed += 1;
+                            lin.complete(token, Outcome::Value(found.map(|v| v.value.to_vec())));
+                        }
+                        Err(error) => {
+                            refused(&mut report, "a replica-linearizable read", &error);
+                            lin.not_applied(token);
+                        }
+                    }
+                }
+                Some(level) => {
+                    let invoked = levels.now();
+                    match client.get_traced(&key, options).await {
+                        Ok((found, served)) => {
+                            report.completed += 1;
+                            levels.read(
+                                worker_id,
+                                key.as_bytes(),
+                                level,
+                                invoked,
+                                found.map(|v| (v.value.to_vec(), v.version)),
+                                (served.node_id.0, served.replica_id.0),
+                            );
+                        }
+                        Err(error) => refused(&mut report, "a read", &error),
+                    }
+                }
+            }
         }
     }
     report

@@ -8,7 +8,7 @@
 
 use ringkv_core::{ReplicaId, ShardId};
 
-use super::{Arc, Replica, Shard, ShardMap};
+use super::{Arc, Replica, Shard, ShardMap, SplitOrigin};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
@@ -108,9 +108,10 @@ impl ShardMap {
         Ok(begun)
     }
 
-    /// Records the split of `shard` as applied: the parent's arc ends before `at`, and the child
-    /// shard takes the rest with the split's replicas as its voters.
-    pub fn finish_split(&mut self, shard: ShardId, now_unix_ms: u64) {
+    /// Records the split of `shard` as applied at log index `split_index` of the parent: the parent's
+    /// arc ends before `at` from that index on, and the child shard takes the rest with the
+    /// split's replicas as its voters, its log starting after `split_index`.
+    pub fn finish_split(&mut self, shard: ShardId, split_index: u64, now_unix_ms: u64) {
         let Some(index) = self.splits.iter().position(|split| split.parent == shard) else {
             return;
         };
@@ -123,12 +124,18 @@ impl ShardMap {
             end: parent.arc.end,
         };
         parent.arc.end = done.at - 1;
+        parent.range_since = split_index;
         let child = Shard {
             id: done.child,
             arc: child_arc,
             voters: done.replicas.clone(),
             learners: Vec::new(),
             leader: None,
+            range_since: split_index,
+            origin: Some(SplitOrigin {
+                parent: shard,
+                index: split_index,
+            }),
         };
         let position = self.shards.partition_point(|s| s.arc.start < child_arc.start);
         self.shards.insert(position, child);
@@ -253,10 +260,21 @@ mod tests {
             "a splitting shard took a move"
         );
 
-        map.finish_split(ShardId(2), 3);
+        map.finish_split(ShardId(2), 40, 3);
         map.validate().expect("valid after the split");
+        assert_eq!(ShardMap::from_proto(&map.to_proto()).expect("round trip"), map);
         let parent = map.shard(ShardId(2)).unwrap();
         let child = map.shard(ShardId(5)).unwrap();
+        // The arcs hold from the split's index; the child knows where it came from.
+        assert_eq!((parent.range_since, child.range_since), (40, 40));
+        assert_eq!(parent.origin, None);
+        assert_eq!(
+            child.origin,
+            Some(SplitOrigin {
+                parent: ShardId(2),
+                index: 40
+            })
+        );
         assert_eq!(parent.arc.start, parent_before.arc.start);
         assert_eq!(parent.arc.end, split.at - 1);
         assert_eq!(child.arc.start, split.at);

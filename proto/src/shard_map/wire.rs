@@ -6,7 +6,7 @@ use ringkv_core::{NodeId, ReplicaId, ShardId};
 
 use super::{
     Arc, Decision, MapError, Move, MoveKind, MoveStep, NodeInfo, NodeRole, NodeState, Replica, Shard,
-    ShardMap, Split,
+    ShardMap, Split, SplitOrigin,
 };
 use crate::pb;
 
@@ -130,6 +130,9 @@ pub(super) fn shard_to_proto(shard: &Shard) -> pb::ShardInfo {
         voters: shard.voters.iter().map(replica_to_proto).collect(),
         learners: shard.learners.iter().map(replica_to_proto).collect(),
         leader_node_id: shard.leader.map_or(0, |node| node.0),
+        range_since: shard.range_since,
+        split_parent: shard.origin.map_or(0, |origin| origin.parent.0),
+        split_index: shard.origin.map_or(0, |origin| origin.index),
     }
 }
 
@@ -143,6 +146,11 @@ pub(super) fn shard_from_proto(shard: &pb::ShardInfo) -> Shard {
         voters: shard.voters.iter().map(replica_from_proto).collect(),
         learners: shard.learners.iter().map(replica_from_proto).collect(),
         leader: (shard.leader_node_id != 0).then_some(NodeId(shard.leader_node_id)),
+        range_since: shard.range_since,
+        origin: (shard.split_index != 0).then_some(SplitOrigin {
+            parent: ShardId(shard.split_parent),
+            index: shard.split_index,
+        }),
     }
 }
 

@@ -72,6 +72,13 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Wait until every shard and the metadata group has a leader and no replica is out of
+    /// service. Exits 0 once they do; 1, naming what is still missing, after --timeout seconds.
+    WaitReady {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Check that every shard's replicas hold identical data: each replica hashes its state at
     /// the same log index. Prints every shard whose replicas differ; exits 1 if any does.
     Check {

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ringkv_client::Client;
+use ringkv_client::{AdminClient, ClientConfig, ReplicaRole};
 use ringkv_engine::ShardId;
 
 use super::args::Output;
 
 /// `ringkv status`: every node's replicas and every shard's placement, leader and progress.
-pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()> {
+pub(super) async fn status(client: &AdminClient, output: Output) -> anyhow::Result<()> {
     client.refresh_shard_map().await?;
     let map = client.shard_map().await;
     let mut nodes = Vec::new();
@@ -22,16 +22,24 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
         match tokio::time::timeout(Duration::from_secs(3), client.node_status(addr)).await {
             Ok(Ok(status)) => {
                 for replica in &status.replicas {
-                    applied.insert((replica.shard_id, node_id), replica.applied_index);
-                    lag.insert((replica.shard_id, node_id), (replica.lag_entries, replica.lag_ms));
-                    if !replica.failure.is_empty() {
+                    let shard = replica.shard_id.0;
+                    applied.insert((shard, node_id), replica.applied_index);
+                    lag.insert(
+                        (shard, node_id),
+                        (replica.lag_entries, replica.lag_ms.unwrap_or(u64::MAX)),
+                    );
+                    if let Some(failure) = &replica.failure {
                         failed
-                            .entry(replica.shard_id)
+                            .entry(shard)
                             .or_default()
-                            .push(format!("node {node_id}: {}", replica.failure));
+                            .push(format!("node {node_id}: {failure}"));
                     }
                 }
-                let leaders = status.replicas.iter().filter(|r| r.role == "leader").count();
+                let leaders = status
+                    .replicas
+                    .iter()
+                    .filter(|r| r.role == ReplicaRole::Leader)
+                    .count();
                 nodes.push(serde_json::json!({
                     "node_id": node_id, "addr": addr, "state": "up",
                     "replicas": status.replicas.len(), "leaders": leaders,
@@ -72,7 +80,8 @@ pub(super) async fn status(client: &Client, output: Output) -> anyhow::Result<()
                 "leader": shard.leader.map(|node| node.0),
                 "applied_index": applied,
                 // Read replicas and how far each trails the leader (entries, and how old its
-                // data provably is; null when it has heard from no leader it caught up with).
+                // data looks, by the leader's messages; null when it has heard from no leader it caught
+                // up with).
                 "read_replicas": map.read_replicas_of(shard.id).iter().map(|r| {
                     let (entries, ms) = lag.get(&(shard.id.0, r.node_id.0)).copied().unwrap_or((0, u64::MAX));
                     serde_json::json!({
@@ -252,7 +261,11 @@ const STATUS_DECISIONS: usize = 10;
 
 /// `ringkv check`: the replica check of every shard. Exit 0 when every shard's replicas agree, 1
 /// when some differ, 2 when some replica could not be checked.
-pub(super) async fn check(client: &Client, output: Output, per_shard: Duration) -> anyhow::Result<ExitCode> {
+pub(super) async fn check(
+    client: &AdminClient,
+    output: Output,
+    per_shard: Duration,
+) -> anyhow::Result<ExitCode> {
     let report = client.check_replicas(per_shard).await?;
     let divergent = report.divergent().len();
     let unchecked = report
@@ -340,9 +353,89 @@ fn shard_label(shard_id: ShardId) -> serde_json::Value {
     }
 }
 
+/// `ringkv wait-ready`: exit 0 once every group of the map (the shards and the metadata group)
+/// has a leader that its node reports, and no replica is out of service; 1 after `timeout`,
+/// saying what is still missing. Scripts wait on it instead of reading `status` output.
+pub(super) async fn wait_ready(config: ClientConfig, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            client = AdminClient::with_config(config.clone()).await.ok();
+        }
+        let missing = match &client {
+            None => format!("no node answers at {}", config.endpoints.join(", ")),
+            Some(client) => match readiness(client).await {
+                Ok(Ok(summary)) => {
+                    println!("ready: {summary}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Ok(Err(what)) => what,
+                Err(error) => format!("the shard map could not be fetched: {error}"),
+            },
+        };
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("not ready after {} s: {missing}", timeout.as_secs());
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One look at the cluster for `wait_ready`: what is ready, or what is missing.
+async fn readiness(client: &AdminClient) -> anyhow::Result<Result<String, String>> {
+    client.refresh_shard_map().await?;
+    let map = client.shard_map().await;
+    let mut led = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    for (&node_id, info) in &map.nodes {
+        if info.state != ringkv_client::NodeState::Up {
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(3), client.node_status(&info.addr)).await {
+            Ok(Ok(status)) => {
+                for replica in &status.replicas {
+                    if replica.role == ReplicaRole::Leader {
+                        led.insert(replica.shard_id);
+                    }
+                    if let Some(failure) = &replica.failure {
+                        problems.push(format!(
+                            "shard {} is out of service on node {node_id}: {failure}",
+                            replica.shard_id
+                        ));
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                problems.push(format!("node {node_id} ({}) does not answer: {error}", info.addr))
+            }
+            Err(_) => problems.push(format!(
+                "node {node_id} ({}) does not answer within 3 s",
+                info.addr
+            )),
+        }
+    }
+    let leaderless: Vec<String> = map
+        .groups()
+        .filter(|group| !led.contains(&group.id))
+        .map(|group| group.id.to_string())
+        .collect();
+    if !leaderless.is_empty() {
+        problems.insert(0, format!("no leader yet for shards {}", leaderless.join(", ")));
+    }
+    if !problems.is_empty() {
+        return Ok(Err(problems.join("; ")));
+    }
+    Ok(Ok(format!(
+        "{} shards and the metadata group have a leader (map epoch {})",
+        map.shards.len(),
+        map.epoch
+    )))
+}
+
 /// `ringkv node list`: every node of the map with its state (`down` for an up node that does not
 /// answer), replica and leader counts and data size.
-pub(super) async fn node_list(client: &Client, output: Output) -> anyhow::Result<()> {
+pub(super) async fn node_list(client: &AdminClient, output: Output) -> anyhow::Result<()> {
     client.refresh_shard_map().await?;
     let map = client.shard_map().await;
     let mut rows = Vec::new();
@@ -365,7 +458,7 @@ pub(super) async fn node_list(client: &Client, output: Output) -> anyhow::Result
             "role": info.role.to_string(),
             "replicas_placed": placed,
             "replicas_running": status.as_ref().map(|s| s.replicas.len()),
-            "leaders": status.as_ref().map(|s| s.replicas.iter().filter(|r| r.role == "leader").count()),
+            "leaders": status.as_ref().map(|s| s.replicas.iter().filter(|r| r.role == ReplicaRole::Leader).count()),
             "data_bytes": status.as_ref().map(|s| s.data_bytes),
         }));
     }

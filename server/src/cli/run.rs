@@ -9,8 +9,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use ringkv_client::{
-    Client, ClientConfig, Consistency, Expect, NodeId, ReadOptions, ReplicaSelection, ScanCursor,
-    ScanOptions, Session, ShardId,
+    AdminClient, Client, ClientConfig, Consistency, Expect, NodeId, ReadOptions, ReplicaSelection,
+    ScanCursor, ScanOptions, Session, ShardId,
 };
 
 use super::args::{CasArgs, Cli, ClusterCommand, Command, NodeCommand, ReadArgs, ShardCommand};
@@ -57,6 +57,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let mut config = ClientConfig::new(cli.endpoints.clone());
     config.request_timeout = Duration::from_millis(cli.timeout_ms);
+    if let Command::WaitReady { timeout } = start_args {
+        // The nodes may not even listen yet: connecting is part of the wait.
+        return report::wait_ready(config, Duration::from_secs(timeout)).await;
+    }
     let client = Client::with_config(config).await?;
     match start_args {
         Command::Start(_) => unreachable!("handled above"),
@@ -123,9 +127,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("more keys: continue with --cursor {}", next.encode());
             }
         }
-        Command::Status { output } => report::status(&client, output).await?,
+        Command::Status { output } => report::status(&AdminClient::new(client.clone()), output).await?,
+        Command::WaitReady { .. } => unreachable!("handled above"),
         Command::Check { output } => {
-            return report::check(&client, output, Duration::from_millis(cli.timeout_ms)).await;
+            let admin = AdminClient::new(client.clone());
+            return report::check(&admin, output, Duration::from_millis(cli.timeout_ms)).await;
         }
         Command::Shard(ShardCommand::Move {
             shard,
@@ -133,18 +139,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             wait,
         }) => {
-            return move_replica(&client, &shard, NodeId(from), NodeId(to), wait).await;
+            return move_replica(
+                &AdminClient::new(client.clone()),
+                &shard,
+                NodeId(from),
+                NodeId(to),
+                wait,
+            )
+            .await;
         }
         Command::Shard(ShardCommand::Split { shard, wait }) => {
-            return split_shard(&client, ShardId(shard), wait).await;
+            return split_shard(&AdminClient::new(client.clone()), ShardId(shard), wait).await;
         }
-        Command::Node(NodeCommand::List { output }) => report::node_list(&client, output).await?,
+        Command::Node(NodeCommand::List { output }) => {
+            report::node_list(&AdminClient::new(client.clone()), output).await?
+        }
         Command::Cluster(ClusterCommand::ReadReplicas { count }) => {
-            let map = client.set_read_replicas(count).await?;
+            let map = AdminClient::new(client.clone()).set_read_replicas(count).await?;
             println!("read_replicas is {} (map epoch {})", map.read_replicas, map.epoch);
         }
         Command::Node(NodeCommand::Decommission { node, wait } | NodeCommand::Remove { node, wait }) => {
-            return decommission(&client, NodeId(node), wait).await;
+            return decommission(&AdminClient::new(client.clone()), NodeId(node), wait).await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -181,7 +196,7 @@ async fn cas(client: &Client, args: CasArgs) -> anyhow::Result<ExitCode> {
 
 /// `ringkv shard split`: exit 0 once the split is recorded (with `--wait`: applied), 1 if it is
 /// still under way when the wait ends.
-async fn split_shard(client: &Client, shard: ShardId, wait: Option<u64>) -> anyhow::Result<ExitCode> {
+async fn split_shard(client: &AdminClient, shard: ShardId, wait: Option<u64>) -> anyhow::Result<ExitCode> {
     let map = client.split_shard(shard).await?;
     let split = map
         .split_of(shard)
@@ -218,7 +233,7 @@ async fn split_shard(client: &Client, shard: ShardId, wait: Option<u64>) -> anyh
 /// `ringkv shard move`: exit 0 once the move is recorded (with `--wait`: finished), 1 if it was
 /// rolled back or is still under way when the wait ends.
 async fn move_replica(
-    client: &Client,
+    client: &AdminClient,
     shard: &str,
     from: NodeId,
     to: NodeId,
@@ -269,7 +284,7 @@ async fn move_replica(
 
 /// `ringkv node decommission`: exit 0 once the node is marked decommissioning (with `--wait`:
 /// removed), 1 if it is still being drained when the wait ends.
-async fn decommission(client: &Client, node: NodeId, wait: Option<u64>) -> anyhow::Result<ExitCode> {
+async fn decommission(client: &AdminClient, node: NodeId, wait: Option<u64>) -> anyhow::Result<ExitCode> {
     let map = client.decommission_node(node).await?;
     println!(
         "decommissioning node {node} (map epoch {}): its replicas move to the other nodes",

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use ringkv_engine::NodeId;
 use ringkv_proto::pb;
-use ringkv_proto::{NodeRole, NodeState, ShardMap};
+use ringkv_proto::{MapChange, NodeRole, NodeState, ShardMap};
 
 use super::host::Node;
 use super::moves::unix_ms;
@@ -53,7 +53,7 @@ pub(crate) fn spawn_controller(node: Weak<Node>, dead_node_timeout: Duration) {
                 warn!(?step, %error, "the controller's placement step does not apply to the map");
                 continue;
             }
-            match node.propose_map(map.epoch, proposed, false, CHANGE_BUDGET).await {
+            match node.propose_map(map.epoch, proposed, CHANGE_BUDGET).await {
                 Ok((true, changed)) => info!(
                     epoch = changed.epoch,
                     ?step,
@@ -107,7 +107,7 @@ fn liveness_change(
 async fn record_liveness(node: &Node, map: &ShardMap, (peer, state, reason): (NodeId, NodeState, String)) {
     let mut proposed = map.clone();
     proposed.set_node_state(peer, state, &reason, unix_ms());
-    match node.propose_map(map.epoch, proposed, false, CHANGE_BUDGET).await {
+    match node.propose_map(map.epoch, proposed, CHANGE_BUDGET).await {
         Ok((true, changed)) => {
             info!(epoch = changed.epoch, node_id = %peer, %state, %reason, "controller: node state changed")
         }
@@ -133,15 +133,23 @@ impl Node {
             pb::NodeRole::Voter => NodeRole::Voter,
             pb::NodeRole::ReadReplica => NodeRole::ReadReplica,
         };
-        let (id, map) = self
-            .change_map("the join", budget, |map| {
-                let id = map.add_node(node, addr, incarnation, unix_ms())?;
-                if let Some(info) = map.nodes.get_mut(&id) {
-                    info.role = role;
-                }
-                Ok(id)
-            })
-            .await?;
+        let change = MapChange::Join {
+            node,
+            addr: addr.to_owned(),
+            incarnation,
+            role,
+        };
+        let map = self.request_map_change(&change, false, budget).await?;
+        let id = map
+            .nodes
+            .iter()
+            .find(|(_, info)| info.incarnation == incarnation)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| {
+                ServiceError::Internal(format!(
+                    "the map recorded the join of the node at {addr}, but lists no node of its incarnation"
+                ))
+            })?;
         info!(node_id = %id, %addr, "a node is a member of the cluster");
         Ok((id, map))
     }
@@ -153,10 +161,8 @@ impl Node {
         target: NodeId,
         budget: Duration,
     ) -> Result<ShardMap, ServiceError> {
-        let ((), map) = self
-            .change_map("the decommission", budget, |map| {
-                map.decommission(target, unix_ms())
-            })
+        let map = self
+            .request_map_change(&MapChange::DecommissionNode { node: target }, false, budget)
             .await?;
         info!(node_id = %target, "node marked decommissioning");
         Ok(map)

@@ -26,9 +26,9 @@ use super::controller::spawn_controller;
 use super::metadata::spawn_map_follower;
 use super::moves::spawn_mover;
 use super::quiesce::{PeerLiveness, QuietState, spawn_pulses, spawn_quiescer};
-use super::reads::{LeaderContact, ReadIndexQueue};
+use super::reads::{FreshnessProofs, LeaderContact, ReadIndexQueue};
 use super::reconcile::spawn_reconciler;
-use super::splits::{spawn_split_checker, spawn_splitter};
+use super::splits::{spawn_split_checker, spawn_split_log_trimmer, spawn_splitter};
 use crate::config::NodeConfig;
 use crate::error::ServiceError;
 use crate::identity::{BootstrapParams, LocalIdentity};
@@ -40,6 +40,11 @@ pub struct ShardReplica {
     pub replica_id: ReplicaId,
     /// The hashes the replica owns as of its last apply: a split shrinks it.
     pub range: ShardRange,
+    /// A replica that started with no state and an arc that a split shrank holds from this log
+    /// index: until it has applied that far, it takes no log entry at or below it and no snapshot
+    /// older than it (it must start from a snapshot taken after the split; see `raft_rpc`). 0: no
+    /// such limit.
+    pub(crate) floor: ringkv_engine::LogIndex,
     pub raft: ShardRaft,
     /// Until then the replica grants no vote or pre-vote, except in a leadership transfer, and
     /// does not stand for election on its own timer (openraft's `elect(false)`). Set when
@@ -55,8 +60,10 @@ pub struct ShardReplica {
     pub(crate) quiet: QuietState,
     /// At or above the index of any state a read of the replica has seen (a session's token).
     pub applied_bound: AppliedBound,
-    /// When leaders last told it commit indexes (bounded-staleness reads; see `reads`).
+    /// When leaders last told it commit indexes (its lag, for status; see `reads`).
     pub(crate) contact: LeaderContact,
+    /// Read indexes the leader gave it, with when it asked (bounded-staleness reads).
+    pub(crate) proofs: FreshnessProofs,
     /// Reads waiting for the leader's read index (replica-linearizable, bounded probes).
     pub(crate) read_index: Mutex<ReadIndexQueue>,
 }
@@ -192,6 +199,7 @@ impl Node {
             config.test_move_hold_file.clone(),
         );
         spawn_splitter(Arc::downgrade(&node));
+        spawn_split_log_trimmer(Arc::downgrade(&node));
         spawn_split_checker(Arc::downgrade(&node), config.split_policy());
         spawn_quiescer(Arc::downgrade(&node), config.quiesce_after());
         spawn_pulses(
@@ -275,6 +283,13 @@ impl Node {
             .await?;
         let range = state_machine.range();
         let applied_bound = state_machine.applied_bound();
+        // Opened with nothing applied, it owns the arc the map gives: one that holds only from
+        // the shard's last split on.
+        let floor = if applied_bound.get() == 0 {
+            shard.range_since
+        } else {
+            0
+        };
         let network =
             ShardNetworkFactory::new(shard.id, self.transport.clone(), identity, self.raft_timeouts);
         let raft = ShardRaft::new(
@@ -334,12 +349,14 @@ impl Node {
             shard_id: shard.id,
             replica_id,
             range,
+            floor,
             raft,
             votes_from,
             failure: Mutex::new(None),
             quiet: QuietState::default(),
             applied_bound,
             contact: LeaderContact::default(),
+            proofs: FreshnessProofs::default(),
             read_index: Mutex::new(ReadIndexQueue::default()),
         });
         {

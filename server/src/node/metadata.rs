@@ -7,10 +7,13 @@
 //! 2. It stores one key, `map`: the encoded shard map, without leader hints. Its leader writes the
 //!    bootstrap map there once, with a compare-and-swap on "absent" (`seed`), so however many
 //!    leaders try, one map is stored.
-//! 3. Every change is `ProposeMap`: a compare-and-swap on the version of `map` that was read, after
-//!    checking that its epoch is the one the proposer started from; the new map gets the next epoch.
-//!    Two changes made from the same map can never both apply; the second is refused and told the
-//!    map that won.
+//! 3. Every change is made on the metadata leader: a compare-and-swap on the version of `map` that
+//!    was read, after checking that its epoch is the one the change was made from; the new map gets
+//!    the next epoch. Two changes made from the same map can never both apply; the second is made
+//!    again on the map that won. The leader's controller, mover and splitter change the map in
+//!    place; every other change is a typed request (`MapChange`: an operator's, a split checker's,
+//!    a joining node's) that any node hands to the leader (`ChangeMap`), which validates it against
+//!    its map. No request carries a whole map.
 //! 4. A node hosting a metadata replica follows its own replica: whenever it applies an entry, the
 //!    node reads `map` and adopts it if its epoch is newer. Other nodes follow one of those through
 //!    `WatchMap`, moving to the next when the stream breaks or falls silent. So does a node whose
@@ -34,11 +37,12 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use ringkv_engine::{Command, CommandResult, Expect, LogIndex, NodeId, Proposal, ShardId};
-use ringkv_proto::ShardMap;
 use ringkv_proto::limits::MAX_MESSAGE_BYTES;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
+use ringkv_proto::{MapChange, ShardMap};
 
 use super::host::{Node, ShardReplica};
+use super::moves::unix_ms;
 use crate::error::ServiceError;
 use crate::identity;
 
@@ -103,43 +107,22 @@ impl Node {
         Ok(true)
     }
 
-    /// Replaces the map with `proposed` if the map is still at `expect_epoch` (see the module
-    /// header). Returns whether it did, and the map as it stands after: the new one, or the one
-    /// that refused the change. Handed to the metadata leader when this node does not lead.
-    pub async fn propose_map(
+    /// On the metadata leader: replaces the map with `proposed` if the map is still at
+    /// `expect_epoch` (see the module header). Returns whether it did, and the map as it stands
+    /// after: the new one, or the one that refused the change. `NotLeader` on any other node.
+    pub(crate) async fn propose_map(
         &self,
         expect_epoch: u64,
         mut proposed: ShardMap,
-        forwarded: bool,
         budget: Duration,
     ) -> Result<(bool, ShardMap), ServiceError> {
         let started = std::time::Instant::now();
-        if proposed.cluster_id != self.identity.cluster_id {
-            return Err(ServiceError::InvalidArgument(format!(
-                "the proposed map belongs to cluster {:016x}, but this is cluster {:016x}",
-                proposed.cluster_id, self.identity.cluster_id
-            )));
-        }
         let leader = match self.replica(ShardId::META) {
             Some(replica) if replica.raft.metrics().borrow_watched().state == ServerState::Leader => replica,
-            // A metadata replica that does not lead hands the change to its leader, once.
-            Some(replica) => {
-                return match self.leader_addr(&replica) {
-                    Some((node, addr)) if !forwarded && node != self.node_id() => {
-                        forward_proposal(&addr, expect_epoch, &proposed, true, budget).await
-                    }
-                    _ => Err(ServiceError::NotLeader {
-                        shard_id: ShardId::META,
-                        leader: self.meta_leader_hint(),
-                    }),
-                };
-            }
-            // A node without one hands it to the metadata nodes in turn, until one answers.
-            None if !forwarded => return self.forward_to_meta_nodes(expect_epoch, &proposed, budget).await,
-            None => {
+            _ => {
                 return Err(ServiceError::NotLeader {
                     shard_id: ShardId::META,
-                    leader: None,
+                    leader: self.meta_leader_hint(),
                 });
             }
         };
@@ -211,7 +194,7 @@ impl Node {
                 return Ok((answer, map));
             }
             let remaining = budget.saturating_sub(started.elapsed());
-            let (succeeded, current) = self.propose_map(map.epoch, proposed, false, remaining).await?;
+            let (succeeded, current) = self.propose_map(map.epoch, proposed, remaining).await?;
             if succeeded {
                 return Ok((answer, current));
             }
@@ -226,14 +209,49 @@ impl Node {
         }
     }
 
-    /// `propose_map` on a node hosting no metadata replica: asks each metadata node in turn,
-    /// within the budget, and returns the first answer that is not "unreachable".
+    /// Records `change` in the map: on the metadata leader, validated against its map (refused
+    /// as `InvalidArgument`, nothing written, when it does not apply); on any other node, handed
+    /// to the leader. A metadata follower hands it to its leader once (`forwarded` then set); a
+    /// node without a metadata replica asks the metadata nodes in turn. Returns the map after.
+    pub async fn request_map_change(
+        &self,
+        change: &MapChange,
+        forwarded: bool,
+        budget: Duration,
+    ) -> Result<ShardMap, ServiceError> {
+        match self.replica(ShardId::META) {
+            Some(replica) if replica.raft.metrics().borrow_watched().state == ServerState::Leader => {
+                let ((), map) = self
+                    .change_map(&change.describe(), budget, |map| change.apply(map, unix_ms()))
+                    .await?;
+                Ok(map)
+            }
+            // A metadata replica that does not lead hands the change to its leader, once.
+            Some(replica) => match self.leader_addr(&replica) {
+                Some((node, addr)) if !forwarded && node != self.node_id() => {
+                    forward_change(&addr, change, true, budget).await
+                }
+                _ => Err(ServiceError::NotLeader {
+                    shard_id: ShardId::META,
+                    leader: self.meta_leader_hint(),
+                }),
+            },
+            // A node without one hands it to the metadata nodes in turn, until one answers.
+            None if !forwarded => self.forward_to_meta_nodes(change, budget).await,
+            None => Err(ServiceError::NotLeader {
+                shard_id: ShardId::META,
+                leader: None,
+            }),
+        }
+    }
+
+    /// `request_map_change` on a node hosting no metadata replica: asks each metadata node in
+    /// turn, within the budget, and returns the first answer that is not "unreachable".
     async fn forward_to_meta_nodes(
         &self,
-        expect_epoch: u64,
-        proposed: &ShardMap,
+        change: &MapChange,
         budget: Duration,
-    ) -> Result<(bool, ShardMap), ServiceError> {
+    ) -> Result<ShardMap, ServiceError> {
         let started = std::time::Instant::now();
         let targets: Vec<String> = {
             let map = self.map.read().expect("map lock");
@@ -253,7 +271,7 @@ impl Node {
             if remaining.is_zero() {
                 break;
             }
-            match forward_proposal(&addr, expect_epoch, proposed, false, remaining).await {
+            match forward_change(&addr, change, false, remaining).await {
                 Err(
                     error @ ServiceError::Unavailable {
                         outcome_unknown: false,
@@ -314,13 +332,12 @@ impl Node {
 
 /// Hands a map change to the node at `addr`: the metadata leader (`forwarded`), or a metadata
 /// node that hands it on to its leader.
-async fn forward_proposal(
+async fn forward_change(
     addr: &str,
-    expect_epoch: u64,
-    proposed: &ShardMap,
+    change: &MapChange,
     forwarded: bool,
     budget: Duration,
-) -> Result<(bool, ShardMap), ServiceError> {
+) -> Result<ShardMap, ServiceError> {
     let unavailable = |reason: String| ServiceError::Unavailable {
         shard_id: ShardId::META,
         outcome_unknown: true,
@@ -332,25 +349,23 @@ async fn forward_proposal(
             outcome_unknown: false,
             reason: format!("cannot reach metadata node {addr}: {error}"),
         })?;
-        let mut request = tonic::Request::new(pb::ProposeMapRequest {
-            expect_epoch,
-            map: Some(proposed.to_proto()),
+        let mut request = tonic::Request::new(pb::ChangeMapRequest {
+            change: Some(change.to_proto()),
             forwarded,
         });
         request.set_timeout(budget);
         let response = client
-            .propose_map(request)
+            .change_map(request)
             .await
             .map_err(|status| forwarded_error(addr, &status))?
             .into_inner();
-        let map = response
+        response
             .map
             .ok_or_else(|| unavailable(format!("metadata node {addr} sent no map")))
             .and_then(|wire| {
                 ShardMap::from_proto(&wire)
                     .map_err(|error| unavailable(format!("metadata node {addr} sent a bad map: {error}")))
-            })?;
-        Ok((response.succeeded, map))
+            })
     };
     tokio::time::timeout(budget, call).await.unwrap_or_else(|_| {
         Err(unavailable(format!(

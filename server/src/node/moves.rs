@@ -40,7 +40,7 @@ use tracing::{info, warn};
 
 use ringkv_engine::{NodeId, ReplicaId, ReplicaNode, ShardId};
 use ringkv_proto::pb::{self, ChangeReplicasAction};
-use ringkv_proto::{Move, MoveKind, MoveStep, Replica, ShardMap};
+use ringkv_proto::{MapChange, Move, MoveKind, MoveStep, Replica, ShardMap};
 
 use super::host::{Node, ShardReplica};
 use super::leadership::{most_caught_up_voter, transfer_watched};
@@ -63,8 +63,9 @@ pub(crate) struct Membership {
     joint: bool,
     leader_last_index: u64,
     add_matched_index: u64,
-    /// The last hash of the leader's range.
+    /// The last hash of the leader's range, and the log index it holds from (its last split's).
     pub range_end: u64,
+    pub range_since: u64,
 }
 
 impl Membership {
@@ -85,6 +86,7 @@ impl From<pb::ChangeReplicasResponse> for Membership {
             leader_last_index: response.leader_last_index,
             add_matched_index: response.add_matched_index,
             range_end: response.range_end,
+            range_since: response.range_since,
         }
     }
 }
@@ -251,7 +253,9 @@ impl Node {
             joint: membership.get_joint_config().len() > 1,
             leader_last_index: metrics.last_log_index.unwrap_or(0),
             add_matched_index,
+            // The end first: the index is stored before the end, so it is at least as new.
             range_end: replica.range.get().end,
+            range_since: replica.range.since(),
         })
     }
 
@@ -332,12 +336,13 @@ impl Node {
         reason: &str,
         budget: Duration,
     ) -> Result<ShardMap, ServiceError> {
-        let (_, map) = self
-            .change_map("the move", budget, |map| {
-                map.begin_move(shard_id, from, to, unix_ms(), reason)
-            })
-            .await?;
-        Ok(map)
+        let change = MapChange::MoveReplica {
+            shard: shard_id,
+            from,
+            to,
+            reason: reason.to_owned(),
+        };
+        self.request_map_change(&change, false, budget).await
     }
 }
 
@@ -564,7 +569,7 @@ pub(crate) async fn record(
 ) -> Result<bool, ServiceError> {
     let mut proposed = map.clone();
     edit(&mut proposed);
-    let (succeeded, _) = node.propose_map(map.epoch, proposed, false, STEP_BUDGET).await?;
+    let (succeeded, _) = node.propose_map(map.epoch, proposed, STEP_BUDGET).await?;
     Ok(succeeded)
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
@@ -135,6 +136,9 @@ impl Node {
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        if let Some(first) = rpc.entries.first() {
+            self.below_floor(&replica, first.log_id.index, "log entries from")?;
+        }
         self.wake_on_message(&replica, Some(rpc.vote.leader_id().term), !rpc.entries.is_empty());
         let arrived = Instant::now();
         let sent = super::reads::SentBounds::of(&rpc);
@@ -143,7 +147,14 @@ impl Node {
             .append_entries(rpc)
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(committed) = sent.commit_shown(&response) {
+        // For status (how far behind the leader a read replica is), never for serving reads
+        // (`reads`): the leader's commit index as this message showed it.
+        let shown = if self.engine.test_faults().bounded_from_heartbeats() {
+            sent.commit_shown(&response)
+        } else {
+            sent.commit_shown(&response).map(|_| sent.leader_commit)
+        };
+        if let Some(committed) = shown {
             replica.contact.record(committed, arrived);
         }
         Ok(response)
@@ -212,6 +223,10 @@ impl Node {
         file: SnapshotFile,
     ) -> Result<SnapshotResponse<TypeConfig>, String> {
         let replica = self.raft_target(header, shard_id, replica_id)?;
+        let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
+        if replica.floor > index {
+            self.below_floor(&replica, index, "a snapshot of")?;
+        }
         self.wake_on_message(&replica, None, true);
         let snapshot = openraft::alias::SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: file };
         replica
@@ -223,6 +238,30 @@ impl Node {
 }
 
 impl Node {
+    /// Refuses to give a replica that started empty under an arc a split shrank (`ShardReplica::floor`)
+    /// state from at or before the split, until it has applied past it: entries from before the split
+    /// were written for the wider arc and would apply differently under this one, and an older
+    /// snapshot holds keys outside it. The leader retries; once it has purged its log past the split
+    /// (every replica does soon after applying one), it sends a snapshot taken after it.
+    fn below_floor(&self, replica: &ShardReplica, index: u64, what: &str) -> Result<(), String> {
+        if replica.floor == 0 || index > replica.floor || self.engine.test_faults().accepts_below_floor() {
+            return Ok(());
+        }
+        let applied = replica
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map_or(0, |id| id.index);
+        if applied >= replica.floor {
+            return Ok(());
+        }
+        Err(format!(
+            "replica {} of shard {} takes no {what} index {index}: it starts from a snapshot taken at or          after the shard's last split (index {}), and has applied index {applied}",
+            replica.replica_id, replica.shard_id, replica.floor
+        ))
+    }
+
     /// A shard leader asks the local replica to go quiet; answers whether it did.
     pub fn raft_quiesce(
         &self,

@@ -5,12 +5,14 @@
 //!   and waits until it has applied the read index (`Node::linearizable_barrier`).
 //! - `ReplicaLinearizable`: any replica asks the leader for its read index (`raft_read_index` on
 //!   the leader's node), then waits until it has applied that far.
-//! - `Session { min_index }`: waits, briefly, until the replica has applied the session's index.
-//! - `Bounded { max_staleness }`: serves if a leader told it a commit index it has applied, at a
-//!   moment (on this node's clock) less than `max_staleness` ago. Such moments come from every
-//!   AppendEntries the replica accepts (`LeaderContact`); when none is recent enough (an idle,
-//!   quiet shard sends none), the replica asks the leader for a read index, and the moment it
-//!   asked counts. A replica that can show neither refuses (`ReplicaBehind`).
+//! - `Session { min_index }`: waits, briefly, until the replica has applied the session's index
+//!   (and, for a replica that started empty after a split, the split's index).
+//! - `Bounded { max_staleness }`: serves if the leader answered a read-index request that this
+//!   replica sent less than `max_staleness` ago (on this node's clock) with an index the replica
+//!   has applied (`FreshnessProofs`): its state then holds every write acknowledged before that
+//!   request left. Otherwise it asks now, and waits for the answer and to apply it within the
+//!   bound. Heartbeats prove nothing: a replica far behind, or a leader deposed without knowing
+//!   it, still sends or gets them. A replica that cannot show freshness refuses (`ReplicaBehind`).
 //! - `Eventual`: reads at once.
 //!
 //! After the read, the response carries the replica's `AppliedBound`: an index at or above the
@@ -38,8 +40,8 @@ const SESSION_WAIT: Duration = Duration::from_millis(200);
 /// Longest wait for the leader's read index on a bounded read: a replica cut off from its leader
 /// says so quickly, and the client tries elsewhere within its deadline.
 const BOUNDED_PROBE: Duration = Duration::from_millis(500);
-/// Leader contacts remembered per replica: enough that one at or below the applied index is
-/// found while applying trails the leader's commits by a few messages.
+/// Leader contacts and freshness proofs remembered per replica: enough that one at or below the
+/// applied index is found while applying trails the leader's commits by a few messages.
 const CONTACT_SAMPLES: usize = 32;
 /// A contact is remembered at most this often (one per heartbeat-sized interval is plenty).
 const CONTACT_EVERY: Duration = Duration::from_millis(5);
@@ -99,12 +101,19 @@ impl ReadLevel {
     }
 }
 
-/// Moments at which a leader told this replica a commit index the replica then held in its log:
-/// `(commit index, when the message arrived)`, oldest first.
+/// `(index, moment)` pairs, oldest first, each saying that the replica's state holds everything
+/// as of `moment` once it has applied `index`. Used for two things of different strength:
+/// `LeaderContact` (what leaders' messages showed: an estimate of lag, for status) and
+/// `FreshnessProofs` (read indexes the leader gave: what bounded reads rest on).
 #[derive(Debug, Default)]
 pub struct LeaderContact {
     samples: Mutex<VecDeque<(LogIndex, Instant)>>,
 }
+
+/// Read indexes the leader answered to this replica's requests, each with the moment its request
+/// left: every write acknowledged before that moment is at or below the index (the leader
+/// confirmed with a quorum, or its lease, that it still led after the request arrived).
+pub type FreshnessProofs = LeaderContact;
 
 impl LeaderContact {
     /// Records that a message arriving at `at` showed `committed` committed.
@@ -155,7 +164,7 @@ impl LeaderContact {
 pub(crate) struct SentBounds {
     /// The last index the request covers (its last entry, or the entry before none).
     last: LogIndex,
-    leader_commit: LogIndex,
+    pub(crate) leader_commit: LogIndex,
 }
 
 impl SentBounds {
@@ -172,8 +181,11 @@ impl SentBounds {
         }
     }
 
-    /// The commit index the accepted request showed the replica: the leader's, as far as the
-    /// replica's log now matches the leader's. `None` when the replica refused it.
+    /// The commit index the accepted request showed the replica, as far as the replica's log now
+    /// matches the leader's. `None` when the replica refused it. This is what bounded reads once
+    /// rested on (test switch `bounded_from_heartbeats`): a replica far behind, or a new learner
+    /// that heartbeats reach with no previous log id, records a fresh moment for an index it
+    /// already holds.
     pub(crate) fn commit_shown(&self, response: &AppendEntriesResponse<TypeConfig>) -> Option<LogIndex> {
         let matched = match response {
             AppendEntriesResponse::Success => self.last,
@@ -216,7 +228,11 @@ impl Node {
                     })
             }
             ReadLevel::Session { min_index } => self
-                .wait_applied(replica, min_index, budget.min(SESSION_WAIT))
+                .wait_applied(
+                    replica,
+                    session_index(replica, min_index),
+                    budget.min(SESSION_WAIT),
+                )
                 .await
                 .map_err(|applied| ServiceError::ReplicaBehind {
                     shard_id: replica.shard_id,
@@ -243,13 +259,24 @@ impl Node {
             return self.linearizable_barrier(replica, budget).await;
         }
         let applied = applied_index(replica);
-        if let Some(at) = replica.contact.fresh_as_of(applied)
+        if let Some(at) = replica.proofs.fresh_as_of(applied)
+            && at.elapsed() <= max_staleness
+        {
+            // Under a steady stream of reads, ask again before the proof runs out, so reads
+            // rarely wait for a round trip.
+            if at.elapsed() > max_staleness / 2 {
+                self.refresh_freshness(replica);
+            }
+            return Ok(());
+        }
+        if self.engine.test_faults().bounded_from_heartbeats()
+            && let Some(at) = replica.contact.fresh_as_of(applied)
             && at.elapsed() <= max_staleness
         {
             return Ok(());
         }
-        // Nothing recent enough: ask the leader. Its answer holds every write committed before
-        // the moment of asking, which is then how old the data is.
+        // Nothing recent enough: ask the leader. Its answer holds every write acknowledged
+        // before the moment of asking, which is then how old the data is.
         let asked = Instant::now();
         let probe = budget.min(BOUNDED_PROBE).min(max_staleness);
         let behind = |reason: String| ServiceError::ReplicaBehind {
@@ -259,8 +286,8 @@ impl Node {
         };
         let index = self.batched_read_index(replica, probe).await.map_err(|error| {
             behind(format!(
-                "its replica on node {} cannot show its data is at most {} ms old: no recent message \
-                 from the leader, and asking it failed ({error})",
+                "its replica on node {} cannot show its data is at most {} ms old: asking the leader \
+                 for its read index failed ({error})",
                 self.node_id(),
                 max_staleness.as_millis()
             ))
@@ -278,6 +305,18 @@ impl Node {
                     max_staleness.as_millis()
                 ))
             })
+    }
+
+    /// Asks the leader for a read index in the background, unless a request is in flight: its
+    /// answer becomes a new freshness proof.
+    fn refresh_freshness(self: &Arc<Self>, replica: &Arc<ShardReplica>) {
+        if replica.read_index.lock().expect("read index queue lock").driving {
+            return;
+        }
+        let (node, replica) = (self.clone(), replica.clone());
+        tokio::spawn(async move {
+            let _ = node.batched_read_index(&replica, READ_INDEX_ROUND).await;
+        });
     }
 
     /// Whether `replica` leads its shard now, as far as it knows.
@@ -313,7 +352,11 @@ impl Node {
                         }
                         std::mem::take(&mut queue.waiting)
                     };
+                    let sent = Instant::now();
                     let answer = node.leader_read_index(&replica, READ_INDEX_ROUND).await;
+                    if let Ok(index) = answer {
+                        replica.proofs.record(index, sent);
+                    }
                     for waiter in batch {
                         let _ = waiter.send(answer.clone());
                     }
@@ -432,6 +475,18 @@ impl Node {
             )),
             Err(error) => Err(format!("cannot confirm leadership of shard {shard_id}: {error}")),
         }
+    }
+}
+
+/// The index a replica must have applied to serve a session read with token `min_index`: the
+/// token, and for a replica that started empty under an arc a split shrank (a new learner of a
+/// split child), that split's index too, since any state it applies later is at least that new.
+/// A session that knows nothing of the shard (token 0) asks for nothing.
+fn session_index(replica: &ShardReplica, min_index: LogIndex) -> LogIndex {
+    if min_index == 0 {
+        0
+    } else {
+        min_index.max(replica.floor)
     }
 }
 

@@ -107,8 +107,15 @@ impl Node {
             if self.replica(shard_id).is_some() {
                 continue;
             }
-            if self.overlapping(shard).await.is_some() {
+            if let Some(other) = self.overlapping(shard).await {
                 waiting = true;
+                // State of a shard this node neither runs nor is given is left over (a replica
+                // that moved away before it could start): it must go for this one to start.
+                if self.replica(other).is_none()
+                    && map.shard(other).is_none_or(|s| s.replica_on(me).is_none())
+                {
+                    self.leftovers.store(true, std::sync::atomic::Ordering::Release);
+                }
                 continue;
             }
             match self.open_replica(shard, replica_id).await {
@@ -126,34 +133,59 @@ impl Node {
         waiting
     }
 
-    /// A replica this node runs whose range overlaps the one `shard` would start with (its
-    /// stored range, else its arc in the map), if any: then `shard` must wait (module header).
+    /// A shard whose range overlaps the one `shard` would start with (its stored range, else its
+    /// arc in the map), if any: a replica this node runs, or the stored state of one it does not
+    /// run (one that failed to open, or is not started yet). Then `shard` must wait (module
+    /// header): a parent replica that has not applied the split still owns the child's keys, and
+    /// when it catches up (replaying its log, or installing a snapshot, which first clears its
+    /// whole range) it would overwrite or delete what a child started beside it had written.
     pub(crate) async fn overlapping(&self, shard: &Shard) -> Option<ShardId> {
         let shard_id = shard.id;
         // The metadata group's keys live apart from every data shard's.
         if shard_id.is_meta() {
             return None;
         }
-        let stored = self
-            .engine
-            .run_blocking(move |engine| engine.range_of(shard_id))
-            .await
-            .ok()
-            .flatten();
-        let range = stored.unwrap_or(ringkv_engine::HashRange {
+        let arc = ringkv_engine::HashRange {
             start: shard.arc.start,
             end: shard.arc.end,
-        });
-        let other = self.all_replicas().into_iter().find(|replica| {
-            replica.shard_id != shard_id
-                && !replica.shard_id.is_meta()
-                && replica.range.get().overlaps(&range)
-        })?;
+        };
+        let running: Vec<(ShardId, ringkv_engine::HashRange)> = self
+            .all_replicas()
+            .iter()
+            .map(|replica| (replica.shard_id, replica.range.get()))
+            .collect();
+        let check_stored = !self.engine.test_faults().overlap_ignores_stored();
+        let other = self
+            .engine
+            .run_blocking(move |engine| {
+                let range = engine.range_of(shard_id).ok().flatten().unwrap_or(arc);
+                let overlaps = |other: ShardId, theirs: &ringkv_engine::HashRange| {
+                    other != shard_id && !other.is_meta() && theirs.overlaps(&range)
+                };
+                if let Some((other, _)) = running.iter().find(|(other, theirs)| overlaps(*other, theirs)) {
+                    return Some(*other);
+                }
+                if !check_stored {
+                    return None;
+                }
+                // A running replica's stored range can only be narrower than its live one.
+                let stored = engine.stored_shards().ok()?;
+                stored.into_iter().find(|&other| {
+                    !running.iter().any(|(id, _)| *id == other)
+                        && engine
+                            .range_of(other)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|theirs| overlaps(other, &theirs))
+                })
+            })
+            .await?;
         debug!(
-            %shard_id, overlapping_shard_id = %other.shard_id,
-            "a replica waits to start until this node's replica of an overlapping shard gives up the range              (a split it has not applied yet)"
+            %shard_id, overlapping_shard_id = %other,
+            "a replica waits to start until this node's replica of an overlapping shard gives up the range \
+             (a split it has not applied yet)"
         );
-        Some(other.shard_id)
+        Some(other)
     }
 
     /// Deletes state stored for shards this node runs no replica of: a replica whose deletion a
@@ -173,9 +205,12 @@ impl Node {
                         continue;
                     }
                     let placed_here = map.shard(shard_id).and_then(|shard| shard.replica_on(me));
-                    if placed_here
-                        .is_some_and(|r| engine.replica_owner(shard_id).ok().flatten() == Some(r.replica_id))
-                    {
+                    if placed_here.is_some_and(|r| {
+                        engine.replica_owner(shard_id).ok().flatten() == Some(r.replica_id)
+                            // A split created it for this replica, which has not recorded itself
+                            // as the owner yet: its state (the child's half of the data) is kept.
+                            || engine.split_born(shard_id, r.replica_id).unwrap_or(true)
+                    }) {
                         // Its replica, not started yet: the reconciler starts it.
                         continue;
                     }

@@ -29,8 +29,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tracing::{info, warn};
 
 use ringkv_engine::{Command, NodeId, Proposal, ReplicaNode, ShardId};
-use ringkv_proto::ShardMap;
 use ringkv_proto::pb::ChangeReplicasAction;
+use ringkv_proto::{MapChange, ShardMap};
 
 use super::host::{Node, ShardReplica};
 use super::moves::{ask_leader, record, unix_ms};
@@ -42,6 +42,10 @@ const SPLITTER_TICK: Duration = Duration::from_secs(1);
 const STEP_PAUSE: Duration = Duration::from_millis(300);
 /// How often a shard leader checks its shards' sizes and write rates.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the trimmer looks for replicas holding log entries from before their last split,
+/// and how long one snapshot-and-purge may take before it is tried again.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+const TRIM_BUDGET: Duration = Duration::from_secs(60);
 
 impl Node {
     /// Serves `SplitShard`: records the split in the map (step 1).
@@ -51,12 +55,11 @@ impl Node {
         reason: &str,
         budget: Duration,
     ) -> Result<ShardMap, ServiceError> {
-        let (_, map) = self
-            .change_map("the split", budget, |map| {
-                map.begin_split(shard_id, unix_ms(), reason).map(|_| ())
-            })
-            .await?;
-        Ok(map)
+        let change = MapChange::SplitShard {
+            shard: shard_id,
+            reason: reason.to_owned(),
+        };
+        self.request_map_change(&change, false, budget).await
     }
 
     /// `ChangeReplicas` action `SPLIT` on the shard's leader (step 2): proposes the split this
@@ -152,6 +155,22 @@ impl Node {
                 range.start, range.end
             )));
         }
+        self.snapshot_and_purge(replica, budget).await
+    }
+
+    /// Takes a snapshot of what `replica` has applied and purges its log up to it, within
+    /// `budget`: a replica that needs what came before then gets the snapshot.
+    pub(crate) async fn snapshot_and_purge(
+        &self,
+        replica: &ShardReplica,
+        budget: Duration,
+    ) -> Result<(), ServiceError> {
+        let shard_id = replica.shard_id;
+        let unavailable = |reason: String| ServiceError::Unavailable {
+            shard_id,
+            outcome_unknown: false,
+            reason,
+        };
         let started = Instant::now();
         let metrics = replica.raft.metrics();
         let applied = metrics.borrow_watched().last_applied.map_or(0, |id| id.index);
@@ -167,9 +186,9 @@ impl Node {
             let _ = replica.raft.trigger().snapshot().await;
         }
         while snapshot_index(replica) < applied {
-            if started.elapsed() > budget {
+            if started.elapsed() > budget || self.stopping.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(unavailable(
-                    "the snapshot for the new learner is still being built".into(),
+                    "the snapshot is still being built (or the node is stopping)".into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -187,15 +206,64 @@ impl Node {
             let _ = replica.raft.trigger().purge_log(upto).await;
         }
         while purged(replica) < upto {
-            if started.elapsed() > budget {
+            if started.elapsed() > budget || self.stopping.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(unavailable(
-                    "the log before the new learner's snapshot is still being purged".into(),
+                    "the log before the snapshot is still being purged (or the node is stopping)".into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }
+}
+
+/// Runs the split log trimmer until the node is dropped: every replica that has applied a split
+/// (as the parent; a child's log starts after it) snapshots and purges its log up to at least the
+/// split's index, soon after. No leader then holds entries from before a split, so a replica that
+/// starts empty under the narrowed arc is sent a snapshot taken after it: it refuses older
+/// entries (`ShardReplica::floor`), and would wait for the leader's next snapshot otherwise.
+pub(crate) fn spawn_split_log_trimmer(node: Weak<Node>) {
+    let trimming: Arc<Mutex<std::collections::HashSet<ShardId>>> = Arc::default();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(TRIM_EVERY).await;
+            let Some(node) = node.upgrade() else { return };
+            if node.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            if node.engine.test_faults().split_log_trim_paused() {
+                continue;
+            }
+            for replica in node.all_replicas() {
+                let since = replica.range.since();
+                let purged = replica
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .purged
+                    .map_or(0, |id| id.index);
+                if since <= purged
+                    || replica.failure().is_some()
+                    || !trimming.lock().expect("trimming lock").insert(replica.shard_id)
+                {
+                    continue;
+                }
+                let (node, trimming) = (Arc::downgrade(&node), trimming.clone());
+                tokio::spawn(async move {
+                    if let Some(node) = node.upgrade()
+                        && let Err(error) = node.snapshot_and_purge(&replica, TRIM_BUDGET).await
+                        && !node.stopping.load(std::sync::atomic::Ordering::Acquire)
+                    {
+                        warn!(
+                            shard_id = %replica.shard_id, split_index = since, %error,
+                            "cannot purge the log from before the shard's last split yet; retrying"
+                        );
+                    }
+                    trimming.lock().expect("trimming lock").remove(&replica.shard_id);
+                });
+            }
+        }
+    });
 }
 
 /// Runs the splitter until the node is dropped: while this node leads the metadata group, it
@@ -249,7 +317,8 @@ async fn drive(node: &Weak<Node>, shard: ShardId) {
         .await;
         let result = match answer {
             Ok(membership) if membership.range_end < split.at => {
-                record(&node, &map, |m| m.finish_split(shard, unix_ms())).await
+                let index = membership.range_since;
+                record(&node, &map, |m| m.finish_split(shard, index, unix_ms())).await
             }
             Ok(_) => Ok(false),
             Err(error) => Err(error),

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use ringkv_engine::{NodeId, ReplicaId, ShardId};
 use ringkv_proto::pb::{self, cluster_server::Cluster};
-use ringkv_proto::{Replica, ShardMap};
+use ringkv_proto::{MapChange, Replica};
 
 use super::kv::client_budget;
 use crate::error::ServiceError;
@@ -46,26 +46,38 @@ impl Cluster for ClusterService {
         Ok(Response::new(node.watch_map(request.into_inner().from_epoch)))
     }
 
-    async fn propose_map(
+    async fn change_map(
         &self,
-        request: Request<pb::ProposeMapRequest>,
-    ) -> Result<Response<pb::ProposeMapResponse>, Status> {
+        request: Request<pb::ChangeMapRequest>,
+    ) -> Result<Response<pb::ChangeMapResponse>, Status> {
         let node = self.slot.require()?;
         let budget = node.budget(client_budget(&request)?);
         let request = request.into_inner();
-        let map = request
-            .map
-            .ok_or_else(|| ServiceError::InvalidArgument("ProposeMap needs a map".into()))
-            .and_then(|wire| {
-                ShardMap::from_proto(&wire).map_err(|error| {
-                    ServiceError::InvalidArgument(format!("the proposed map is invalid: {error}"))
-                })
-            })?;
-        let (succeeded, map) = node
-            .propose_map(request.expect_epoch, map, request.forwarded, budget)
+        let change = request
+            .change
+            .as_ref()
+            .ok_or_else(|| "the request names no change".to_string())
+            .and_then(MapChange::from_proto)
+            .map_err(|error| ServiceError::InvalidArgument(format!("ChangeMap: {error}")))?;
+        let map = node
+            .request_map_change(&change, request.forwarded, budget)
             .await?;
-        Ok(Response::new(pb::ProposeMapResponse {
-            succeeded,
+        Ok(Response::new(pb::ChangeMapResponse {
+            map: Some(map.to_proto()),
+        }))
+    }
+
+    async fn set_read_replicas(
+        &self,
+        request: Request<pb::SetReadReplicasRequest>,
+    ) -> Result<Response<pb::SetReadReplicasResponse>, Status> {
+        let node = self.slot.require()?;
+        let budget = node.budget(client_budget(&request)?);
+        let change = MapChange::SetReadReplicas {
+            count: request.into_inner().read_replicas,
+        };
+        let map = node.request_map_change(&change, false, budget).await?;
+        Ok(Response::new(pb::SetReadReplicasResponse {
             map: Some(map.to_proto()),
         }))
     }

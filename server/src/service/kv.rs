@@ -123,6 +123,7 @@ impl KvService {
             // Loaded after the read: at or above the state it saw.
             index: replica.applied_bound.get(),
             node_id: node.node_id().0,
+            replica_id: replica.replica_id.0,
         })
     }
 
@@ -316,13 +317,25 @@ impl KvService {
         check_batch(ops.len(), total_bytes)?;
         let replica = node.route(request.route.as_ref(), &request.ops[0].key)?;
         for op in &request.ops[1..] {
-            let other = node.route(request.route.as_ref(), &op.key);
-            if other.as_ref().map(|r| r.shard_id).ok() != Some(replica.shard_id) {
-                return Err(ServiceError::InvalidArgument(format!(
-                    "an atomic batch must stay within one shard (give its keys one hash tag, like {{user42}}:a); \
-                     keys span shard {} and another shard",
-                    replica.shard_id
-                )));
+            match node.route(request.route.as_ref(), &op.key) {
+                Ok(other) if other.shard_id == replica.shard_id => {}
+                // The caller's map is older than this node's: a split since it split the batch
+                // may have spread the part's keys over two shards. It refreshes and splits again.
+                Err(error @ ServiceError::WrongShard { map_epoch, .. })
+                    if request
+                        .route
+                        .as_ref()
+                        .is_some_and(|route| route.map_epoch < map_epoch) =>
+                {
+                    return Err(error);
+                }
+                _ => {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "an atomic batch must stay within one shard (give its keys one hash tag, like \
+                         {{user42}}:a); keys span shard {} and another shard",
+                        replica.shard_id
+                    )));
+                }
             }
         }
         match node

@@ -19,7 +19,7 @@ async fn stream_counters(
 ) -> anyhow::Result<(u64, u64, u64)> {
     let (mut commands, mut messages, mut raft_calls) = (0, 0, 0);
     for node in cluster.nodes.iter().filter(|node| node.is_running()) {
-        let status = client.node_status(&node.addr).await?;
+        let status = ringkv_tests::admin(client).node_status(&node.addr).await?;
         commands += status.kv_commands;
         messages += status.kv_command_messages;
         raft_calls += status.raft_calls;

@@ -50,7 +50,7 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
     loop {
         let mut behind = Vec::new();
         for node in &cluster.nodes {
-            let status = client.node_status(&node.addr).await?;
+            let status = ringkv_tests::admin(&client).node_status(&node.addr).await?;
             // Every shard, and the metadata group (3 nodes: all of them are its voters).
             assert_eq!(
                 status.replicas.len(),
@@ -58,9 +58,9 @@ async fn ten_thousand_keys_spread_over_every_shard_and_read_back() -> anyhow::Re
                 "node {} hosts every shard and the metadata group",
                 node.node_id
             );
-            for replica in status.replicas.iter().filter(|r| r.shard_id != ShardId::META.0) {
-                if (replica.applied_index as usize) < keys_per_shard[&replica.shard_id] {
-                    behind.push((node.node_id, replica.shard_id, replica.applied_index));
+            for replica in status.replicas.iter().filter(|r| r.shard_id != ShardId::META) {
+                if (replica.applied_index as usize) < keys_per_shard[&replica.shard_id.0] {
+                    behind.push((node.node_id, replica.shard_id.0, replica.applied_index));
                 }
             }
         }

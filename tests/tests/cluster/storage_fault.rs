@@ -83,7 +83,9 @@ async fn a_replica_that_reads_corrupt_data_is_taken_out_of_service() -> anyhow::
     client.put("after", "still-writable").await?;
 
     // The replica check reports the failed replica as unchecked; the others agree.
-    let check = client.check_shard(ShardId(1), Duration::from_secs(20)).await?;
+    let check = ringkv_tests::admin(&client)
+        .check_shard(ShardId(1), Duration::from_secs(20))
+        .await?;
     assert!(!check.divergent(), "{check:?}");
     for replica in &check.replicas {
         assert_eq!(

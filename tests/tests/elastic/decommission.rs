@@ -23,17 +23,17 @@ async fn a_decommissioned_node_is_drained_under_load_and_the_rest_hold_every_wri
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let leaving = NodeId(4);
-    let map = client.decommission_node(leaving).await?;
+    let map = ringkv_tests::admin(&client).decommission_node(leaving).await?;
     assert_eq!(map.nodes[&leaving].state, NodeState::Decommissioning);
     // With node 4 leaving, node 3 cannot leave too: two nodes cannot hold three replicas.
-    match client.decommission_node(NodeId(3)).await {
+    match ringkv_tests::admin(&client).decommission_node(NodeId(3)).await {
         Err(Error::InvalidArgument(reason)) => {
             assert!(reason.contains("fewer than the 3 replicas"), "{reason}")
         }
         other => bail!("decommissioning a second node was not refused: {other:?}"),
     }
 
-    let Some(map) = client
+    let Some(map) = ringkv_tests::admin(&client)
         .wait_for_node_state(leaving, NodeState::Removed, DRAIN_TIMEOUT)
         .await?
     else {

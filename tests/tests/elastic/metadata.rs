@@ -1,7 +1,8 @@
 //! The shard map lives in the metadata group: a change made through any node reaches every node
-//! (those hosting a metadata replica and those following one through `WatchMap`), a change made
-//! from a stale map is refused and changes nothing, and the map survives a SIGKILL of the metadata
-//! leader, including on the killed node once it restarts.
+//! (those hosting a metadata replica and those following one through `WatchMap`), no request
+//! carries a whole map and a typed change that does not apply is refused and changes nothing, and
+//! the map survives a SIGKILL of the metadata leader, including on the killed node once it
+//! restarts.
 
 use std::time::{Duration, Instant};
 
@@ -32,83 +33,60 @@ async fn map_of(addr: &str) -> anyhow::Result<ShardMap> {
     Ok(ShardMap::from_proto(&wire)?)
 }
 
-/// One `ProposeMap` call: whether it applied, and the map it answered with.
-async fn propose(addr: &str, expect_epoch: u64, map: &ShardMap) -> anyhow::Result<(bool, ShardMap)> {
-    let mut request = tonic::Request::new(pb::ProposeMapRequest {
-        expect_epoch,
-        map: Some(map.to_proto()),
-        forwarded: false,
-    });
-    request.set_timeout(Duration::from_secs(5));
-    let response = cluster_client(addr)
-        .await?
-        .propose_map(request)
-        .await?
-        .into_inner();
-    let map = ShardMap::from_proto(&response.map.context("ProposeMap answered no map")?)?;
-    Ok((response.succeeded, map))
-}
-
-fn decisions(map: &ShardMap) -> Vec<&str> {
-    map.decisions.iter().map(|d| d.text.as_str()).collect()
-}
-
-/// Adds the decision `text` to the map at `from` through the node at `addr`, retrying while the
-/// metadata group has no leader. An error may mean the change applied anyway, so a retry that is
-/// refused as stale counts as done when the map that refused it carries the decision.
-async fn record(addr: &str, from: &ShardMap, text: &str) -> anyhow::Result<ShardMap> {
-    let mut changed = from.clone();
-    changed.record_decision(from.epoch + 1, 0, text.to_owned());
+/// `SetReadReplicas` through the node at `addr`, retrying while the metadata group has no leader
+/// (a retry of a change that applied changes nothing). Returns the map it answered with.
+async fn set_read_replicas(addr: &str, count: u32) -> anyhow::Result<ShardMap> {
     let deadline = Instant::now() + PROPOSE_TIMEOUT;
     let mut last_error = String::new();
     while Instant::now() < deadline {
-        match propose(addr, from.epoch, &changed).await {
-            Ok((true, map)) => return Ok(map),
-            Ok((false, map)) if decisions(&map).contains(&text) => return Ok(map),
-            Ok((false, map)) => bail!(
-                "the change was refused: the map moved to epoch {} (decisions {:?})",
-                map.epoch,
-                decisions(&map)
-            ),
-            Err(error) => last_error = format!("{error:#}"),
+        let mut request = tonic::Request::new(pb::SetReadReplicasRequest { read_replicas: count });
+        request.set_timeout(Duration::from_secs(5));
+        match cluster_client(addr).await?.set_read_replicas(request).await {
+            Ok(response) => {
+                let map = response
+                    .into_inner()
+                    .map
+                    .context("SetReadReplicas answered no map")?;
+                return Ok(ShardMap::from_proto(&map)?);
+            }
+            Err(status) => last_error = status.message().to_owned(),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("the change did not apply within {PROPOSE_TIMEOUT:?}: {last_error}")
 }
 
-/// Waits until the node at `addr` serves `expected` (compared without leader hints).
-async fn wait_for_map(node_id: u64, addr: &str, expected: &ShardMap) -> anyhow::Result<()> {
+/// Waits until the node at `addr` serves a map at least as new as `changed` that keeps its
+/// `read_replicas` (the controller goes on changing the map after it).
+async fn wait_for_map(node_id: u64, addr: &str, changed: &ShardMap) -> anyhow::Result<()> {
     let deadline = Instant::now() + SPREAD_TIMEOUT;
     let mut seen = String::from("no answer");
     while Instant::now() < deadline {
         match map_of(addr).await {
-            Ok(map) => {
-                if map.epoch == expected.epoch {
-                    assert_eq!(
-                        without_hints(map),
-                        without_hints(expected.clone()),
-                        "node {node_id} serves another map at epoch {}",
-                        expected.epoch
-                    );
-                    return Ok(());
-                }
-                assert!(
-                    map.epoch < expected.epoch,
-                    "node {node_id} serves epoch {} beyond {}",
-                    map.epoch,
-                    expected.epoch
+            Ok(map) if map.epoch >= changed.epoch => {
+                assert_eq!(
+                    map.read_replicas, changed.read_replicas,
+                    "node {node_id} serves epoch {} with another setting",
+                    map.epoch
                 );
-                seen = format!("epoch {}", map.epoch);
+                if map.epoch == changed.epoch {
+                    assert_eq!(without_hints(map), without_hints(changed.clone()));
+                }
+                return Ok(());
             }
+            Ok(map) => seen = format!("epoch {}", map.epoch),
             Err(error) => seen = format!("{error:#}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!(
         "node {node_id} did not serve epoch {} within {SPREAD_TIMEOUT:?}: {seen}",
-        expected.epoch
+        changed.epoch
     )
+}
+
+fn decisions(map: &ShardMap) -> Vec<&str> {
+    map.decisions.iter().map(|d| d.text.as_str()).collect()
 }
 
 fn without_hints(mut map: ShardMap) -> ShardMap {
@@ -131,43 +109,57 @@ async fn the_map_is_replicated_metadata_that_survives_its_leaders_death() -> any
     assert_eq!(meta_nodes, vec![1, 2, 3]);
 
     // A change made through node 4, which hosts no metadata replica, is handed to the leader.
-    let first = record(&addr(&cluster, 4), &bootstrap, "test: first change").await?;
-    assert_eq!(first.epoch, 2);
-    assert_eq!(decisions(&first), vec!["test: first change"]);
+    let first = set_read_replicas(&addr(&cluster, 4), 1).await?;
+    assert_eq!((first.epoch, first.read_replicas), (2, 1));
+    assert_eq!(
+        decisions(&first),
+        vec!["every data shard keeps at least 1 read replicas"]
+    );
     for node in 1..=4 {
         wait_for_map(node, &addr(&cluster, node), &first).await?;
     }
 
-    // A change made from the bootstrap map is refused, told the map that won, and changes nothing.
-    let mut stale = bootstrap.clone();
-    stale.record_decision(2, 0, "test: made from a stale map".into());
-    let (succeeded, current) = propose(&addr(&cluster, 2), bootstrap.epoch, &stale).await?;
-    assert!(!succeeded, "a change made from epoch 1 applied over epoch 2");
-    assert_eq!(without_hints(current), without_hints(first.clone()));
-    for node in 1..=4 {
-        let map = map_of(&addr(&cluster, node)).await?;
-        assert_eq!(
-            without_hints(map),
-            without_hints(first.clone()),
-            "node {node} after the stale change"
-        );
-    }
+    // No request carries a map: a change is typed, and one that does not apply is refused,
+    // saying why, and changes nothing.
+    let refused = cluster_client(&addr(&cluster, 2))
+        .await?
+        .set_read_replicas(pb::SetReadReplicasRequest { read_replicas: 1000 })
+        .await
+        .expect_err("read_replicas 1000 was accepted");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("at most") || refused.message().contains("more than"),
+        "{refused:?}"
+    );
+    let empty = cluster_client(&addr(&cluster, 4))
+        .await?
+        .change_map(pb::ChangeMapRequest {
+            change: None,
+            forwarded: false,
+        })
+        .await
+        .expect_err("an empty change was accepted");
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument, "{empty:?}");
+    let after = map_of(&addr(&cluster, 2)).await?;
+    assert_eq!(after.read_replicas, 1);
+    assert!(
+        !decisions(&after).iter().any(|d| d.contains("1000")),
+        "the refused change is in the map: {:?}",
+        decisions(&after)
+    );
 
     // SIGKILL the metadata leader: a new one takes the next change, and every live node sees it.
     let leader = meta_leader(&cluster).await?;
     cluster.kill(leader);
     let survivor = if leader == 1 { 2 } else { 1 };
-    let second = record(&addr(&cluster, survivor), &first, "test: after the leader died").await?;
-    assert_eq!(second.epoch, 3);
-    assert_eq!(
-        decisions(&second),
-        vec!["test: first change", "test: after the leader died"]
-    );
+    let second = set_read_replicas(&addr(&cluster, survivor), 0).await?;
+    assert_eq!(second.read_replicas, 0);
+    assert!(second.epoch > first.epoch);
     for node in (1..=4).filter(|&node| node != leader) {
         wait_for_map(node, &addr(&cluster, node), &second).await?;
     }
 
-    // The killed node restarts from its stored map (epoch 2) and catches up to epoch 3.
+    // The killed node restarts from its stored map and catches up.
     cluster.start_node(leader)?;
     wait_for_map(leader, &addr(&cluster, leader), &second).await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;

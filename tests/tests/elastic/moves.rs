@@ -126,7 +126,10 @@ async fn wait_moved(
     from: NodeId,
     to: NodeId,
 ) -> anyhow::Result<()> {
-    let Some(map) = client.wait_for_move(shard, MOVE_TIMEOUT).await? else {
+    let Some(map) = ringkv_tests::admin(client)
+        .wait_for_move(shard, MOVE_TIMEOUT)
+        .await?
+    else {
         bail!(
             "the move of shard {shard} did not end within {MOVE_TIMEOUT:?}\n{}",
             cluster.log_tails(40)
@@ -171,11 +174,14 @@ async fn a_replica_moves_to_another_node_under_load_and_nothing_is_lost() -> any
 
     let (shard, from, to) = pick_move(&client.shard_map().await);
     a_learner_the_map_does_not_list_is_refused(&cluster, shard, to).await?;
-    let begun = client.move_replica(shard, from, to).await?;
+    let begun = ringkv_tests::admin(&client).move_replica(shard, from, to).await?;
     let moving = begun.move_of(shard).context("the move is recorded")?;
     assert_eq!(moving.to.node_id, to);
     assert!(
-        client.move_replica(shard, from, to).await.is_err(),
+        ringkv_tests::admin(&client)
+            .move_replica(shard, from, to)
+            .await
+            .is_err(),
         "a second move of a moving shard was accepted"
     );
     wait_moved(&cluster, &client, shard, from, to).await?;
@@ -295,7 +301,7 @@ async fn move_with_a_kill(at: KillAt, victim: impl Fn(NodeId, NodeId, u64) -> u6
 
     let (shard, from, to) = pick_move(&client.shard_map().await);
     let killed = victim(from, to, meta_leader(&cluster).await?);
-    client.move_replica(shard, from, to).await?;
+    ringkv_tests::admin(&client).move_replica(shard, from, to).await?;
     if at == KillAt::Promote {
         let deadline = Instant::now() + MOVE_TIMEOUT;
         loop {

@@ -142,12 +142,12 @@ async fn read_replica_nodes_hold_a_learner_of_every_shard_and_serve_reads() -> a
 
     // A shard with read replicas splits; the child gets read replicas of its own.
     let parent = map.shards[0].id;
-    let split = client.split_shard(parent).await?;
+    let split = ringkv_tests::admin(&client).split_shard(parent).await?;
     let child = split
         .split_of(parent)
         .map(|s| s.child)
         .expect("the split is recorded");
-    client
+    ringkv_tests::admin(&client)
         .wait_for_split(parent, Duration::from_secs(60))
         .await?
         .ok_or_else(|| anyhow::anyhow!("shard {parent} did not split within 60 s"))?;

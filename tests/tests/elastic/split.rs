@@ -52,7 +52,10 @@ async fn scan_all(client: &Client, prefix: &str) -> anyhow::Result<BTreeMap<Byte
 }
 
 async fn wait_split(client: &Client, shard: ShardId) -> anyhow::Result<ShardMap> {
-    match client.wait_for_split(shard, Duration::from_secs(90)).await? {
+    match ringkv_tests::admin(client)
+        .wait_for_split(shard, Duration::from_secs(90))
+        .await?
+    {
         Some(map) => Ok(map),
         None => bail!("the split of shard {shard} did not finish within 90 s"),
     }
@@ -124,7 +127,7 @@ async fn splitting_shards_under_load_keeps_the_history_linearizable_and_scans_ex
     // Split shard 1, then the shard split off it (a child's log starts at the split's index).
     let parent = ShardId(1);
     let arc = client.shard_map().await.shard(parent).expect("shard 1").arc;
-    let begun = client.split_shard(parent).await?;
+    let begun = ringkv_tests::admin(&client).split_shard(parent).await?;
     let child = begun.split_of(parent).expect("the split is recorded").child;
     let map = wait_split(&client, parent).await?;
     let (parent_arc, child_arc) = (
@@ -151,7 +154,7 @@ async fn splitting_shards_under_load_keeps_the_history_linearizable_and_scans_ex
     );
     wait_all_replicas_running(&cluster, &map).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let begun = client.split_shard(child).await?;
+    let begun = ringkv_tests::admin(&client).split_shard(child).await?;
     let grandchild = begun.split_of(child).expect("the split is recorded").child;
     let map = wait_split(&client, child).await?;
     assert!(map.shard(grandchild).is_some());
@@ -229,7 +232,7 @@ async fn a_replica_of_a_split_shard_moves_and_matches_the_others() -> anyhow::Re
             break;
         }
     }
-    let begun = client.split_shard(ShardId(1)).await?;
+    let begun = ringkv_tests::admin(&client).split_shard(ShardId(1)).await?;
     let child = begun.split_of(ShardId(1)).expect("the split is recorded").child;
     let decisions_before = begun.decisions.len();
     wait_split(&client, ShardId(1)).await?;

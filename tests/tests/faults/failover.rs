@@ -73,9 +73,13 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     cluster.start_node(victim)?;
     let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
     for node in cluster.nodes.iter().filter(|n| n.node_id != victim) {
-        for replica in observer.node_status(&node.addr).await?.replicas {
-            if replica.role == "leader" {
-                committed.insert(replica.shard_id, replica.committed_index);
+        for replica in ringkv_tests::admin(&observer)
+            .node_status(&node.addr)
+            .await?
+            .replicas
+        {
+            if replica.role == ringkv_client::ReplicaRole::Leader {
+                committed.insert(replica.shard_id.0, replica.committed_index);
             }
         }
     }
@@ -86,14 +90,17 @@ async fn sigkill_of_the_busiest_leader_loses_nothing_and_stays_linearizable() ->
     );
     let restart_deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let behind: Vec<(u64, u64, u64)> = match observer.node_status(&cluster.node(victim).addr).await {
+        let behind: Vec<(u64, u64, u64)> = match ringkv_tests::admin(&observer)
+            .node_status(&cluster.node(victim).addr)
+            .await
+        {
             Ok(status) => committed
                 .iter()
                 .filter_map(|(&shard, &index)| {
                     let applied = status
                         .replicas
                         .iter()
-                        .find(|r| r.shard_id == shard)
+                        .find(|r| r.shard_id.0 == shard)
                         .map_or(0, |r| r.applied_index);
                     (applied < index).then_some((shard, applied, index))
                 })

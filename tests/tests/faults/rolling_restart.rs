@@ -20,15 +20,22 @@ async fn wait_rejoined(cluster: &ProcessCluster, node_id: u64) -> anyhow::Result
     loop {
         let mut committed = std::collections::BTreeMap::new();
         for node in cluster.nodes.iter().filter(|n| n.node_id != node_id) {
-            if let Ok(status) = client.node_status(&node.addr).await {
-                for replica in status.replicas.iter().filter(|r| r.role == "leader") {
+            if let Ok(status) = ringkv_tests::admin(&client).node_status(&node.addr).await {
+                for replica in status
+                    .replicas
+                    .iter()
+                    .filter(|r| r.role == ringkv_client::ReplicaRole::Leader)
+                {
                     committed.insert(replica.shard_id, replica.committed_index);
                 }
             }
         }
-        if let Ok(status) = client.node_status(&cluster.node(node_id).addr).await {
+        if let Ok(status) = ringkv_tests::admin(&client)
+            .node_status(&cluster.node(node_id).addr)
+            .await
+        {
             let caught_up = status.replicas.iter().all(|r| {
-                r.role == "leader"
+                r.role == ringkv_client::ReplicaRole::Leader
                     || committed
                         .get(&r.shard_id)
                         .is_some_and(|&index| r.applied_index >= index)

@@ -7,6 +7,8 @@ mod lapsed_lease;
 mod lease;
 mod quiesce;
 mod read_levels;
+mod splits;
+mod stale_reads;
 
 use std::time::Duration;
 

@@ -1,26 +1,40 @@
 //! Seeded fault injection in one process: three nodes with real engines (RocksDB in temp dirs) and
 //! real Raft, talking over the in-memory network, go through a random schedule of partitions (one
-//! way and both ways), holds, message loss, delay and reordering, node crashes and restarts, and
-//! (in some seeds) a leader that appends a burst of thousands of entries it cannot commit and
-//! then wins a new term. Concurrent clients read and write all along over real gRPC. In odd seeds
-//! idle shards go quiet after 300 ms (`node::quiesce`), so quiet replicas meet the same faults.
+//! way and both ways), holds, message loss, delay and reordering, node crashes and restarts, shard
+//! splits, and (in some seeds) a leader that appends a burst of thousands of entries it cannot
+//! commit and then wins a new term. In one seed in four a read-replica node joins first (a learner
+//! of every shard, which the faults reach like any node, and which one fault cuts off right after
+//! it applied a split, so its new replica of the child stays empty), and in one in five the trimmer that
+//! purges the log from before a split pauses until the end (as in the moments after a split), so
+//! replicas added meanwhile meet a leader that still holds that log. In odd seeds idle shards go
+//! quiet after 300 ms (`node::quiesce`), so quiet replicas meet the same faults.
+//!
+//! Concurrent clients work all along over real gRPC: reads, puts, compare-and-swaps and deletes
+//! on shared keys (`run_worker`), and on keys of their own, puts, batches whose keys land on any
+//! shards and on both sides of split points, and reads at every consistency level through a
+//! session (`run_level_worker`).
 //!
 //! Membership seeds run four nodes, and their schedules also move replicas (`MoveReplica` to a
 //! random node, as an operator would; the controller then balances the nodes again with moves of
 //! its own) and split shards (`SplitShard` of a random shard), so moves and splits meet crashes,
-//! partitions and loss at every step.
+//! partitions and loss at every step; half of them keep a read replica of every shard too, and one
+//! fault splits a shard, moves a replica of the parent, and crashes the leader that added it.
 //!
 //! After the schedule everything heals and each seed must show: every acknowledged write present,
 //! a linearizable history (operations recorded exactly as their results say: done, certainly not
-//! applied, or maybe applied), and identical replicas (the replica check).
+//! applied, or maybe applied; replica-linearizable reads included), every read below it holding
+//! its level's guarantee (`ringkv_tests::levels`: session, bounded staleness, eventual), no valid
+//! request refused as bad input, and identical replicas (the replica check, request-id tables
+//! included).
 //!
 //! Environment:
 //! - `RINGKV_SIM_SEEDS=N` runs seeds 0..N (default 100);
 //! - `RINGKV_SIM_SEED=S` runs seed S alone (a failure prints its seed);
 //! - `RINGKV_SIM_MEMBERSHIP_SEEDS=N` runs membership seeds 0..N (default 16), and
 //!   `RINGKV_SIM_MEMBERSHIP_SEED=S` membership seed S alone;
-//! - `RINGKV_SIM_BUG=log-read-cap` switches the old 4096-entry log read cap back on in every
-//!   engine, to show the suite catches it (the burst seeds fail).
+//! - `RINGKV_SIM_BUG=NAME` switches a known bug back on in every engine (`ringkv_engine::KNOWN_BUGS`),
+//!   to show the suite catches it: `log-read-cap` (the burst seeds fail), `accept-below-floor`,
+//!   `bounded-from-heartbeats`.
 //!
 //! The schedule and every random choice of the network follow the seed; thread interleavings do
 //! not, so a seed replays the same faults but not always the same history.
@@ -36,11 +50,13 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::storage::RaftLogReader;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use ringkv_client::{Client, ClientConfig, Session};
 use ringkv_engine::{Command, EngineOptions, NodeId, Proposal, ShardId};
 use ringkv_server::transport::MemoryNetwork;
+use ringkv_tests::levels::LevelHistory;
 use ringkv_tests::linearizability::{self, History, Verdict};
 use ringkv_tests::local_cluster::TransportKind;
-use ringkv_tests::workload::{WorkerReport, run_worker};
+use ringkv_tests::workload::{LevelReport, WorkerReport, run_level_worker, run_worker};
 use ringkv_tests::{LocalCluster, assert_replicas_identical};
 
 /// Nodes of a seed; membership seeds have one more, so a replica has somewhere to move.
@@ -52,6 +68,13 @@ const MEMBERSHIP_SALT: u64 = 0x6d65_6d62;
 const SHARDS: u32 = 2;
 const WORKERS: usize = 3;
 const KEYS: usize = 4;
+/// Level workers (puts, batches, reads at every level, each with its own session) and their keys.
+const LEVEL_WORKERS: usize = 2;
+const LEVEL_KEYS: usize = 16;
+/// One plain seed in this many has a read-replica node join first; one in `TRIM_PAUSE_EVERY`
+/// pauses the split log trimmer until the faults end.
+const READ_REPLICA_EVERY: u64 = 4;
+const TRIM_PAUSE_EVERY: u64 = 5;
 const STEPS: usize = 6;
 /// Entries a burst step appends on an isolated leader: more than the old 4096-entry read cap.
 const BURST: u64 = 5_000;
@@ -78,10 +101,11 @@ fn seeds(part: u64) -> Vec<u64> {
 
 fn engine_options() -> EngineOptions {
     let options = EngineOptions::default();
-    match std::env::var("RINGKV_SIM_BUG").as_deref() {
-        Ok("log-read-cap") => options.faults.log_read_cap.store(4096, Ordering::Relaxed),
-        Ok(other) => panic!("unknown RINGKV_SIM_BUG {other:?}; the one known is log-read-cap"),
-        Err(_) => {}
+    if let Ok(bug) = std::env::var("RINGKV_SIM_BUG") {
+        options
+            .faults
+            .enable_bug(&bug)
+            .expect("RINGKV_SIM_BUG names a known bug");
     }
     options
 }
@@ -163,14 +187,17 @@ async fn membership_seeds_move_replicas_through_the_faults() {
 /// One seed: start, fault, heal, check. Returns a one-line summary.
 async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
     let salted = if membership { seed ^ MEMBERSHIP_SALT } else { seed };
-    let nodes = if membership { MEMBERSHIP_NODES } else { NODES };
     let mut rng = StdRng::seed_from_u64(salted);
     // The burst scenario assumes three nodes.
     let burst = !membership && seed % BURST_EVERY == 3;
+    let read_replica_node = !membership && !burst && seed % READ_REPLICA_EVERY == 1;
+    let pause_trim = seed % TRIM_PAUSE_EVERY == 2;
+    let voters = if membership { MEMBERSHIP_NODES } else { NODES };
+    let nodes = voters + u64::from(read_replica_node);
     let network = MemoryNetwork::new(salted);
     let snapshots = rng.random_bool(0.5);
     let mut cluster = LocalCluster::start_with(
-        nodes as usize,
+        voters as usize,
         SHARDS,
         TransportKind::Memory(network.clone()),
         engine_options(),
@@ -196,14 +223,45 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
     )
     .await?;
     cluster.wait_for_leaders(Duration::from_secs(60), false).await?;
+    let mut setup = Vec::new();
+    if read_replica_node {
+        cluster.join_node("read-replica", |_| {}).await?;
+        setup.push("read-replica node 4".to_string());
+    }
+    if membership && rng.random_bool(0.5) {
+        let client = cluster.client().await?;
+        ringkv_tests::admin(&client).set_read_replicas(1).await?;
+        setup.push("read_replicas 1".to_string());
+    }
+    let faults_switches = cluster.engine_options.faults.clone();
+    if pause_trim {
+        faults_switches
+            .pause_split_log_trim
+            .store(true, Ordering::Relaxed);
+        setup.push("split log trim paused".to_string());
+    }
 
     let history = History::new();
+    let levels = LevelHistory::new();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
     for worker_id in 0..WORKERS {
         let client = cluster.client_with_timeout(Duration::from_secs(4)).await?;
         let (history, stop) = (history.clone(), stop.clone());
         workers.spawn(async move { run_worker(worker_id, client, history, stop, "sim", KEYS, seed).await });
+    }
+    let mut level_workers = tokio::task::JoinSet::new();
+    for worker_id in 0..LEVEL_WORKERS {
+        // Maps refreshed often, so new replicas (a child's read replica) are read soon after
+        // they are placed.
+        let mut config = ClientConfig::new(cluster.endpoints());
+        config.request_timeout = Duration::from_secs(4);
+        config.map_refresh_interval = Duration::from_millis(300);
+        let client = Client::with_config(config).await?.with_session(Session::new());
+        let (history, levels, stop) = (history.clone(), levels.clone(), stop.clone());
+        level_workers.spawn(async move {
+            run_level_worker(worker_id, client, history, levels, stop, "sim", LEVEL_KEYS, seed).await
+        });
     }
 
     let mut faults = Vec::new();
@@ -234,6 +292,9 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
 
     // Heal everything and let the cluster settle under load.
     network.heal();
+    faults_switches
+        .pause_split_log_trim
+        .store(false, Ordering::Relaxed);
     for node in std::mem::take(&mut down) {
         cluster.start_node(node).await?;
     }
@@ -249,6 +310,19 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
     let mut report = WorkerReport::default();
     while let Some(result) = workers.join_next().await {
         report.merge(result?);
+    }
+    let mut level_report = LevelReport::default();
+    while let Some(result) = level_workers.join_next().await {
+        let one = result?;
+        level_report.completed += one.completed;
+        level_report.batches_across_shards += one.batches_across_shards;
+        level_report.refused_as_invalid.extend(one.refused_as_invalid);
+    }
+    if !level_report.refused_as_invalid.is_empty() {
+        bail!(
+            "valid requests were refused as bad input: {}",
+            level_report.refused_as_invalid.join("; ")
+        );
     }
     cluster.wait_caught_up(Duration::from_secs(30)).await?;
 
@@ -267,6 +341,14 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
             operations.len()
         ),
     }
+    let violations = levels.check();
+    if !violations.is_empty() {
+        bail!(
+            "reads below linearizable broke their level's guarantee:\n  {}",
+            violations.join("\n  ")
+        );
+    }
+    let (session_reads, bounded_reads, eventual_reads) = levels.counts();
     assert_replicas_identical(&client).await?;
     for node in 1..=nodes {
         let engine = cluster.running(node).node.engine().clone();
@@ -282,11 +364,15 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
         }
     }
     let summary = format!(
-        "{} operations ({} unknown, {} not applied), {} own writes verified, replicas identical; faults: {}",
+        "{} operations ({} unknown, {} not applied), {} own writes verified, {session_reads} session, \
+         {bounded_reads} bounded and {eventual_reads} eventual reads checked, {} batches across shards, \
+         replicas identical; setup: [{}]; faults: {}",
         operations.len(),
         report.unknown,
         report.not_applied,
         report.acknowledged.len(),
+        level_report.batches_across_shards,
+        setup.join(", "),
         faults.join(", ")
     );
     cluster.shutdown().await;
@@ -295,7 +381,7 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
 
 /// Waits until no move is in progress or pending (the controller has nothing left to do), every
 /// node runs exactly the replicas the map places on it, and every group's Raft membership is the
-/// map's voters (no learner left over).
+/// map's voters and read replicas (no learner left over).
 async fn moves_settled(cluster: &LocalCluster, nodes: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -326,9 +412,12 @@ async fn moves_settled(cluster: &LocalCluster, nodes: u64) -> anyhow::Result<()>
                 let voters: BTreeSet<u64> = membership.voter_ids().map(|id| id.0).collect();
                 let learners: BTreeSet<u64> = membership.learner_ids().map(|id| id.0).collect();
                 let mapped: BTreeSet<u64> = group.voters.iter().map(|v| v.replica_id.0).collect();
-                if voters != mapped || !learners.is_empty() {
+                // With no move left, the map's learners are read replicas, which stay learners.
+                let mapped_learners: BTreeSet<u64> = group.learners.iter().map(|l| l.replica_id.0).collect();
+                if voters != mapped || learners != mapped_learners {
                     disagree.push(format!(
-                        "shard {}: map voters {mapped:?}, Raft voters {voters:?} learners {learners:?}",
+                        "shard {}: map voters {mapped:?} learners {mapped_learners:?}, Raft voters {voters:?} \
+                         learners {learners:?}",
                         group.id
                     ));
                 }
@@ -370,11 +459,130 @@ async fn random_move(rng: &mut StdRng, cluster: &LocalCluster, nodes: u64) -> an
         return Ok(format!("no move ({} is moving)", shard.id));
     }
     let to = targets[rng.random_range(0..targets.len())];
-    Ok(match client.move_replica(shard.id, from, to).await {
-        Ok(_) => format!("move {} {from}->{to}", shard.id),
-        Err(ringkv_client::Error::InvalidArgument(_)) => format!("move {} {from}->{to} refused", shard.id),
-        Err(_) => format!("move {} {from}->{to} unanswered", shard.id),
-    })
+    Ok(
+        match ringkv_tests::admin(&client)
+            .move_replica(shard.id, from, to)
+            .await
+        {
+            Ok(_) => format!("move {} {from}->{to}", shard.id),
+            Err(ringkv_client::Error::InvalidArgument(_)) => {
+                format!("move {} {from}->{to} refused", shard.id)
+            }
+            Err(_) => format!("move {} {from}->{to} unanswered", shard.id),
+        },
+    )
+}
+
+/// Splits a random shard, moves a replica of the parent to a node without one, and crashes the
+/// parent's leader once it has added the new replica: another replica, which may still hold the
+/// log from before the split, has to start it.
+async fn split_move_and_crash(
+    rng: &mut StdRng,
+    cluster: &mut LocalCluster,
+    down: &mut BTreeSet<u64>,
+    nodes: u64,
+) -> anyhow::Result<String> {
+    if !down.is_empty() {
+        return Ok("no split-move-crash (a node is down)".into());
+    }
+    let client = cluster.client_with_timeout(Duration::from_secs(2)).await?;
+    let admin = ringkv_tests::admin(&client);
+    let _ = admin.refresh_shard_map().await;
+    let map = admin.shard_map().await;
+    let shard = map.shards[rng.random_range(0..map.shards.len())].id;
+    if admin.split_shard(shard).await.is_err() {
+        return Ok(format!("split {shard} refused or unanswered"));
+    }
+    let Ok(Some(map)) = admin.wait_for_split(shard, Duration::from_secs(5)).await else {
+        return Ok(format!("split {shard} (unfinished)"));
+    };
+    let Some(group) = map.shard(shard) else {
+        return Ok(format!("split {shard} (shard gone)"));
+    };
+    let from = group.voters[rng.random_range(0..group.voters.len())].node_id;
+    let targets: Vec<NodeId> = (1..=nodes)
+        .map(NodeId)
+        .filter(|n| group.replica_on(*n).is_none())
+        .collect();
+    if targets.is_empty() {
+        return Ok(format!("split {shard} (no node to move to)"));
+    }
+    let to = targets[rng.random_range(0..targets.len())];
+    let Ok(moving) = admin.move_replica(shard, from, to).await else {
+        return Ok(format!("split {shard}, move {from}->{to} refused or unanswered"));
+    };
+    let Some(learner) = moving.move_of(shard).map(|m| m.to.replica_id) else {
+        return Ok(format!("split {shard}, move {from}->{to} (already over)"));
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let leader = (1..=nodes).filter(|&n| cluster.is_running(n)).find(|&n| {
+            cluster.running(n).node.replica(shard).is_some_and(|replica| {
+                let metrics = replica.raft.metrics().borrow_watched().clone();
+                metrics.state == openraft::ServerState::Leader
+                    && metrics
+                        .committed_membership_config
+                        .membership()
+                        .learner_ids()
+                        .any(|id| id == learner)
+            })
+        });
+        if let Some(leader) = leader {
+            cluster.kill_node(leader).await;
+            down.insert(leader);
+            return Ok(format!(
+                "split {shard}, move {from}->{to}, crash its leader {leader}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(format!(
+        "split {shard}, move {from}->{to} (learner not added in time)"
+    ))
+}
+
+/// Splits a random shard and, once the read-replica node (4) has applied the split, cuts that node
+/// off: the replica of the child the controller then gives it starts empty and stays so, while
+/// clients still reach it.
+async fn split_then_isolate_reader(
+    rng: &mut StdRng,
+    cluster: &LocalCluster,
+    network: &MemoryNetwork,
+) -> anyhow::Result<String> {
+    let client = cluster.client_with_timeout(Duration::from_secs(2)).await?;
+    let admin = ringkv_tests::admin(&client);
+    let _ = admin.refresh_shard_map().await;
+    let map = admin.shard_map().await;
+    let shard = map.shards[rng.random_range(0..map.shards.len())].id;
+    let Ok(begun) = admin.split_shard(shard).await else {
+        return Ok(format!("split {shard} refused or unanswered"));
+    };
+    let Some(at) = begun.split_of(shard).map(|split| split.at) else {
+        return Ok(format!("split {shard} (over already)"));
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let applied = loop {
+        let applied = cluster.is_running(4)
+            && cluster
+                .running(4)
+                .node
+                .replica(shard)
+                .is_some_and(|replica| replica.range.get().end < at);
+        if applied || Instant::now() > deadline {
+            break applied;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let all: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    network.partition(&[NodeId(4)], &all);
+    Ok(format!(
+        "split {shard}, then isolate 4{}",
+        if applied {
+            ""
+        } else {
+            " (before it applied the split)"
+        }
+    ))
 }
 
 /// Asks the cluster to split a random shard.
@@ -383,7 +591,7 @@ async fn random_split(rng: &mut StdRng, cluster: &LocalCluster) -> anyhow::Resul
     let _ = client.refresh_shard_map().await;
     let map = client.shard_map().await;
     let shard = map.shards[rng.random_range(0..map.shards.len())].id;
-    Ok(match client.split_shard(shard).await {
+    Ok(match ringkv_tests::admin(&client).split_shard(shard).await {
         Ok(_) => format!("split {shard}"),
         Err(ringkv_client::Error::InvalidArgument(_)) => format!("split {shard} refused"),
         Err(_) => format!("split {shard} unanswered"),
@@ -402,8 +610,25 @@ async fn random_fault(
     let node = rng.random_range(1..=nodes);
     let other = (node % nodes) + 1;
     let rest: Vec<NodeId> = (1..=nodes).filter(|&n| n != node).map(NodeId).collect();
-    let kinds = if membership { 12 } else { 7 };
+    // Plain seeds with a read-replica node (node 4) also cut it off while a shard splits, so its
+    // new replica of the child stays empty while clients can still reach it; membership seeds
+    // also split a shard, move a replica of the parent, and crash the leader that added it.
+    let read_replica_node = !membership && nodes == 4;
+    let kinds = if membership {
+        13
+    } else if read_replica_node {
+        9
+    } else {
+        8
+    };
     Ok(match rng.random_range(0..kinds) {
+        8 if read_replica_node => split_then_isolate_reader(rng, cluster, network).await?,
+        12 if membership => split_move_and_crash(rng, cluster, down, nodes).await?,
+        7 if !membership => {
+            let split = random_split(rng, cluster).await?;
+            let fault = Box::pin(random_fault(rng, cluster, network, down, nodes, false)).await?;
+            format!("{split} + {fault}")
+        }
         10.. => {
             let split = random_split(rng, cluster).await?;
             // And a fault on top, so the split meets it.

@@ -276,7 +276,9 @@ async fn a_follower_installs_a_1_gib_snapshot_in_bounded_memory() -> anyhow::Res
     let leader = cluster.busiest_leader().await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let committed = loop {
-        let status = client.node_status(&cluster.node(leader).addr).await?;
+        let status = ringkv_tests::admin(&client)
+            .node_status(&cluster.node(leader).addr)
+            .await?;
         let replica = &status.replicas[0];
         if replica.purged_index > 0 {
             break replica.committed_index;
@@ -297,7 +299,7 @@ async fn a_follower_installs_a_1_gib_snapshot_in_bounded_memory() -> anyhow::Res
         if let Some((_, rss)) = memory_kib(pid) {
             peak_rss = peak_rss.max(rss);
         }
-        let applied = client
+        let applied = ringkv_tests::admin(&client)
             .node_status(&cluster.node(3).addr)
             .await
             .ok()
