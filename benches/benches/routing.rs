@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use ringkv_proto::{NodeId, NodeInfo, ShardMap, key_hash};
+use ringkv_map::{NodeInfo, ShardMap};
+use ringkv_proto::{NodeId, key_hash};
 
 fn hashing(c: &mut Criterion) {
     let mut group = c.benchmark_group("key_hash");

@@ -5,13 +5,15 @@
 //! sent to any node, which hands it to the metadata group's leader; the leader validates it
 //! against the map and refuses, saying why and changing nothing, one that does not apply.
 
+use ringkv_proto::FromProto;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
+use ringkv_map::{NodeState, ShardMap};
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
-use ringkv_proto::{NodeId, NodeState, ShardId, ShardMap};
+use ringkv_proto::{NodeId, ShardId};
 
 use crate::client::{Client, ClientConfig};
 use crate::error::Error;

@@ -14,8 +14,9 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::debug;
 
+use ringkv_map::ShardMap;
 use ringkv_proto::pb::{self, kv_command::Request as Command, kv_reply::Reply};
-use ringkv_proto::{ShardId, ShardMap, check_batch, check_key, check_value};
+use ringkv_proto::{ShardId, check_batch, check_key, check_value};
 
 use crate::classify::Attempt;
 use crate::classify::RequestKind;
@@ -668,7 +669,8 @@ const MULTI_GET_CHUNK: usize = 1_000;
 mod tests {
     use std::collections::BTreeMap;
 
-    use ringkv_proto::{NodeId, NodeInfo};
+    use ringkv_map::NodeInfo;
+    use ringkv_proto::NodeId;
 
     use super::*;
 

@@ -1,4 +1,4 @@
-//! One Kv command stream per node (`ringkv_proto::batch_stream`): every get, put, delete,
+//! One Kv command stream per node (`crate::batch_stream`): every get, put, delete,
 //! compare-and-swap and batch this client sends to a node travels on it, so concurrent requests
 //! share gRPC messages instead of each paying for a call of its own.
 //!
@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use ringkv_proto::batch_stream::{self, Failure, Protocol};
+use crate::batch_stream::{self, Failure, Protocol};
 use ringkv_proto::pb::{self, kv_command::Request, kv_reply::Reply};
 
 use crate::classify::{Attempt, classify};

@@ -24,6 +24,7 @@
 
 mod admin;
 mod backoff;
+pub mod batch_stream;
 mod check;
 mod classify;
 mod client;
@@ -45,7 +46,8 @@ pub use check::{CheckReport, ReplicaDigest, ShardCheck};
 pub use client::{Client, ClientConfig};
 pub use error::{Error, ShardOutcome};
 pub use read::{Consistency, ReadOptions, ReplicaSelection, Session};
-pub use ringkv_proto::{MAX_READ_REPLICAS, NodeId, NodeState, ReplicaId, ShardId, ShardMap};
+pub use ringkv_map::{MAX_READ_REPLICAS, NodeState, ShardMap};
+pub use ringkv_proto::{NodeId, ReplicaId, ShardId};
 pub use scan::{ScanCursor, ScanOptions, ScanPage};
 pub use status::{NodeStatus, ReplicaRole, ReplicaStatus};
 pub use types::{BatchOp, BatchOutcome, CasOutcome, Expect, KeyValue, Served, Versioned};

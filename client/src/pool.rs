@@ -2,13 +2,14 @@
 //! that node (HTTP/2 multiplexes them), with the node's Kv command stream on it; and the few node
 //! calls that are not Kv requests.
 
+use ringkv_proto::FromProto;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-use ringkv_proto::ShardMap;
+use ringkv_map::ShardMap;
 
 use crate::commands::CommandStream;
 use ringkv_proto::limits::MAX_MESSAGE_BYTES;

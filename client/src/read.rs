@@ -7,8 +7,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ringkv_map::ShardMap;
 use ringkv_proto::pb;
-use ringkv_proto::{NodeId, ShardId, ShardMap};
+use ringkv_proto::{NodeId, ShardId};
 
 use crate::error::Error;
 
@@ -262,9 +263,9 @@ mod tests {
     /// replica that holds less than what the session saw.
     #[test]
     fn a_split_child_inherits_what_the_session_knew_of_its_ancestors() {
-        let nodes: std::collections::BTreeMap<NodeId, ringkv_proto::NodeInfo> = (1..=3)
+        let nodes: std::collections::BTreeMap<NodeId, ringkv_map::NodeInfo> = (1..=3)
             .map(|id| {
-                let info = ringkv_proto::NodeInfo {
+                let info = ringkv_map::NodeInfo {
                     addr: format!("127.0.0.1:{}", 7000 + id),
                     incarnation: 100 + id,
                     state: Default::default(),

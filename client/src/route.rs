@@ -10,7 +10,8 @@
 //! - A hint is dropped when its node fails a request at the transport level or says it is not the
 //!   leader without naming another, so the next attempt tries the other voters.
 
-use ringkv_proto::{NodeId, ShardId, ShardMap};
+use ringkv_map::ShardMap;
+use ringkv_proto::{NodeId, ShardId};
 
 use crate::error::Error;
 
@@ -132,7 +133,7 @@ impl RouteCache {
 mod tests {
     use std::collections::BTreeMap;
 
-    use ringkv_proto::NodeInfo;
+    use ringkv_map::NodeInfo;
 
     use super::*;
 

@@ -70,27 +70,7 @@ impl Cf {
     }
 }
 
-/// Inclusive range of hash values `[start, end]`: one shard's arc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HashRange {
-    pub start: u64,
-    pub end: u64,
-}
-
-impl HashRange {
-    pub fn contains(&self, hash: u64) -> bool {
-        self.start <= hash && hash <= self.end
-    }
-
-    /// Whether the data key of `user_key` falls in the range.
-    pub fn holds_key(&self, user_key: &[u8]) -> bool {
-        self.contains(ringkv_core::key_hash(user_key))
-    }
-
-    pub fn overlaps(&self, other: &HashRange) -> bool {
-        self.start <= other.end && other.start <= self.end
-    }
-}
+pub use ringkv_core::HashRange;
 
 /// One page of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,3 +96,40 @@ async fn replicas_with_the_same_log_agree_and_a_divergent_one_does_not() {
     let (c, _) = digest_at(&engines[2], 4).await;
     assert_ne!(a, c, "a replica holding different data has a different digest");
 }
+
+/// The replica check compares request-id tables too: two replicas with the same data but a
+/// different table (one recorded a write's result, the other applied it as a write without a
+/// request id) answer a retry differently, and their digests differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_whose_request_id_tables_differ_disagree() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engines: Vec<Engine> = dirs.iter().map(|d| Engine::open(d.path()).unwrap()).collect();
+    let log = |recorded: bool| {
+        let mut entries = vec![
+            entry(1, put("a", "1")),
+            entry(2, put("b", "2")),
+            entry(3, Command::Digest),
+        ];
+        if !recorded && let EntryPayload::Normal(proposal) = &mut entries[1].payload {
+            proposal.request = None;
+        }
+        entries
+    };
+    let mut first = engines[0].state_machine(SHARD, WHOLE_RING).unwrap();
+    apply(&mut first, log(true)).await;
+    let mut second = engines[1].state_machine(SHARD, WHOLE_RING).unwrap();
+    apply(&mut second, log(false)).await;
+    for key in ["a", "b"] {
+        assert_eq!(
+            engines[0].get(key.as_bytes()).unwrap().map(|v| v.value),
+            engines[1].get(key.as_bytes()).unwrap().map(|v| v.value),
+            "the data is the same"
+        );
+    }
+    let (a, _) = digest_at(&engines[0], 3).await;
+    let (b, _) = digest_at(&engines[1], 3).await;
+    assert_ne!(
+        a, b,
+        "replicas whose request-id tables differ have different digests"
+    );
+}

@@ -1,11 +1,10 @@
-//! ringkv's wire contract, shared by server and client: the generated gRPC code, the shard map with
-//! its protobuf form, and `batch_stream` (many requests on one gRPC stream, batched per message: the
-//! client's Kv stream to each node, the Raft stream between nodes). The pure shared types (ids, the
-//! routing hash, request limits) live in `ringkv-core` and are re-exported here, so client code
-//! needs only this crate.
+//! ringkv's wire contract, shared by server and client: the generated gRPC code (`pb`) and the
+//! conversions between it and the shard map's types (`ToProto`, `FromProto`). The pure shared
+//! types (ids, the routing hash, hash ranges, request limits) live in `ringkv-core`, and the shard
+//! map and its transitions in `ringkv-map`; the ids are re-exported here for the generated code's
+//! users.
 
-pub mod batch_stream;
-pub mod shard_map;
+mod wire;
 
 /// Generated protobuf messages and tonic services for `ringkv.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -17,7 +16,4 @@ pub use ringkv_core::{
     LimitError, LogIndex, NodeId, ReplicaId, ShardId, check_batch, check_key, check_scan, check_value, hash,
     hash_tag, key_hash, limits, prefix_hash,
 };
-pub use shard_map::{
-    Arc, Decision, FIRST_FRESH_REPLICA_ID, MAX_READ_REPLICAS, MapChange, MapError, Move, MoveKind, MoveStep,
-    NodeInfo, NodeRole, NodeState, PlacementStep, Replica, Shard, ShardMap, SplitOrigin,
-};
+pub use wire::{FromProto, ToProto};

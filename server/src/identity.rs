@@ -11,6 +11,8 @@
 //! Every Raft message carries the sender's and the intended receiver's identity, and the receiver
 //! checks them (`Node::check_raft_header`).
 
+use ringkv_proto::FromProto;
+use ringkv_proto::ToProto;
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
@@ -18,7 +20,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use ringkv_engine::{Engine, NodeId};
-use ringkv_proto::{NodeInfo, ShardMap, pb};
+use ringkv_map::{NodeInfo, ShardMap};
+use ringkv_proto::pb;
 
 use crate::config::NodeConfig;
 

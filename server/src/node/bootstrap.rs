@@ -17,6 +17,7 @@
 //!    member never answers "waiting", a node whose disk was lost can never create a new cluster
 //!    while any of its peers still holds the old one.
 
+use ringkv_proto::FromProto;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -24,8 +25,9 @@ use anyhow::bail;
 use tracing::info;
 
 use ringkv_engine::{Engine, NodeId};
+use ringkv_map::ShardMap;
+use ringkv_proto::limits::MAX_MESSAGE_BYTES;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
-use ringkv_proto::{ShardMap, limits::MAX_MESSAGE_BYTES};
 
 use crate::identity::{self, BootstrapParams, NodeRecord, random_nonzero};
 

@@ -2,20 +2,21 @@
 //! style). Every 2 s, and on every map change, it first marks nodes down that it has not heard
 //! from for `dead_node_timeout` (and up again when they answer), then asks the map for its next
 //! placement step
-//! (`ShardMap::next_placement_step`: drain decommissioning nodes, remove emptied ones, balance
+//! (`Placement::next_placement_step`, `placement.rs`: drain decommissioning nodes, remove emptied ones, balance
 //! replicas, then preferred leaders) and records it as one map change, with its reason in the
 //! map's decision log. Moves it begins are carried out by the mover (`moves`), like an
 //! operator's. A controller that loses the metadata leadership stops; the next leader's takes
 //! over from the map.
 
+use super::placement::Placement;
 use std::sync::Weak;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use ringkv_engine::NodeId;
+use ringkv_map::{MapChange, NodeRole, NodeState, ShardMap};
 use ringkv_proto::pb;
-use ringkv_proto::{MapChange, NodeRole, NodeState, ShardMap};
 
 use super::host::Node;
 use super::moves::unix_ms;

@@ -15,11 +15,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use ringkv_engine::{
-    AppliedBound, CommandResult, Engine, HashRange, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId,
-    ShardRaft, ShardRange,
+    AppliedBound, CommandResult, Engine, NodeId, ReplicaId, ReplicaNode, RequestId, ShardId, ShardRaft,
+    ShardRange,
 };
-use ringkv_proto::shard_map::bootstrap_replica_id;
-use ringkv_proto::{Shard, ShardMap};
+use ringkv_map::bootstrap_replica_id;
+use ringkv_map::{Shard, ShardMap};
 
 use super::balancer::spawn_leader_balancer;
 use super::controller::spawn_controller;
@@ -234,10 +234,7 @@ impl Node {
     ) -> anyhow::Result<()> {
         let engine = &self.engine;
         let identity = self.identity;
-        let range = HashRange {
-            start: shard.arc.start,
-            end: shard.arc.end,
-        };
+        let range = shard.arc;
         let shard_id = shard.id;
         engine
             .run_blocking(move |engine| -> anyhow::Result<()> {

@@ -19,11 +19,16 @@
 //!    `WatchMap`, moving to the next when the stream breaks or falls silent. So does a node whose
 //!    own metadata replica has known no leader for `LEADERLESS_FALLBACK`: a replica cut off from
 //!    the group (removed from it while its node was down, or on a node the cluster removed) never
-//!    hears of a change again, and the node must still learn the map that says so.
+//!    hears of a change again, and the node must still learn the map that says so. A cut-off
+//!    replica may also keep believing in its old leader for good (a learner never campaigns, and
+//!    a failed pre-vote leaves the old leader in place), so a node whose metadata replica does not
+//!    lead also asks another metadata node for its map every `REMOTE_PROBE` (`probe_remote`).
 //! 5. Adopting stores the map in the node's `meta` column family before serving it, so a node
 //!    restarts with the last map it served and opens its groups before the metadata group has a
 //!    leader.
 
+use ringkv_proto::FromProto;
+use ringkv_proto::ToProto;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,9 +42,9 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use ringkv_engine::{Command, CommandResult, Expect, LogIndex, NodeId, Proposal, ShardId};
+use ringkv_map::{MapChange, ShardMap};
 use ringkv_proto::limits::MAX_MESSAGE_BYTES;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
-use ringkv_proto::{MapChange, ShardMap};
 
 use super::host::{Node, ShardReplica};
 use super::moves::unix_ms;
@@ -63,6 +68,9 @@ const LOCAL_POLL: Duration = Duration::from_secs(10);
 /// How long a node's own metadata replica may know no leader before the node follows the map
 /// through another metadata node instead (step 4).
 const LEADERLESS_FALLBACK: Duration = Duration::from_secs(3);
+/// How often a node whose own metadata replica does not lead asks another metadata node for its
+/// map, and how long it waits for the answer (step 4).
+const REMOTE_PROBE: Duration = Duration::from_secs(10);
 
 impl Node {
     /// This node's copy of the map, as stored in its metadata replica, with the version (log index)
@@ -455,7 +463,17 @@ async fn follow_local(node: &Weak<Node>, replica: Arc<ShardReplica>) -> Stopped 
     let mut read_at = None;
     let mut seeded = false;
     let mut leaderless_since: Option<Instant> = None;
+    // The first probe comes soon after start: a node restarting after its removal learns of it.
+    let mut next_probe = Instant::now() + LEADERLESS_FALLBACK;
+    let mut probes = 0usize;
     loop {
+        if Instant::now() >= next_probe {
+            next_probe = Instant::now() + REMOTE_PROBE;
+            if metrics.borrow_watched().state != ServerState::Leader {
+                probe_remote(node, probes).await;
+                probes += 1;
+            }
+        }
         if metrics.borrow_watched().current_leader.is_some() {
             leaderless_since = None;
         } else if leaderless_since.get_or_insert_with(Instant::now).elapsed() > LEADERLESS_FALLBACK {
@@ -487,7 +505,8 @@ async fn follow_local(node: &Weak<Node>, replica: Arc<ShardReplica>) -> Stopped 
             // Wakes to check the leaderless time even when the metrics stay as they are.
             (true, Some(_)) => LEADERLESS_FALLBACK / 2,
             (true, None) => LOCAL_POLL,
-        };
+        }
+        .min(next_probe.saturating_duration_since(Instant::now()));
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return Stopped::Gone },
             () = tokio::time::sleep(pause) => read_at = None,
@@ -524,23 +543,72 @@ async fn seed(node: &Node, replica: &Arc<ShardReplica>) {
     }
 }
 
+/// The metadata voters other than this node, with their addresses, in the order of `map.meta`.
+fn remote_meta_nodes(node: &Node) -> Vec<(NodeId, String)> {
+    let map = node.map.read().expect("map lock");
+    map.meta
+        .voters
+        .iter()
+        .filter(|voter| voter.node_id != node.node_id())
+        .filter_map(|voter| Some((voter.node_id, map.node_addr(voter.node_id)?.to_owned())))
+        .collect()
+}
+
+/// Asks one of the other metadata nodes (the `attempt`-th, in turn) for its map once, and adopts
+/// it if it is newer (step 4). Failures are left to the next probe.
+async fn probe_remote(node: &Weak<Node>, attempt: usize) {
+    let targets = match node.upgrade() {
+        Some(node) => remote_meta_nodes(&node),
+        None => return,
+    };
+    let Some((target_node, addr)) = targets.get(attempt % targets.len().max(1)).cloned() else {
+        return;
+    };
+    let answer = tokio::time::timeout(REMOTE_PROBE, async {
+        let mut client = connect(&addr).await?;
+        client
+            .get_shard_map(pb::GetShardMapRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| status.message().to_owned())
+    })
+    .await;
+    let wire = match answer {
+        Ok(Ok(wire)) => wire,
+        Ok(Err(error)) => {
+            debug!(%target_node, %addr, %error, "cannot ask a metadata node for its shard map");
+            return;
+        }
+        Err(_) => {
+            debug!(%target_node, %addr, "a metadata node did not answer for its shard map in time");
+            return;
+        }
+    };
+    let Some(node) = node.upgrade() else { return };
+    match ShardMap::from_proto(&wire) {
+        Ok(map) => match node.adopt_map(map).await {
+            Ok(true) => info!(
+                %target_node,
+                "learned a newer shard map from another metadata node than from this node's own metadata replica"
+            ),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "cannot adopt the shard map a metadata node sent"),
+        },
+        Err(error) => warn!(%target_node, %error, "a metadata node sent a malformed shard map"),
+    }
+}
+
 /// Follows the map through `WatchMap` on one of the metadata group's nodes (the `attempt`-th, in
 /// turn), until the stream breaks or falls silent.
 async fn follow_remote(node: &Weak<Node>, attempt: usize) {
     let (target, from_epoch) = {
         let Some(node) = node.upgrade() else { return };
-        let map = node.map.read().expect("map lock");
-        let targets: Vec<(NodeId, String)> = map
-            .meta
-            .voters
-            .iter()
-            .filter(|voter| voter.node_id != node.node_id())
-            .filter_map(|voter| Some((voter.node_id, map.node_addr(voter.node_id)?.to_owned())))
-            .collect();
+        let targets = remote_meta_nodes(&node);
         if targets.is_empty() {
             return;
         }
-        (targets[attempt % targets.len()].clone(), map.epoch)
+        let epoch = node.map.read().expect("map lock").epoch;
+        (targets[attempt % targets.len()].clone(), epoch)
     };
     let (target_node, addr) = target;
     let mut stream = match connect(&addr).await {

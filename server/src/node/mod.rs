@@ -9,7 +9,7 @@
 //! - `metadata` — the metadata group that stores the shard map, and following its changes;
 //!   `reconcile` — starting and deleting replicas as the map places them; `moves` — moving a
 //!   replica to another node, step by step;
-//! - `controller` — placement decisions, on the metadata leader;
+//! - `controller` — placement decisions, on the metadata leader; `placement` — its policy;
 //! - `status` — what the node reports; `balancer` — keeping leaders spread;
 //! - `quiesce` — idle shards stop their Raft timers; node-level liveness watches their leaders.
 
@@ -20,6 +20,7 @@ mod host;
 mod leadership;
 mod metadata;
 mod moves;
+pub mod placement;
 mod quiesce;
 mod raft_rpc;
 mod reads;

@@ -39,8 +39,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tracing::{info, warn};
 
 use ringkv_engine::{NodeId, ReplicaId, ReplicaNode, ShardId};
+use ringkv_map::{MapChange, Move, MoveKind, MoveStep, Replica, ShardMap};
 use ringkv_proto::pb::{self, ChangeReplicasAction};
-use ringkv_proto::{MapChange, Move, MoveKind, MoveStep, Replica, ShardMap};
 
 use super::host::{Node, ShardReplica};
 use super::leadership::{most_caught_up_voter, transfer_watched};

@@ -285,7 +285,7 @@ impl Node {
         map.nodes
             .iter()
             .filter(|(node_id, info)| {
-                **node_id != self.identity.node_id && info.state != ringkv_proto::NodeState::Removed
+                **node_id != self.identity.node_id && info.state != ringkv_map::NodeState::Removed
             })
             .map(|(node_id, info)| {
                 let node = ReplicaNode {

@@ -61,7 +61,7 @@ impl Node {
                     "node {} refused a Raft message from node {}, which its shard map does not list",
                     me.node_id, header.from_node
                 )),
-                Some((_, ringkv_proto::NodeState::Removed)) => Some(format!(
+                Some((_, ringkv_map::NodeState::Removed)) => Some(format!(
                     "node {} refused a Raft message from node {}, which was removed from the cluster; \
                      to bring that machine back, start it with a new data directory as a new node",
                     me.node_id, header.from_node

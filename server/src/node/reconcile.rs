@@ -22,7 +22,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use ringkv_engine::{ReplicaId, ShardId};
-use ringkv_proto::{NodeState, Shard};
+use ringkv_map::{NodeState, Shard};
 
 use super::host::{Node, ShardReplica};
 
@@ -145,10 +145,7 @@ impl Node {
         if shard_id.is_meta() {
             return None;
         }
-        let arc = ringkv_engine::HashRange {
-            start: shard.arc.start,
-            end: shard.arc.end,
-        };
+        let arc = shard.arc;
         let running: Vec<(ShardId, ringkv_engine::HashRange)> = self
             .all_replicas()
             .iter()
@@ -219,10 +216,7 @@ impl Node {
                     let Some(shard) = map.shard(shard_id) else {
                         continue;
                     };
-                    let range = ringkv_engine::HashRange {
-                        start: shard.arc.start,
-                        end: shard.arc.end,
-                    };
+                    let range = shard.arc;
                     engine.retire_replica(shard_id, range)?;
                     deleted.push(shard_id);
                 }

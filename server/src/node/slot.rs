@@ -5,11 +5,13 @@
 //! matters: a client connection that outlives the server (one that did not close in time) must not
 //! keep the node, and so its storage, alive.
 
+use ringkv_proto::ToProto;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ringkv_engine::ShardId;
-use ringkv_proto::{ShardMap, pb};
+use ringkv_map::ShardMap;
+use ringkv_proto::pb;
 
 use super::host::Node;
 use crate::error::ServiceError;

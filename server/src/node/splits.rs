@@ -29,8 +29,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tracing::{info, warn};
 
 use ringkv_engine::{Command, NodeId, Proposal, ReplicaNode, ShardId};
+use ringkv_map::{MapChange, ShardMap};
 use ringkv_proto::pb::ChangeReplicasAction;
-use ringkv_proto::{MapChange, ShardMap};
 
 use super::host::{Node, ShardReplica};
 use super::moves::{ask_leader, record, unix_ms};
@@ -148,7 +148,7 @@ impl Node {
             map.shard(shard_id).map(|shard| shard.arc)
         };
         let range = replica.range.get();
-        if arc.is_some_and(|arc| arc.start != range.start || arc.end != range.end) {
+        if arc.is_some_and(|arc| arc != range) {
             return Err(unavailable(format!(
                 "not done: the leader's replica owns {:#018x}..={:#018x}, not the arc its map records; it has not \
                  applied a split yet",

@@ -5,7 +5,8 @@ use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use ringkv_engine::{DigestState, LogIndex, ShardId};
-use ringkv_proto::{ShardMap, pb};
+use ringkv_map::ShardMap;
+use ringkv_proto::pb;
 
 use super::host::Node;
 

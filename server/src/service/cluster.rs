@@ -4,14 +4,16 @@
 //! replica moves (`MoveReplica` begins one, `ChangeReplicas` is one step on a shard's leader), and
 //! `Join` and `DecommissionNode`.
 
+use ringkv_proto::FromProto;
+use ringkv_proto::ToProto;
 use std::sync::Arc;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use ringkv_engine::{NodeId, ReplicaId, ShardId};
+use ringkv_map::{MapChange, Replica};
 use ringkv_proto::pb::{self, cluster_server::Cluster};
-use ringkv_proto::{MapChange, Replica};
 
 use super::kv::client_budget;
 use crate::error::ServiceError;

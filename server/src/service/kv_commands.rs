@@ -1,4 +1,4 @@
-//! The Kv `Commands` stream (`ringkv_proto::batch_stream`): many requests from one client on one
+//! The Kv `Commands` stream (`ringkv_client::batch_stream`): many requests from one client on one
 //! long-lived stream. Each request is handled concurrently, exactly as its unary call would be
 //! (same validation, routing, budget and errors), and answered under its id.
 //!
@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use ringkv_proto::batch_stream;
+use ringkv_client::batch_stream;
 use ringkv_proto::pb::{self, kv_command::Request as Command, kv_reply::Reply};
 
 use super::KvService;

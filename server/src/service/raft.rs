@@ -1,6 +1,6 @@
 //! The Raft service: receives peers' Raft messages for any shard and hands each, with the identity
 //! header it carries, to the node (which checks it and finds the replica). Peers send them on one
-//! `Calls` stream per node pair (`ringkv_proto::batch_stream`); the unary calls carry the same.
+//! `Calls` stream per node pair (`ringkv_client::batch_stream`); the unary calls carry the same.
 //! Snapshots arrive as a stream written to a file; the answer streams back acknowledgements of each
 //! chunk, keep-alives while the snapshot installs, and the reply.
 
@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use ringkv_client::batch_stream;
 use ringkv_engine::{ReplicaId, ShardId, SnapshotFile, TypeConfig};
-use ringkv_proto::batch_stream;
 use ringkv_proto::pb::{self, raft_server::Raft};
 
 use crate::error::ServiceError;

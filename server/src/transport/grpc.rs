@@ -1,7 +1,7 @@
 //! The production transport: Raft messages for every shard go to a peer over one tonic channel
 //! (one HTTP/2 connection, created lazily and kept) per peer address, tagged with shard and
 //! replica ids and the sender's identity. All but snapshots travel on one `Calls` stream per peer
-//! (`ringkv_proto::batch_stream`): the messages of every shard queued while the stream is busy
+//! (`ringkv_client::batch_stream`): the messages of every shard queued while the stream is busy
 //! leave together. Payloads are postcard-encoded openraft messages (see
 //! `wire`). Snapshots stream both ways: file chunks out, acknowledgements and keep-alives back.
 
@@ -22,8 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
+use ringkv_client::batch_stream::{self, Failure, Protocol};
 use ringkv_engine::{SnapshotFile, TypeConfig};
-use ringkv_proto::batch_stream::{self, Failure, Protocol};
 use ringkv_proto::pb::{self, raft_client::RaftClient};
 
 use super::{

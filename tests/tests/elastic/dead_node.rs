@@ -3,6 +3,7 @@
 //! replicas again. When the node comes back it is marked up, deletes the replicas it held (their
 //! ids are no longer members of any group, so they cannot vote or lead), and is filled again.
 
+use ringkv_server::node::placement::Placement;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;

@@ -5,6 +5,7 @@
 //! metadata group grows to five voters, and the history stays linearizable with no caller left not
 //! knowing whether a write applied.
 
+use ringkv_server::node::placement::Placement;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,10 +4,11 @@
 //! the map survives a SIGKILL of the metadata leader, including on the killed node once it
 //! restarts.
 
+use ringkv_proto::FromProto;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ringkv_proto::ShardMap;
+use ringkv_map::ShardMap;
 use ringkv_proto::pb::{self, cluster_client::ClusterClient};
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ringkv_client::{Client, NodeId, ShardId, ShardMap};
-use ringkv_proto::MoveStep;
+use ringkv_map::MoveStep;
 use ringkv_proto::pb;
 use ringkv_tests::process_cluster::ringkv_binary;
 use ringkv_tests::{ProcessCluster, assert_replicas_identical};

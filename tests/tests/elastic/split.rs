@@ -3,6 +3,7 @@
 //! scan running across the split returns every key exactly once, and the replicas of parents and
 //! children end identical.
 
+use ringkv_server::node::placement::Placement;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

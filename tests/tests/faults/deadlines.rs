@@ -16,7 +16,7 @@ const DEADLINE: Duration = Duration::from_millis(1_500);
 const MARGIN: Duration = Duration::from_millis(500);
 
 /// One key per shard.
-fn keys(client_map: &ringkv_proto::ShardMap) -> Vec<String> {
+fn keys(client_map: &ringkv_map::ShardMap) -> Vec<String> {
     let mut by_shard = std::collections::BTreeMap::new();
     for i in 0..10_000 {
         let key = format!("deadline-{i}");

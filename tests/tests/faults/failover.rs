@@ -18,7 +18,7 @@ const N_WORKERS: usize = 6;
 const N_KEYS: usize = 8;
 
 /// One key per shard, to probe that every shard takes writes.
-fn key_per_shard(map: &ringkv_proto::ShardMap) -> BTreeMap<u64, String> {
+fn key_per_shard(map: &ringkv_map::ShardMap) -> BTreeMap<u64, String> {
     let mut keys = BTreeMap::new();
     for i in 0.. {
         let key = format!("probe-{i}");

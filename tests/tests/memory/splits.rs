@@ -14,7 +14,7 @@ use bytes::Bytes;
 use openraft::async_runtime::watch::WatchReceiver;
 use ringkv_client::BatchOp;
 use ringkv_engine::{NodeId, ReplicaId, ShardId};
-use ringkv_proto::ShardMap;
+use ringkv_map::ShardMap;
 use ringkv_server::transport::MemoryNetwork;
 use ringkv_tests::local_cluster::TransportKind;
 use ringkv_tests::{LocalCluster, assert_replicas_identical};

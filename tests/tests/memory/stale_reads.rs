@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use openraft::async_runtime::watch::WatchReceiver;
 use ringkv_client::{Consistency, NodeId as ClientNodeId, ReadOptions, ReplicaSelection, Session};
 use ringkv_engine::{Command, NodeId, Proposal, ShardId};
-use ringkv_proto::ShardMap;
+use ringkv_map::ShardMap;
 use ringkv_server::transport::MemoryNetwork;
 use ringkv_tests::LocalCluster;
 use ringkv_tests::local_cluster::TransportKind;

@@ -39,6 +39,7 @@
 //! The schedule and every random choice of the network follow the seed; thread interleavings do
 //! not, so a seed replays the same faults but not always the same history.
 
+use ringkv_server::node::placement::Placement;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,17 +1,34 @@
-//! The map's protobuf form: what is stored in the metadata group and sent to clients.
+//! The protobuf form of the shard map (what the metadata group stores and clients are sent) and
+//! of the typed map changes nodes hand each other, both ways. Reading refuses, saying why, a
+//! message that breaks the map's invariants (`ShardMap::validate`) or names an unknown value.
 
 use std::collections::BTreeMap;
 
-use ringkv_core::{NodeId, ReplicaId, ShardId};
-
-use super::{
-    Arc, Decision, MapError, Move, MoveKind, MoveStep, NodeInfo, NodeRole, NodeState, Replica, Shard,
+use ringkv_core::{HashRange, NodeId, ReplicaId, ShardId};
+use ringkv_map::{
+    Decision, MapChange, MapError, Move, MoveKind, MoveStep, NodeInfo, NodeRole, NodeState, Replica, Shard,
     ShardMap, Split, SplitOrigin,
 };
+
 use crate::pb;
 
-impl ShardMap {
-    pub fn to_proto(&self) -> pb::ShardMap {
+/// A value with a protobuf form.
+pub trait ToProto {
+    type Proto;
+    fn to_proto(&self) -> Self::Proto;
+}
+
+/// A value read from its protobuf form, refused with `Self::Error` when the message is invalid.
+pub trait FromProto: Sized {
+    type Proto;
+    type Error;
+    fn from_proto(proto: &Self::Proto) -> Result<Self, Self::Error>;
+}
+
+impl ToProto for ShardMap {
+    type Proto = pb::ShardMap;
+
+    fn to_proto(&self) -> pb::ShardMap {
         pb::ShardMap {
             meta: Some(shard_to_proto(&self.meta)),
             decisions: self
@@ -53,9 +70,14 @@ impl ShardMap {
             read_replicas: self.read_replicas,
         }
     }
+}
+
+impl FromProto for ShardMap {
+    type Proto = pb::ShardMap;
+    type Error = MapError;
 
     /// Builds a map from its wire form, refusing one that breaks an invariant.
-    pub fn from_proto(map: &pb::ShardMap) -> Result<ShardMap, MapError> {
+    fn from_proto(map: &pb::ShardMap) -> Result<ShardMap, MapError> {
         let mut nodes = BTreeMap::new();
         for node in &map.nodes {
             let state = match pb::NodeState::try_from(node.state) {
@@ -122,7 +144,7 @@ impl ShardMap {
     }
 }
 
-pub(super) fn shard_to_proto(shard: &Shard) -> pb::ShardInfo {
+fn shard_to_proto(shard: &Shard) -> pb::ShardInfo {
     pb::ShardInfo {
         shard_id: shard.id.0,
         arc_start: shard.arc.start,
@@ -136,10 +158,10 @@ pub(super) fn shard_to_proto(shard: &Shard) -> pb::ShardInfo {
     }
 }
 
-pub(super) fn shard_from_proto(shard: &pb::ShardInfo) -> Shard {
+fn shard_from_proto(shard: &pb::ShardInfo) -> Shard {
     Shard {
         id: ShardId(shard.shard_id),
-        arc: Arc {
+        arc: HashRange {
             start: shard.arc_start,
             end: shard.arc_end,
         },
@@ -240,3 +262,91 @@ fn split_from_proto(split: &pb::Split) -> Split {
         reason: split.reason.clone(),
     }
 }
+
+impl ToProto for MapChange {
+    type Proto = pb::MapChange;
+
+    fn to_proto(&self) -> pb::MapChange {
+        use pb::map_change::Change;
+        let change = match self {
+            MapChange::SetReadReplicas { count } => Change::SetReadReplicas(pb::SetReadReplicasRequest {
+                read_replicas: *count,
+            }),
+            MapChange::MoveReplica {
+                shard,
+                from,
+                to,
+                reason,
+            } => Change::MoveReplica(pb::MapChangeMove {
+                shard_id: shard.0,
+                from_node: from.0,
+                to_node: to.0,
+                reason: reason.clone(),
+            }),
+            MapChange::SplitShard { shard, reason } => Change::SplitShard(pb::MapChangeSplit {
+                shard_id: shard.0,
+                reason: reason.clone(),
+            }),
+            MapChange::DecommissionNode { node } => {
+                Change::DecommissionNode(pb::DecommissionNodeRequest { node_id: node.0 })
+            }
+            MapChange::Join {
+                node,
+                addr,
+                incarnation,
+                role,
+            } => Change::Join(pb::JoinRequest {
+                node_id: node.map_or(0, |node| node.0),
+                addr: addr.clone(),
+                incarnation: *incarnation,
+                role: match role {
+                    NodeRole::Voter => pb::NodeRole::Voter,
+                    NodeRole::ReadReplica => pb::NodeRole::ReadReplica,
+                }
+                .into(),
+            }),
+        };
+        pb::MapChange { change: Some(change) }
+    }
+}
+
+impl FromProto for MapChange {
+    type Proto = pb::MapChange;
+    type Error = String;
+
+    /// Refuses, saying why, a change that is missing or names an unknown role.
+    fn from_proto(change: &pb::MapChange) -> Result<MapChange, String> {
+        use pb::map_change::Change;
+        Ok(match change.change.as_ref().ok_or("the map change is empty")? {
+            Change::SetReadReplicas(request) => MapChange::SetReadReplicas {
+                count: request.read_replicas,
+            },
+            Change::MoveReplica(request) => MapChange::MoveReplica {
+                shard: ShardId(request.shard_id),
+                from: NodeId(request.from_node),
+                to: NodeId(request.to_node),
+                reason: request.reason.clone(),
+            },
+            Change::SplitShard(request) => MapChange::SplitShard {
+                shard: ShardId(request.shard_id),
+                reason: request.reason.clone(),
+            },
+            Change::DecommissionNode(request) => MapChange::DecommissionNode {
+                node: NodeId(request.node_id),
+            },
+            Change::Join(request) => MapChange::Join {
+                node: (request.node_id != 0).then_some(NodeId(request.node_id)),
+                addr: request.addr.clone(),
+                incarnation: request.incarnation,
+                role: match pb::NodeRole::try_from(request.role) {
+                    Ok(pb::NodeRole::Voter) => NodeRole::Voter,
+                    Ok(pb::NodeRole::ReadReplica) => NodeRole::ReadReplica,
+                    Err(_) => return Err(format!("node role {} is unknown", request.role)),
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

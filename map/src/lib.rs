@@ -1,4 +1,9 @@
-//! The shard map: how the 64-bit hash ring is cut into shards and which nodes hold each shard.
+//! ringkv-map: the shard map (how the 64-bit hash ring is cut into shards and which nodes hold
+//! each shard) and its validated transitions: moves (`moves`), splits (`splits`), nodes joining,
+//! leaving and going down (`nodes`), and the typed changes an operator asks for (`changes`).
+//! Pure data: no I/O, no async, no wire format (the protobuf form is in `ringkv-proto`). The
+//! controller's placement policy, which decides which transition to take next, lives beside the
+//! controller in the server.
 //!
 //! Invariants, kept by every constructor and checked by `validate`:
 //! - shards are sorted by arc start, their arcs are contiguous, and together they cover the whole ring
@@ -21,32 +26,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-use ringkv_core::{NodeId, ReplicaId, ShardId};
+pub use ringkv_core::{HashRange, NodeId, ReplicaId, ShardId};
 
 mod changes;
-mod leaders;
 mod moves;
-mod placement;
+mod nodes;
 mod splits;
-mod wire;
 
 pub use changes::{MAX_READ_REPLICAS, MapChange};
 pub use moves::{FIRST_FRESH_REPLICA_ID, Move, MoveKind, MoveStep};
-pub use placement::PlacementStep;
 pub use splits::Split;
-
-/// Inclusive range of hash values `[start, end]` owned by one shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Arc {
-    pub start: u64,
-    pub end: u64,
-}
-
-impl Arc {
-    pub fn contains(&self, hash: u64) -> bool {
-        self.start <= hash && hash <= self.end
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Replica {
@@ -66,7 +55,7 @@ impl Replica {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
     pub id: ShardId,
-    pub arc: Arc,
+    pub arc: HashRange,
     pub voters: Vec<Replica>,
     pub learners: Vec<Replica>,
     /// Node believed to lead the shard, if known.
@@ -282,7 +271,7 @@ impl ShardMap {
         // The metadata group is light (a write per map change): the lowest-numbered nodes.
         let meta = Shard {
             id: ShardId::META,
-            arc: Arc {
+            arc: HashRange {
                 start: 0,
                 end: u64::MAX,
             },
@@ -335,7 +324,7 @@ impl ShardMap {
 
     /// The shard that owns `key`.
     pub fn shard_for_key(&self, key: &[u8]) -> &Shard {
-        self.shard_for_hash(crate::key_hash(key))
+        self.shard_for_hash(ringkv_core::key_hash(key))
     }
 
     /// A data shard or, for `ShardId::META`, the metadata group.
@@ -492,7 +481,7 @@ fn check_replicas(
 }
 
 /// The `index`-th of `n` equal arcs of the ring.
-fn equal_arc(index: u64, n: u64) -> Arc {
+fn equal_arc(index: u64, n: u64) -> HashRange {
     let boundary = |i: u64| ((u128::from(i) << 64) / u128::from(n)) as u64;
     let start = boundary(index);
     let end = if index + 1 == n {
@@ -500,7 +489,7 @@ fn equal_arc(index: u64, n: u64) -> Arc {
     } else {
         boundary(index + 1) - 1
     };
-    Arc { start, end }
+    HashRange { start, end }
 }
 
 /// Rendezvous (highest random weight) score of placing `shard` on `node`.
@@ -592,11 +581,10 @@ mod tests {
     }
 
     #[test]
-    fn bootstrap_is_deterministic_and_round_trips_through_proto() {
+    fn bootstrap_is_deterministic() {
         let a = bootstrap(&nodes(5), 16, 3).unwrap();
         let b = bootstrap(&nodes(5), 16, 3).unwrap();
         assert_eq!(a, b);
-        assert_eq!(ShardMap::from_proto(&a.to_proto()).unwrap(), a);
     }
 
     #[test]
@@ -639,20 +627,6 @@ mod tests {
     }
 
     #[test]
-    fn from_proto_refuses_a_map_without_its_metadata_group_or_sharing_its_replica_ids() {
-        let map = bootstrap(&nodes(3), 4, 3).unwrap();
-        let mut wire = map.to_proto();
-        wire.meta = None;
-        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
-        let mut wire = map.to_proto();
-        wire.meta.as_mut().unwrap().voters[0].replica_id = wire.shards[0].voters[0].replica_id;
-        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
-        let mut wire = map.to_proto();
-        wire.meta.as_mut().unwrap().arc_end = 7;
-        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
-    }
-
-    #[test]
     fn a_map_keeps_only_its_most_recent_decisions() {
         let mut map = bootstrap(&nodes(3), 4, 3).unwrap();
         for epoch in 2..(MAX_DECISIONS as u64 + 12) {
@@ -661,16 +635,5 @@ mod tests {
         assert_eq!(map.decisions.len(), MAX_DECISIONS);
         assert_eq!(map.decisions.last().unwrap().epoch, MAX_DECISIONS as u64 + 11);
         assert_eq!(map.decisions.first().unwrap().epoch, 12);
-        assert_eq!(ShardMap::from_proto(&map.to_proto()).unwrap(), map);
-    }
-
-    #[test]
-    fn from_proto_refuses_a_map_with_a_hole() {
-        let mut wire = bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
-        wire.shards[1].arc_end -= 1;
-        assert!(matches!(ShardMap::from_proto(&wire), Err(MapError::Malformed(_))));
-        let mut wire = bootstrap(&nodes(3), 4, 3).unwrap().to_proto();
-        wire.shards[2].voters[0].node_id = 99;
-        assert!(ShardMap::from_proto(&wire).is_err());
     }
 }

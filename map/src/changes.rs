@@ -6,7 +6,6 @@
 use ringkv_core::{NodeId, ShardId};
 
 use super::{NodeRole, ShardMap};
-use crate::pb;
 
 /// Most read replicas a shard may be asked to keep: more than any cluster has nodes for.
 pub const MAX_READ_REPLICAS: u32 = 64;
@@ -97,82 +96,6 @@ impl MapChange {
             }
         }
     }
-
-    pub fn to_proto(&self) -> pb::MapChange {
-        use pb::map_change::Change;
-        let change = match self {
-            MapChange::SetReadReplicas { count } => Change::SetReadReplicas(pb::SetReadReplicasRequest {
-                read_replicas: *count,
-            }),
-            MapChange::MoveReplica {
-                shard,
-                from,
-                to,
-                reason,
-            } => Change::MoveReplica(pb::MapChangeMove {
-                shard_id: shard.0,
-                from_node: from.0,
-                to_node: to.0,
-                reason: reason.clone(),
-            }),
-            MapChange::SplitShard { shard, reason } => Change::SplitShard(pb::MapChangeSplit {
-                shard_id: shard.0,
-                reason: reason.clone(),
-            }),
-            MapChange::DecommissionNode { node } => {
-                Change::DecommissionNode(pb::DecommissionNodeRequest { node_id: node.0 })
-            }
-            MapChange::Join {
-                node,
-                addr,
-                incarnation,
-                role,
-            } => Change::Join(pb::JoinRequest {
-                node_id: node.map_or(0, |node| node.0),
-                addr: addr.clone(),
-                incarnation: *incarnation,
-                role: match role {
-                    NodeRole::Voter => pb::NodeRole::Voter,
-                    NodeRole::ReadReplica => pb::NodeRole::ReadReplica,
-                }
-                .into(),
-            }),
-        };
-        pb::MapChange { change: Some(change) }
-    }
-
-    /// Refuses, saying why, a change that is missing or names an unknown role.
-    pub fn from_proto(change: &pb::MapChange) -> Result<MapChange, String> {
-        use pb::map_change::Change;
-        Ok(match change.change.as_ref().ok_or("the map change is empty")? {
-            Change::SetReadReplicas(request) => MapChange::SetReadReplicas {
-                count: request.read_replicas,
-            },
-            Change::MoveReplica(request) => MapChange::MoveReplica {
-                shard: ShardId(request.shard_id),
-                from: NodeId(request.from_node),
-                to: NodeId(request.to_node),
-                reason: request.reason.clone(),
-            },
-            Change::SplitShard(request) => MapChange::SplitShard {
-                shard: ShardId(request.shard_id),
-                reason: request.reason.clone(),
-            },
-            Change::DecommissionNode(request) => MapChange::DecommissionNode {
-                node: NodeId(request.node_id),
-            },
-            Change::Join(request) => MapChange::Join {
-                node: (request.node_id != 0).then_some(NodeId(request.node_id)),
-                addr: request.addr.clone(),
-                incarnation: request.incarnation,
-                role: match pb::NodeRole::try_from(request.role) {
-                    Ok(pb::NodeRole::Voter) => NodeRole::Voter,
-                    Ok(pb::NodeRole::ReadReplica) => NodeRole::ReadReplica,
-                    Err(_) => return Err(format!("node role {} is unknown", request.role)),
-                },
-            },
-        })
-    }
 }
 
 #[cfg(test)]
@@ -180,12 +103,13 @@ mod tests {
     use super::*;
 
     fn map() -> ShardMap {
-        ShardMap::bootstrap(9, &crate::shard_map::tests::nodes(4), 4, 3).expect("bootstrap")
+        ShardMap::bootstrap(9, &crate::tests::nodes(4), 4, 3).expect("bootstrap")
     }
 
-    /// Every change survives its wire form, and applies as the map's own transition does.
+    /// Every change applies as the map's own transition does, or is refused leaving the map as
+    /// it was.
     #[test]
-    fn changes_round_trip_and_apply_or_refuse_leaving_the_map_as_it_was() {
+    fn changes_apply_or_are_refused_leaving_the_map_as_it_was() {
         let changes = [
             MapChange::SetReadReplicas { count: 2 },
             MapChange::SplitShard {
@@ -201,7 +125,6 @@ mod tests {
             },
         ];
         for change in &changes {
-            assert_eq!(&MapChange::from_proto(&change.to_proto()).unwrap(), change);
             let mut map = map();
             change
                 .apply(&mut map, 1)
@@ -249,6 +172,5 @@ mod tests {
             assert!(error.contains(says), "{change:?}: {error}");
             assert_eq!(map, self::map());
         }
-        assert!(MapChange::from_proto(&pb::MapChange { change: None }).is_err());
     }
 }

@@ -8,7 +8,7 @@
 
 use ringkv_core::{ReplicaId, ShardId};
 
-use super::{Arc, Replica, Shard, ShardMap, SplitOrigin};
+use super::{HashRange, Replica, Shard, ShardMap, SplitOrigin};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
@@ -119,7 +119,7 @@ impl ShardMap {
         let Some(parent) = self.shard_mut(shard) else {
             return;
         };
-        let child_arc = Arc {
+        let child_arc = HashRange {
             start: done.at,
             end: parent.arc.end,
         };
@@ -226,10 +226,10 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard_map::FIRST_FRESH_REPLICA_ID;
+    use crate::FIRST_FRESH_REPLICA_ID;
 
     fn map() -> ShardMap {
-        ShardMap::bootstrap(9, &crate::shard_map::tests::nodes(4), 4, 3).expect("bootstrap")
+        ShardMap::bootstrap(9, &crate::tests::nodes(4), 4, 3).expect("bootstrap")
     }
 
     #[test]
@@ -248,7 +248,6 @@ mod tests {
             (0..3).map(|i| FIRST_FRESH_REPLICA_ID + i).collect::<Vec<_>>()
         );
         map.validate().expect("valid with a split in progress");
-        assert_eq!(ShardMap::from_proto(&map.to_proto()).expect("round trip"), map);
         assert!(map.begin_split(ShardId(2), 2, "again").is_err(), "split twice");
         let (from, to) = {
             let group = map.shard(ShardId(2)).unwrap();
@@ -262,7 +261,6 @@ mod tests {
 
         map.finish_split(ShardId(2), 40, 3);
         map.validate().expect("valid after the split");
-        assert_eq!(ShardMap::from_proto(&map.to_proto()).expect("round trip"), map);
         let parent = map.shard(ShardId(2)).unwrap();
         let child = map.shard(ShardId(5)).unwrap();
         // The arcs hold from the split's index; the child knows where it came from.
