@@ -72,7 +72,7 @@ impl Pool {
     /// The shard map `addr` serves, within `timeout`.
     pub(crate) async fn fetch_map(&self, addr: &str, timeout: Duration) -> Result<ShardMap, String> {
         let mut client = self.cluster(addr)?;
-        let mut request = tonic::Request::new(pb::GetShardMapRequest {});
+        let mut request = tonic::Request::new(pb::GetShardMapRequest { linearizable: false });
         request.set_timeout(timeout);
         let response = tokio::time::timeout(timeout, client.get_shard_map(request))
             .await

@@ -44,6 +44,9 @@ pub struct TestFaults {
     /// a stopped replica's stored state (the bug that started a split child beside a parent
     /// replica that had failed to open).
     pub overlap_ignores_stored: AtomicBool,
+    /// A group's leader keeps learners the shard map does not place (no membership audit): the
+    /// bug that left a learner a stale mover re-added after a rollback in the group for good.
+    pub keep_unplaced_learners: AtomicBool,
     /// Not a bug: replicas keep the log from before their last split (the node's split log
     /// trimmer pauses), as in the moments after a split, so tests can send it to a new replica.
     pub pause_split_log_trim: AtomicBool,
@@ -57,6 +60,7 @@ pub const KNOWN_BUGS: &[&str] = &[
     "accept-below-floor",
     "bounded-from-heartbeats",
     "overlap-ignores-stored",
+    "keep-unplaced-learners",
 ];
 
 impl TestFaults {
@@ -68,6 +72,7 @@ impl TestFaults {
             "accept-below-floor" => self.accept_below_floor.store(true, Ordering::Relaxed),
             "bounded-from-heartbeats" => self.bounded_from_heartbeats.store(true, Ordering::Relaxed),
             "overlap-ignores-stored" => self.overlap_ignores_stored.store(true, Ordering::Relaxed),
+            "keep-unplaced-learners" => self.keep_unplaced_learners.store(true, Ordering::Relaxed),
             other => {
                 return Err(format!(
                     "unknown bug switch {other:?}; the known ones are {}",
@@ -92,6 +97,10 @@ impl TestFaults {
 
     pub fn overlap_ignores_stored(&self) -> bool {
         self.overlap_ignores_stored.load(Ordering::Relaxed)
+    }
+
+    pub fn keeps_unplaced_learners(&self) -> bool {
+        self.keep_unplaced_learners.load(Ordering::Relaxed)
     }
 
     pub fn split_log_trim_paused(&self) -> bool {

@@ -373,7 +373,7 @@ impl ProcessCluster {
         let mut client =
             ringkv_proto::pb::cluster_client::ClusterClient::connect(format!("http://{}", node.addr)).await?;
         let map = client
-            .get_shard_map(ringkv_proto::pb::GetShardMapRequest {})
+            .get_shard_map(ringkv_proto::pb::GetShardMapRequest { linearizable: false })
             .await?
             .into_inner();
         Ok(map

@@ -21,6 +21,7 @@ use ringkv_engine::{
 use ringkv_map::bootstrap_replica_id;
 use ringkv_map::{Shard, ShardMap};
 
+use super::audit::spawn_membership_audit;
 use super::balancer::spawn_leader_balancer;
 use super::controller::spawn_controller;
 use super::metadata::spawn_map_follower;
@@ -192,6 +193,7 @@ impl Node {
         spawn_leader_balancer(Arc::downgrade(&node));
         spawn_map_follower(Arc::downgrade(&node));
         spawn_reconciler(Arc::downgrade(&node));
+        spawn_membership_audit(Arc::downgrade(&node));
         spawn_controller(Arc::downgrade(&node), config.dead_node_timeout());
         spawn_mover(
             Arc::downgrade(&node),

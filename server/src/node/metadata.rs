@@ -93,6 +93,83 @@ impl Node {
         Ok(Some((map, stored.version)))
     }
 
+    /// On the metadata leader: the map as the group stores it now, after confirming leadership
+    /// (a linearizable read). `NotLeader` on any other node.
+    pub async fn confirmed_map(&self, budget: Duration) -> Result<ShardMap, ServiceError> {
+        let leader = match self.replica(ShardId::META) {
+            Some(replica) if replica.raft.metrics().borrow_watched().state == ServerState::Leader => replica,
+            _ => {
+                return Err(ServiceError::NotLeader {
+                    shard_id: ShardId::META,
+                    leader: self.meta_leader_hint(),
+                });
+            }
+        };
+        self.linearizable_barrier(&leader, budget).await?;
+        match self.stored_map().await? {
+            Some((map, _)) => Ok(map),
+            None => Err(ServiceError::Unavailable {
+                shard_id: ShardId::META,
+                outcome_unknown: false,
+                reason: "the metadata group has not stored its first map yet; retry shortly".into(),
+            }),
+        }
+    }
+
+    /// The map as the metadata group stores it now (`confirmed_map`), from this node if it leads
+    /// the group, else from the metadata nodes in turn (the leader it knows of first), within
+    /// `budget`. Adopts it too.
+    pub(crate) async fn current_map(&self, budget: Duration) -> Result<ShardMap, ServiceError> {
+        let started = Instant::now();
+        let mut last = match self.confirmed_map(budget).await {
+            Ok(map) => {
+                self.adopt_map(map.clone())
+                    .await
+                    .map_err(|error| ServiceError::Internal(format!("{error:#}")))?;
+                return Ok(map);
+            }
+            Err(error) => error,
+        };
+        let mut targets: Vec<String> = self
+            .meta_leader_hint()
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .collect();
+        targets.extend(remote_meta_nodes(self).into_iter().map(|(_, addr)| addr));
+        targets.dedup();
+        for addr in targets {
+            let remaining = budget.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            let answer = tokio::time::timeout(remaining, async {
+                let mut client = connect(&addr).await.map_err(Status::unavailable)?;
+                let mut request = tonic::Request::new(pb::GetShardMapRequest { linearizable: true });
+                request.set_timeout(remaining);
+                client.get_shard_map(request).await
+            })
+            .await;
+            let wire = match answer {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    last = forwarded_error(&addr, &status);
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let map = ShardMap::from_proto(&wire).map_err(|error| {
+                ServiceError::Internal(format!(
+                    "metadata node {addr} sent a malformed shard map: {error}"
+                ))
+            })?;
+            self.adopt_map(map.clone())
+                .await
+                .map_err(|error| ServiceError::Internal(format!("{error:#}")))?;
+            return Ok(map);
+        }
+        Err(last)
+    }
+
     /// Makes `map` this node's map if it is newer than the one it has: stored durably first, then
     /// served, then announced to `WatchMap` streams. Returns whether it was adopted.
     pub(crate) async fn adopt_map(&self, mut map: ShardMap) -> anyhow::Result<bool> {
@@ -567,7 +644,7 @@ async fn probe_remote(node: &Weak<Node>, attempt: usize) {
     let answer = tokio::time::timeout(REMOTE_PROBE, async {
         let mut client = connect(&addr).await?;
         client
-            .get_shard_map(pb::GetShardMapRequest {})
+            .get_shard_map(pb::GetShardMapRequest { linearizable: false })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| status.message().to_owned())

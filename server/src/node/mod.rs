@@ -8,11 +8,12 @@
 //!   level; `raft_rpc` — serving peers' Raft messages;
 //! - `metadata` — the metadata group that stores the shard map, and following its changes;
 //!   `reconcile` — starting and deleting replicas as the map places them; `moves` — moving a
-//!   replica to another node, step by step;
+//!   replica to another node, step by step; `audit` — removing learners the map does not place;
 //! - `controller` — placement decisions, on the metadata leader; `placement` — its policy;
 //! - `status` — what the node reports; `balancer` — keeping leaders spread;
 //! - `quiesce` — idle shards stop their Raft timers; node-level liveness watches their leaders.
 
+mod audit;
 mod balancer;
 pub mod bootstrap;
 mod controller;

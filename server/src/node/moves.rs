@@ -22,7 +22,8 @@
 //! membership (never by a membership entry that a new leader may still replace): a change
 //! already made is reported as done. S's leader checks each learner step against its own map
 //! and refuses one the map does not call for, so a stale mover (a former metadata leader) cannot
-//! add back a learner that a rollback removed. A move still at `CatchUp` `move_timeout` after
+//! add back a learner that a rollback removed, unless S's leader's own map lags too; a learner
+//! left that way is removed by S's leader (`audit`). A move still at `CatchUp` `move_timeout` after
 //! this mover took it over is rolled back, whether or not S's leader answers: step `RollBack` is
 //! recorded, Y is removed from S's membership, and the move is dropped from the map (B then
 //! deletes Y). A move at `Promote` is only ever finished: once the joint configuration may exist,

@@ -33,9 +33,14 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn get_shard_map(
         &self,
-        _: Request<pb::GetShardMapRequest>,
+        request: Request<pb::GetShardMapRequest>,
     ) -> Result<Response<pb::ShardMap>, Status> {
-        Ok(Response::new(self.slot.require()?.shard_map().to_proto()))
+        let node = self.slot.require()?;
+        if !request.get_ref().linearizable {
+            return Ok(Response::new(node.shard_map().to_proto()));
+        }
+        let budget = node.budget(client_budget(&request)?);
+        Ok(Response::new(node.confirmed_map(budget).await?.to_proto()))
     }
 
     type WatchMapStream = ReceiverStream<Result<pb::ShardMap, Status>>;

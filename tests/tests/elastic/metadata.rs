@@ -28,7 +28,7 @@ async fn cluster_client(addr: &str) -> anyhow::Result<ClusterClient<tonic::trans
 async fn map_of(addr: &str) -> anyhow::Result<ShardMap> {
     let wire = cluster_client(addr)
         .await?
-        .get_shard_map(pb::GetShardMapRequest {})
+        .get_shard_map(pb::GetShardMapRequest { linearizable: false })
         .await?
         .into_inner();
     Ok(ShardMap::from_proto(&wire)?)

@@ -5,6 +5,7 @@ mod commit_jump;
 mod identity;
 mod lapsed_lease;
 mod lease;
+mod membership_audit;
 mod quiesce;
 mod read_levels;
 mod splits;

@@ -4,7 +4,8 @@
 //! splits, and (in some seeds) a leader that appends a burst of thousands of entries it cannot
 //! commit and then wins a new term. In one seed in four a read-replica node joins first (a learner
 //! of every shard, which the faults reach like any node, and which one fault cuts off right after
-//! it applied a split, so its new replica of the child stays empty), and in one in five the trimmer that
+//! it applied a split, for two seconds after its new replica of the child started empty, so reads
+//! at every level meet that replica), and in one in five the trimmer that
 //! purges the log from before a split pauses until the end (as in the moments after a split), so
 //! replicas added meanwhile meet a leader that still holds that log. In odd seeds idle shards go
 //! quiet after 300 ms (`node::quiesce`), so quiet replicas meet the same faults.
@@ -18,7 +19,9 @@
 //! random node, as an operator would; the controller then balances the nodes again with moves of
 //! its own) and split shards (`SplitShard` of a random shard), so moves and splits meet crashes,
 //! partitions and loss at every step; half of them keep a read replica of every shard too, and one
-//! fault splits a shard, moves a replica of the parent, and crashes the leader that added it.
+//! fault pauses the split log trimmer, writes a batch across the coming split point, splits the
+//! shard, moves a replica of the parent, and crashes the leader that added it (another leader,
+//! holding the log from before the split, must start the new replica).
 //!
 //! After the schedule everything heals and each seed must show: every acknowledged write present,
 //! a linearizable history (operations recorded exactly as their results say: done, certainly not
@@ -33,28 +36,30 @@
 //! - `RINGKV_SIM_MEMBERSHIP_SEEDS=N` runs membership seeds 0..N (default 16), and
 //!   `RINGKV_SIM_MEMBERSHIP_SEED=S` membership seed S alone;
 //! - `RINGKV_SIM_BUG=NAME` switches a known bug back on in every engine (`ringkv_engine::KNOWN_BUGS`),
-//!   to show the suite catches it: `log-read-cap` (the burst seeds fail), `accept-below-floor`,
-//!   `bounded-from-heartbeats`.
+//!   to show the suite catches it: `log-read-cap` (the burst seeds fail), `accept-below-floor`
+//!   (membership seeds whose split-move-crash fault finds the pre-split log: replicas differ),
+//!   `bounded-from-heartbeats` (bounded reads older than their bound).
 //!
 //! The schedule and every random choice of the network follow the seed; thread interleavings do
 //! not, so a seed replays the same faults but not always the same history.
 
-use ringkv_server::node::placement::Placement;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::storage::RaftLogReader;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ringkv_client::{Client, ClientConfig, Session};
+use ringkv_client::{BatchOp, Client, ClientConfig, Consistency, ReadOptions, ReplicaSelection, Session};
 use ringkv_engine::{Command, EngineOptions, NodeId, Proposal, ShardId};
+use ringkv_server::node::placement::Placement;
 use ringkv_server::transport::MemoryNetwork;
-use ringkv_tests::levels::LevelHistory;
+use ringkv_tests::levels::{Level, LevelHistory, PutOutcome};
 use ringkv_tests::linearizability::{self, History, Verdict};
 use ringkv_tests::local_cluster::TransportKind;
 use ringkv_tests::workload::{LevelReport, WorkerReport, run_level_worker, run_worker};
@@ -77,6 +82,10 @@ const LEVEL_KEYS: usize = 16;
 const READ_REPLICA_EVERY: u64 = 4;
 const TRIM_PAUSE_EVERY: u64 = 5;
 const STEPS: usize = 6;
+/// How long the read-replica node stays cut off with an empty replica of a split's child, and how
+/// long the fault waits for that replica to start.
+const EMPTY_CHILD_EXPOSED: Duration = Duration::from_secs(2);
+const EMPTY_CHILD_WAIT: Duration = Duration::from_secs(10);
 /// Entries a burst step appends on an isolated leader: more than the old 4096-entry read cap.
 const BURST: u64 = 5_000;
 /// One seed in this many runs a burst step.
@@ -277,7 +286,16 @@ async fn run_seed(seed: u64, membership: bool) -> anyhow::Result<String> {
             burst_keys = committed;
             continue;
         }
-        let fault = random_fault(&mut rng, &mut cluster, &network, &mut down, nodes, membership).await?;
+        let fault = random_fault(
+            &mut rng,
+            &mut cluster,
+            &network,
+            &levels,
+            &mut down,
+            nodes,
+            membership,
+        )
+        .await?;
         faults.push(fault);
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..600))).await;
         // Most faults end with their step; crashed nodes come back a step or two later.
@@ -476,44 +494,97 @@ async fn random_move(rng: &mut StdRng, cluster: &LocalCluster, nodes: u64) -> an
 
 /// Splits a random shard, moves a replica of the parent to a node without one, and crashes the
 /// parent's leader once it has added the new replica: another replica, which may still hold the
-/// log from before the split, has to start it.
+/// log from before the split, has to start it. The split log trimmer pauses until the seed heals
+/// (as in the moments after a split), and the parent first takes a batch with a key on each side
+/// of the split point: a new replica that replayed the log from before the split under the
+/// narrowed arc would refuse that batch whole, and differ from the others at the replica check.
 async fn split_move_and_crash(
     rng: &mut StdRng,
     cluster: &mut LocalCluster,
+    network: &MemoryNetwork,
     down: &mut BTreeSet<u64>,
     nodes: u64,
 ) -> anyhow::Result<String> {
     if !down.is_empty() {
         return Ok("no split-move-crash (a node is down)".into());
     }
+    cluster
+        .engine_options
+        .faults
+        .pause_split_log_trim
+        .store(true, Ordering::Relaxed);
     let client = cluster.client_with_timeout(Duration::from_secs(2)).await?;
     let admin = ringkv_tests::admin(&client);
     let _ = admin.refresh_shard_map().await;
     let map = admin.shard_map().await;
-    let shard = map.shards[rng.random_range(0..map.shards.len())].id;
+    let parent = &map.shards[rng.random_range(0..map.shards.len())];
+    let shard = parent.id;
+    let straddling = straddling_batch(parent.arc, rng.random());
+    // Its outcome does not matter: whatever applied must be on every replica.
+    let _ = client.batch(straddling).await;
     if admin.split_shard(shard).await.is_err() {
         return Ok(format!("split {shard} refused or unanswered"));
     }
     let Ok(Some(map)) = admin.wait_for_split(shard, Duration::from_secs(5)).await else {
         return Ok(format!("split {shard} (unfinished)"));
     };
-    let Some(group) = map.shard(shard) else {
-        return Ok(format!("split {shard} (shard gone)"));
-    };
-    let from = group.voters[rng.random_range(0..group.voters.len())].node_id;
-    let targets: Vec<NodeId> = (1..=nodes)
-        .map(NodeId)
-        .filter(|n| group.replica_on(*n).is_none())
-        .collect();
-    if targets.is_empty() {
-        return Ok(format!("split {shard} (no node to move to)"));
-    }
-    let to = targets[rng.random_range(0..targets.len())];
-    let Ok(moving) = admin.move_replica(shard, from, to).await else {
-        return Ok(format!("split {shard}, move {from}->{to} refused or unanswered"));
-    };
-    let Some(learner) = moving.move_of(shard).map(|m| m.to.replica_id) else {
-        return Ok(format!("split {shard}, move {from}->{to} (already over)"));
+    // The new replica of the parent: the controller's own move if it balances one onto a node
+    // (often right after a split), else one asked for here. Its node is cut off from the others
+    // until the leader that adds it has crashed, so that leader sends it nothing.
+    let others = |node: NodeId| -> Vec<NodeId> { (1..=nodes).map(NodeId).filter(|&n| n != node).collect() };
+    let cut_off = |node: NodeId| network.partition(&[node], &others(node));
+    let mut map = map;
+    let mut asked = None;
+    let mut cut = None;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (learner, to, what) = loop {
+        let give_up = |why: &str| {
+            if let Some(node) = cut {
+                reconnect(network, node, &others(node));
+            }
+            Ok(format!("split {shard} ({why})"))
+        };
+        let Some(group) = map.shard(shard) else {
+            return give_up("shard gone");
+        };
+        if let Some(moving) = map.move_of(shard) {
+            if moving.to == ringkv_map::Replica::NONE {
+                return give_up("a replica of it is leaving");
+            }
+            let what = asked.unwrap_or_else(|| {
+                format!(
+                    "the controller's move {}->{}",
+                    moving.from.node_id, moving.to.node_id
+                )
+            });
+            cut_off(moving.to.node_id);
+            break (moving.to.replica_id, moving.to.node_id, what);
+        }
+        let targets: Vec<NodeId> = (1..=nodes)
+            .map(NodeId)
+            .filter(|n| group.replica_on(*n).is_none())
+            .collect();
+        if asked.is_none() && !targets.is_empty() {
+            let from = group.voters[rng.random_range(0..group.voters.len())].node_id;
+            let to = targets[rng.random_range(0..targets.len())];
+            asked = Some(format!("move {from}->{to}"));
+            cut_off(to);
+            cut = Some(to);
+            match admin.move_replica(shard, from, to).await {
+                Ok(moving) => map = moving,
+                Err(_) => {
+                    reconnect(network, to, &others(to));
+                    return Ok(format!("split {shard}, move {from}->{to} refused or unanswered"));
+                }
+            }
+            continue;
+        }
+        if Instant::now() > deadline {
+            return give_up("no move of the parent began");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = admin.refresh_shard_map().await;
+        map = admin.shard_map().await;
     };
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -531,30 +602,134 @@ async fn split_move_and_crash(
         if let Some(leader) = leader {
             cluster.kill_node(leader).await;
             down.insert(leader);
-            return Ok(format!(
-                "split {shard}, move {from}->{to}, crash its leader {leader}"
-            ));
+            reconnect(network, to, &others(to));
+            return Ok(format!("split {shard}, {what}, crash its leader {leader}"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(format!(
-        "split {shard}, move {from}->{to} (learner not added in time)"
-    ))
+    reconnect(network, to, &others(to));
+    Ok(format!("split {shard}, {what} (learner not added in time)"))
+}
+
+/// Keys of a handoff session.
+const HANDOFF_KEYS: usize = 8;
+/// Session ids of handoff sessions, apart from the level workers'.
+static HANDOFF_SESSIONS: AtomicUsize = AtomicUsize::new(1_000);
+
+/// A session that writes keys a coming split moves to the child, then does nothing with the
+/// child until it reads them back there: so the child's replicas see only the token it carries
+/// over from the parent (`Session::token_in`), which must still hold them to its writes. Its puts
+/// and reads go to the level checker under a session id of its own.
+struct Handoff {
+    client: Client,
+    session: usize,
+    keys: Vec<String>,
+}
+
+impl Handoff {
+    /// Writes `HANDOFF_KEYS` keys of the half of `arc` a split gives the child.
+    async fn write(
+        cluster: &LocalCluster,
+        levels: &LevelHistory,
+        arc: ringkv_core::HashRange,
+    ) -> anyhow::Result<Handoff> {
+        let mut config = ClientConfig::new(cluster.endpoints());
+        config.request_timeout = Duration::from_secs(2);
+        config.map_refresh_interval = Duration::from_millis(300);
+        let client = Client::with_config(config).await?.with_session(Session::new());
+        let session = HANDOFF_SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let at = arc.start + (arc.end - arc.start) / 2 + 1;
+        let keys: Vec<String> = (0u64..)
+            .map(|i| format!("sim-handoff-{session}-{i}"))
+            .filter(|key| {
+                let hash = ringkv_core::key_hash(key.as_bytes());
+                arc.contains(hash) && hash >= at
+            })
+            .take(HANDOFF_KEYS)
+            .collect();
+        for key in &keys {
+            let value = format!("{key}-written");
+            let invoked = levels.now();
+            let outcome = match client.put(key, &value).await {
+                Ok(version) => PutOutcome::Acknowledged { version },
+                Err(error) if error.may_have_applied() => PutOutcome::MaybeApplied,
+                Err(_) => PutOutcome::NotApplied,
+            };
+            levels.put(session, key.as_bytes(), value.as_bytes(), invoked, outcome);
+        }
+        Ok(Handoff {
+            client,
+            session,
+            keys,
+        })
+    }
+
+    /// Reads every key back at session level from `node`'s replica, twice.
+    async fn read_at(&self, node: NodeId, levels: &LevelHistory) {
+        let _ = self.client.refresh_shard_map().await;
+        let options = ReadOptions::new(Consistency::Session).with_selection(ReplicaSelection::Node(node));
+        for key in self.keys.iter().chain(&self.keys) {
+            let invoked = levels.now();
+            if let Ok((found, served)) = self.client.get_traced(key, options).await {
+                levels.read(
+                    self.session,
+                    key.as_bytes(),
+                    Level::Session,
+                    invoked,
+                    found.map(|v| (v.value.to_vec(), v.version)),
+                    (served.node_id.0, served.replica_id.0),
+                );
+            }
+        }
+    }
+}
+
+/// Restores every link between `node` and `others`.
+fn reconnect(network: &MemoryNetwork, node: NodeId, others: &[NodeId]) {
+    for &other in others {
+        network.reconnect(node, other);
+    }
+}
+
+/// Two puts, one on each side of the point where a split of `arc` cuts it (its midpoint, as
+/// `ShardMap::begin_split` places it), under keys unique to `tag`.
+fn straddling_batch(arc: ringkv_core::HashRange, tag: u64) -> Vec<BatchOp> {
+    let at = arc.start + (arc.end - arc.start) / 2 + 1;
+    let key_where = |below: bool| {
+        (0u64..)
+            .map(|i| format!("sim-straddle-{tag:x}-{i}"))
+            .find(|key| {
+                let hash = ringkv_core::key_hash(key.as_bytes());
+                arc.contains(hash) && (hash < at) == below
+            })
+            .expect("an arc wide enough to split holds keys on both sides")
+    };
+    [key_where(true), key_where(false)]
+        .into_iter()
+        .map(|key| BatchOp::Put {
+            value: Bytes::from(format!("{key}-value")),
+            key: Bytes::from(key),
+        })
+        .collect()
 }
 
 /// Splits a random shard and, once the read-replica node (4) has applied the split, cuts that node
 /// off: the replica of the child the controller then gives it starts empty and stays so, while
-/// clients still reach it.
+/// clients still reach it. The cut lasts until that replica has run for `EMPTY_CHILD_EXPOSED`
+/// (at most `EMPTY_CHILD_WAIT` after the cut), so reads at every level meet it.
 async fn split_then_isolate_reader(
     rng: &mut StdRng,
     cluster: &LocalCluster,
     network: &MemoryNetwork,
+    levels: &LevelHistory,
 ) -> anyhow::Result<String> {
     let client = cluster.client_with_timeout(Duration::from_secs(2)).await?;
     let admin = ringkv_tests::admin(&client);
     let _ = admin.refresh_shard_map().await;
     let map = admin.shard_map().await;
-    let shard = map.shards[rng.random_range(0..map.shards.len())].id;
+    let parent = &map.shards[rng.random_range(0..map.shards.len())];
+    let shard = parent.id;
+    let handoff = Handoff::write(cluster, levels, parent.arc).await?;
     let Ok(begun) = admin.split_shard(shard).await else {
         return Ok(format!("split {shard} refused or unanswered"));
     };
@@ -576,12 +751,31 @@ async fn split_then_isolate_reader(
     };
     let all: Vec<NodeId> = (1..=3).map(NodeId).collect();
     network.partition(&[NodeId(4)], &all);
+    let child = begun.split_of(shard).map(|split| split.child);
+    let deadline = Instant::now() + EMPTY_CHILD_WAIT;
+    let started = loop {
+        let started = cluster.is_running(4)
+            && child.is_some_and(|child| cluster.running(4).node.replica(child).is_some());
+        if started || Instant::now() > deadline {
+            break started;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    if started {
+        handoff.read_at(NodeId(4), levels).await;
+        tokio::time::sleep(EMPTY_CHILD_EXPOSED).await;
+    }
     Ok(format!(
-        "split {shard}, then isolate 4{}",
+        "split {shard}, then isolate 4{}{}",
         if applied {
             ""
         } else {
             " (before it applied the split)"
+        },
+        if started {
+            ", which ran an empty replica of the child"
+        } else {
+            ""
         }
     ))
 }
@@ -604,6 +798,7 @@ async fn random_fault(
     rng: &mut StdRng,
     cluster: &mut LocalCluster,
     network: &MemoryNetwork,
+    levels: &LevelHistory,
     down: &mut BTreeSet<u64>,
     nodes: u64,
     membership: bool,
@@ -616,30 +811,30 @@ async fn random_fault(
     // also split a shard, move a replica of the parent, and crash the leader that added it.
     let read_replica_node = !membership && nodes == 4;
     let kinds = if membership {
-        13
+        14
     } else if read_replica_node {
         9
     } else {
         8
     };
     Ok(match rng.random_range(0..kinds) {
-        8 if read_replica_node => split_then_isolate_reader(rng, cluster, network).await?,
-        12 if membership => split_move_and_crash(rng, cluster, down, nodes).await?,
+        8 if read_replica_node => split_then_isolate_reader(rng, cluster, network, levels).await?,
+        12 | 13 if membership => split_move_and_crash(rng, cluster, network, down, nodes).await?,
         7 if !membership => {
             let split = random_split(rng, cluster).await?;
-            let fault = Box::pin(random_fault(rng, cluster, network, down, nodes, false)).await?;
+            let fault = Box::pin(random_fault(rng, cluster, network, levels, down, nodes, false)).await?;
             format!("{split} + {fault}")
         }
         10.. => {
             let split = random_split(rng, cluster).await?;
             // And a fault on top, so the split meets it.
-            let fault = Box::pin(random_fault(rng, cluster, network, down, nodes, false)).await?;
+            let fault = Box::pin(random_fault(rng, cluster, network, levels, down, nodes, false)).await?;
             format!("{split} + {fault}")
         }
         7.. => {
             let moved = random_move(rng, cluster, nodes).await?;
             // And a fault on top, so the move meets it.
-            let fault = Box::pin(random_fault(rng, cluster, network, down, nodes, false)).await?;
+            let fault = Box::pin(random_fault(rng, cluster, network, levels, down, nodes, false)).await?;
             format!("{moved} + {fault}")
         }
         0 => {
