@@ -186,9 +186,12 @@ impl Node {
     }
 
     /// Deletes state stored for shards this node runs no replica of: a replica whose deletion a
-    /// crash interrupted, or a move target rolled back while the node was down. Returns whether
-    /// it got through.
-    async fn delete_leftovers(self: &Arc<Self>) -> bool {
+    /// crash interrupted, or a move target rolled back while the node was down. Keeps the state of
+    /// a replica the map places here that is not running yet: its own (it recorded itself as the
+    /// owner, which it does before its first open can fail), or one a split created for it (which
+    /// has no owner record until its first open). Returns whether it got through. The reconciler
+    /// runs it at start and after a failed deletion; tests call it to run it at a chosen moment.
+    pub async fn delete_leftovers(self: &Arc<Self>) -> bool {
         let _placing = self.placing.lock().await;
         let map = self.map.read().expect("map lock").clone();
         let running: Vec<ShardId> = self.all_replicas().iter().map(|r| r.shard_id).collect();

@@ -432,6 +432,100 @@ async fn a_child_never_starts_beside_the_stored_state_of_a_parent_that_failed_to
     Ok(())
 }
 
+/// A node's replica of a split child that has not started (it fails to open here) keeps the
+/// state its parent's split created when the node deletes leftover state (suspicion 6(b)):
+/// deleting it would erase, under a voter of the child, the child's half of the data. Two guards
+/// keep it, each enough alone: the replica records itself as the owner before its first open can
+/// fail, and `delete_leftovers` keeps split-born state that has no owner record yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_born_child_that_has_not_started_keeps_its_state() -> anyhow::Result<()> {
+    let network = MemoryNetwork::new(17);
+    let cluster = LocalCluster::start(3, 1, TransportKind::Memory(network.clone()), |_| {}).await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let client = cluster.client().await?;
+    let faults = cluster.engine_options.faults.clone();
+    for i in 0..200 {
+        client.put(format!("k{i}"), format!("v{i}")).await?;
+    }
+    // Node 3, cut off, misses the split; nodes 1 and 2 start the child.
+    faults.pause_split_log_trim.store(true, Ordering::Relaxed);
+    network.partition(&[NodeId(3)], &[NodeId(1), NodeId(2)]);
+    ringkv_tests::admin(&client).split_shard(PARENT).await?;
+    ringkv_tests::admin(&client)
+        .wait_for_split(PARENT, Duration::from_secs(60))
+        .await?
+        .context("the split did not finish within 60 s")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (1..=2).any(|node| cluster.running(node).node.replica(CHILD).is_none()) {
+        if Instant::now() > deadline {
+            bail!("nodes 1 and 2 did not start the child within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // From now on the child fails to open (only node 3 still has to open it), and node 3 applies
+    // the split from the log.
+    faults.fail_open_shard.store(CHILD.0, Ordering::Relaxed);
+    network.heal();
+
+    // Node 3 applied the split and holds the post-split map, and runs no replica of the child.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let child_arc = loop {
+        let node = &cluster.running(3).node;
+        let placed = node
+            .shard_map()
+            .shard(CHILD)
+            .filter(|shard| shard.replica_on(NodeId(3)).is_some())
+            .map(|shard| shard.arc);
+        if let Some(arc) = placed
+            && node.engine().range_of(CHILD)?.is_some()
+        {
+            break arc;
+        }
+        if Instant::now() > deadline {
+            bail!("node 3 did not apply the split and adopt the map that places the child there within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(cluster.running(3).node.replica(CHILD).is_none());
+    let child_keys: Vec<usize> = (0..200)
+        .filter(|i| child_arc.holds_key(format!("k{i}").as_bytes()))
+        .collect();
+    assert!(!child_keys.is_empty(), "no key of the 200 falls in the child");
+
+    assert!(
+        cluster.running(3).node.delete_leftovers().await,
+        "the cleanup failed"
+    );
+    let engine = cluster.running(3).node.engine().clone();
+    let missing: Vec<usize> = child_keys
+        .iter()
+        .copied()
+        .filter(|i| engine.get(format!("k{i}").as_bytes()).ok().flatten().is_none())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "node 3 deleted {} of the {} keys of its split-born child state as leftovers: {:?}",
+        missing.len(),
+        child_keys.len(),
+        &missing[..missing.len().min(10)]
+    );
+
+    // The child opens now, from the state it kept, and matches the other replicas.
+    faults.fail_open_shard.store(0, Ordering::Relaxed);
+    faults.pause_split_log_trim.store(false, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.running(3).node.replica(CHILD).is_none() {
+        if Instant::now() > deadline {
+            bail!("node 3 did not start its replica of the child within 60 s of it opening again");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_caught_up(Duration::from_secs(30)).await?;
+    assert_replicas_identical(&client).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// A client whose map is older than a split sends a batch whose keys, by its map, share a shard,
 /// and by the nodes' map no longer do. Before the fix the node answered "an atomic batch must
 /// stay within one shard" (bad input, failed for good) to a valid request; now it says the
