@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod node;
+pub mod security;
 pub mod server;
 mod service;
 pub mod transport;

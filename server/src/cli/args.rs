@@ -94,6 +94,64 @@ pub(super) enum Command {
     /// Change cluster settings.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Create the cluster's certificates (a CA, node and client certificates). No cluster is
+    /// contacted.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// Where certificates go, and the CA key that signs them.
+#[derive(Args, Debug)]
+pub(super) struct CertsArgs {
+    /// The certificates directory: `ca.crt`, `node.crt`/`node.key`, `client.NAME.crt`/`.key`.
+    #[arg(long, env = "RINGKV_CERTS_DIR")]
+    pub(super) certs_dir: PathBuf,
+    /// The CA's private key. Keep it out of the certs directory that nodes and clients get.
+    #[arg(long)]
+    pub(super) ca_key: PathBuf,
+    /// Replace files that exist already.
+    #[arg(long)]
+    pub(super) overwrite: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum CertCommand {
+    /// Create the cluster's CA: `ca.crt` in --certs-dir, and its key at --ca-key.
+    #[command(name = "create-ca")]
+    Ca {
+        #[command(flatten)]
+        certs: CertsArgs,
+        /// How many days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        lifetime_days: u32,
+    },
+    /// Create a node certificate (`node.crt`, `node.key`) for the HOSTs (DNS names, IP
+    /// addresses) the node is reached at, signed by the CA.
+    #[command(name = "create-node")]
+    Node {
+        #[command(flatten)]
+        certs: CertsArgs,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// How many days the certificate is valid (at most as long as the CA).
+        #[arg(long, default_value_t = 365)]
+        lifetime_days: u32,
+    },
+    /// Create a client certificate (`client.NAME.crt`, `client.NAME.key`) with an access level,
+    /// signed by the CA.
+    #[command(name = "create-client")]
+    Client {
+        #[command(flatten)]
+        certs: CertsArgs,
+        name: String,
+        /// readonly (reads, scans, status) | readwrite (and writes) | admin (and cluster
+        /// operations).
+        #[arg(long)]
+        access: String,
+        /// How many days the certificate is valid (at most as long as the CA).
+        #[arg(long, default_value_t = 365)]
+        lifetime_days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]

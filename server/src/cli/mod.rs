@@ -13,6 +13,7 @@ macro_rules! println {
 }
 
 mod args;
+mod cert;
 mod report;
 mod run;
 mod start;

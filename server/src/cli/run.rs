@@ -14,7 +14,7 @@ use ringkv_client::{
 };
 
 use super::args::{CasArgs, Cli, ClusterCommand, Command, NodeCommand, ReadArgs, ShardCommand};
-use super::{report, start};
+use super::{cert, report, start};
 
 /// Process entry point for the `ringkv` binary.
 pub fn main() -> ExitCode {
@@ -53,6 +53,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let start_args = match cli.command {
         Command::Start(args) => return start::start(*args).await,
+        Command::Cert(command) => return cert::run(command),
         other => other,
     };
     let mut config = ClientConfig::new(cli.endpoints.clone());
@@ -63,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let client = Client::with_config(config).await?;
     match start_args {
-        Command::Start(_) => unreachable!("handled above"),
+        Command::Start(_) | Command::Cert(_) => unreachable!("handled above"),
         Command::Put { key, value, session } => {
             let client = match session.as_deref() {
                 None => client,
